@@ -1,0 +1,33 @@
+"""sparring — attack your own models before attackers do, defend them, and prove how robust they are.
+
+The curated public API lives here; everything else is importable from its home module.
+"""
+
+from sparring import errors
+from sparring.attacks import FGSM, PGD, AttackResult, Cost, EvasionAttack, EvasionResult, Norm
+from sparring.data import Dataset, load_breast_cancer, load_digits, zoo
+from sparring.targets import Access, InputSpec, QueryCounter, SklearnTarget, Target, TorchTarget
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FGSM",
+    "PGD",
+    "Access",
+    "AttackResult",
+    "Cost",
+    "Dataset",
+    "EvasionAttack",
+    "EvasionResult",
+    "InputSpec",
+    "Norm",
+    "QueryCounter",
+    "SklearnTarget",
+    "Target",
+    "TorchTarget",
+    "__version__",
+    "errors",
+    "load_breast_cancer",
+    "load_digits",
+    "zoo",
+]

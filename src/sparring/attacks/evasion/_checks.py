@@ -1,0 +1,33 @@
+"""Parameter checks shared by the gradient attacks."""
+
+from __future__ import annotations
+
+import math
+
+from sparring.attacks.norms import Norm
+from sparring.errors import ParameterError
+from sparring.targets.spec import InputSpec
+
+
+def check_eps(eps: float, norm: Norm, spec: InputSpec) -> float:
+    """``eps`` must be a finite number in ``[0, largest meaningful budget]`` for the norm and the input range."""
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise ParameterError(f"eps must be a number; got {eps!r}.") from None
+    if not math.isfinite(e) or e < 0:
+        raise ParameterError(f"eps must be a finite number >= 0; got {eps!r}.")
+    width = spec.range_width
+    limit = width if norm is Norm.LINF else width * math.sqrt(spec.n_features)
+    if e > limit:
+        raise ParameterError(
+            f"eps={e:g} exceeds the whole input range for the {norm.value} norm (at most {limit:g} for bounds of "
+            f"width {width:g}); budgets are in raw input space — e.g. 8/255 for 0-1 pixels, not 8."
+        )
+    return e
+
+
+def check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParameterError(f"{name} must be a positive integer; got {value!r}.")
+    return value

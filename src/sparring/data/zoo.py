@@ -1,0 +1,175 @@
+"""The model zoo: small real models on bundled data, trained deterministically on first use and cached.
+
+>>> from sparring import zoo
+>>> zoo.names()
+['breast-cancer-logreg', 'breast-cancer-mlp', 'digits-cnn', 'digits-mlp']
+>>> target = zoo.load("digits-cnn")   # trains in seconds on first use, then loads from the cache
+>>> data = zoo.data("digits-cnn")
+
+Torch models are cached as checksummed state dicts in :func:`~sparring.data.cache.cache_dir` (``$SPARRING_CACHE_DIR``
+overrides it); a corrupted cache file is detected, reported and rebuilt. The scikit-learn model trains in
+milliseconds and is never cached (so no pickle is ever loaded).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparring.data import models
+from sparring.data.cache import cache_dir, load_state, save_state
+from sparring.data.datasets import Dataset, load_breast_cancer, load_digits
+from sparring.errors import ParameterError
+from sparring.targets.base import Target
+from sparring.targets.sklearn import SklearnTarget
+from sparring.targets.spec import InputSpec
+from sparring.targets.torch import TorchTarget
+
+__all__ = ["ZooEntry", "data", "entry", "load", "names", "train_torch_classifier"]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One zoo model: its dataset, architecture and training recipe."""
+
+    name: str
+    description: str
+    dataset: Callable[[], Dataset]
+    kind: str  # "torch" or "sklearn"
+    build: Callable[[], Any]
+    epochs: int = 0
+    lr: float = 1e-3
+    normalise: Callable[[], tuple[tuple[float, ...], tuple[float, ...]]] | None = None  # (mean, std) inside
+    version: int = 1
+
+    def spec(self) -> InputSpec:
+        base = self.dataset().spec
+        if self.normalise is None:
+            return base
+        mean, std = self.normalise()
+        d = base.to_dict()
+        d["mean"], d["std"] = list(mean), list(std)
+        return InputSpec.from_dict(d)
+
+
+@cache
+def _digits28() -> Dataset:
+    return load_digits(28)
+
+
+@cache
+def _breast_cancer() -> Dataset:
+    return load_breast_cancer()
+
+
+def _bc_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = _breast_cancer().x_train
+    return tuple(x.mean(0).tolist()), tuple(x.std(0).tolist())
+
+
+def _sk_logreg() -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
+_ENTRIES: dict[str, ZooEntry] = {}
+
+
+def _register(e: ZooEntry) -> None:
+    _ENTRIES[e.name] = e
+
+
+_register(ZooEntry("digits-cnn", "small CNN on UCI digits upsampled to 1×28×28 (≈98% test accuracy)",
+                   _digits28, "torch", models.digits_cnn, epochs=12, normalise=lambda: ((0.2,), (0.3,))))
+_register(ZooEntry("digits-mlp", "MLP on UCI digits upsampled to 1×28×28 (≈97% test accuracy)",
+                   _digits28, "torch", models.digits_mlp, epochs=20))
+_register(ZooEntry("breast-cancer-mlp", "MLP on the 30 Wisconsin breast-cancer features, standardised inside",
+                   _breast_cancer, "torch", models.tabular_mlp, epochs=60, normalise=_bc_stats))
+_register(ZooEntry("breast-cancer-logreg", "scikit-learn StandardScaler + LogisticRegression on breast cancer",
+                   _breast_cancer, "sklearn", _sk_logreg))
+
+
+def names() -> list[str]:
+    """Names of the zoo models."""
+    return sorted(_ENTRIES)
+
+
+def entry(name: str) -> ZooEntry:
+    try:
+        return _ENTRIES[name]
+    except KeyError:
+        raise ParameterError(f"unknown zoo model {name!r}; available: {', '.join(names())}.") from None
+
+
+def data(name: str) -> Dataset:
+    """The dataset a zoo model was trained on (with its fixed train/test split)."""
+    return entry(name).dataset()
+
+
+def load(name: str, *, device: str | torch.device = "cpu", retrain: bool = False, **target_kwargs: Any) -> Target:
+    """A ready target for zoo model ``name``: trained on first use (seconds on a CPU), then read from the cache.
+
+    Args:
+        name: one of :func:`names`.
+        device: where to put a torch model.
+        retrain: ignore the cache and train again.
+        **target_kwargs: passed to the target (e.g. ``query_budget=1000``, ``access=Access.SCORES``).
+    """
+    e = entry(name)
+    spec = e.spec()
+    if e.kind == "sklearn":
+        ds = e.dataset()
+        est = e.build().fit(ds.x_train.reshape(len(ds.x_train), -1).numpy(), ds.y_train.numpy())
+        return SklearnTarget(est, spec, **target_kwargs)
+    model: nn.Module = e.build()
+    path = cache_dir() / "zoo" / f"{name}-v{e.version}-torch{torch.__version__.split('+')[0]}.pt"
+    state = None if retrain else load_state(path)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError) as exc:
+            warnings.warn(f"cached model {path} does not fit {name} ({exc}); rebuilding.", RuntimeWarning,
+                          stacklevel=2)
+            state = None
+    if state is None:
+        train_torch_classifier(model, e.dataset(), spec, epochs=e.epochs, lr=e.lr, seed=0)
+        save_state(path, model.state_dict())
+    return TorchTarget(model.to(device).eval(), spec, **target_kwargs)
+
+
+def train_torch_classifier(
+    model: nn.Module, ds: Dataset, spec: InputSpec, *, epochs: int, lr: float = 1e-3, batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Module:
+    """Plain cross-entropy training with Adam, deterministic for a seed (global RNG state is left untouched)."""
+    norm = spec.norm_tensors()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in model.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y = ds.x_train, ds.y_train
+    if norm is not None:
+        x = (x - norm[0]) / norm[1]
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for s in range(0, len(x), batch_size):
+            idx = perm[s : s + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    return model.eval()

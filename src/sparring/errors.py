@@ -1,0 +1,76 @@
+"""Every error sparring raises on purpose, in one tree.
+
+Each class also subclasses the built-in exception a Python user would expect, so ``except ValueError`` keeps
+working. Messages name the value seen, the value expected, and what to do about it.
+
+::
+
+    SparringError
+     ├── InputSpecError (ValueError)         data or spec do not match: shape, dtype, NaN, bounds, empty batch
+     │    └── LabelError                      labels outside 0..n_classes-1, wrong length
+     ├── ParameterError (ValueError)          an attack/defence parameter is invalid (eps < 0, steps = 0, ...)
+     ├── AccessError (PermissionError)        the target cannot give what the attack needs (gradients, scores)
+     ├── QueryBudgetExceeded (RuntimeError)   a black-box target's query budget would be exceeded
+     ├── ModelLoadError (OSError)             a model file is missing, corrupted, of the wrong kind, or untrusted
+     ├── DataLoadError (OSError)              a data file or dataset is missing or malformed
+     └── EndpointError (ConnectionError)      a remote prediction API is unreachable, slow, or answers nonsense
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessError",
+    "DataLoadError",
+    "EndpointError",
+    "InputSpecError",
+    "LabelError",
+    "ModelLoadError",
+    "ParameterError",
+    "QueryBudgetExceeded",
+    "SparringError",
+]
+
+
+class SparringError(Exception):
+    """Base class of every error sparring raises on purpose."""
+
+
+class InputSpecError(SparringError, ValueError):
+    """Inputs do not match the target's :class:`~sparring.targets.InputSpec` (or the spec itself is invalid)."""
+
+
+class LabelError(InputSpecError):
+    """Labels are out of range, of the wrong length, or not integers."""
+
+
+class ParameterError(SparringError, ValueError):
+    """A parameter of an attack, defence or target is invalid."""
+
+
+class AccessError(SparringError, PermissionError):
+    """The target does not give the access an attack needs (e.g. gradients from a scores-only API)."""
+
+
+class QueryBudgetExceeded(SparringError, RuntimeError):
+    """Sending the next batch would exceed the target's query budget. Nothing was sent.
+
+    ``used`` and ``budget`` hold the counts; ``requested`` the size of the refused batch.
+    """
+
+    def __init__(self, message: str, *, used: int, budget: int, requested: int) -> None:
+        super().__init__(message)
+        self.used = used
+        self.budget = budget
+        self.requested = requested
+
+
+class ModelLoadError(SparringError, OSError):
+    """A model could not be loaded: missing, corrupted, truncated, of an unknown kind, or untrusted."""
+
+
+class DataLoadError(SparringError, OSError):
+    """A dataset could not be loaded: missing, malformed, or not installed."""
+
+
+class EndpointError(SparringError, ConnectionError):
+    """A remote prediction endpoint is unreachable, timed out, or answered something unusable."""
