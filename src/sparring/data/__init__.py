@@ -2,5 +2,19 @@
 
 from sparring.data import zoo
 from sparring.data.datasets import Dataset, load_breast_cancer, load_digits
+from sparring.data.files import LabelledData, load_csv, load_data, load_image_folder, load_npz
+from sparring.data.mnist import load_fashion_mnist, load_mnist
 
-__all__ = ["Dataset", "load_breast_cancer", "load_digits", "zoo"]
+__all__ = [
+    "Dataset",
+    "LabelledData",
+    "load_breast_cancer",
+    "load_csv",
+    "load_data",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_image_folder",
+    "load_mnist",
+    "load_npz",
+    "zoo",
+]

@@ -14,11 +14,12 @@ from sparring.targets.spec import InputSpec
 __all__ = ["Dataset", "load_breast_cancer", "load_digits"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """A labelled dataset with a fixed train/test split and the input spec that describes it.
 
-    Arrays are float32 inputs and int64 labels as torch tensors (CPU).
+    Arrays are float32 inputs and int64 labels as torch tensors (CPU). Datasets compare by identity (comparing
+    tensors field by field would be ambiguous).
     """
 
     name: str
@@ -37,6 +38,8 @@ class Dataset:
 
 def _split(n: int, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified split: the same indices on every machine for a given seed."""
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not 0 < test_fraction < 1:
+        raise ParameterError(f"test_fraction must be a number in (0, 1), e.g. 0.25; got {test_fraction!r}.")
     rng = np.random.default_rng(seed)
     test_idx = []
     for c in np.unique(y):

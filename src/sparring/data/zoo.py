@@ -172,4 +172,5 @@ def train_torch_classifier(
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
+    opt.zero_grad(set_to_none=True)
     return model.eval()

@@ -1,0 +1,234 @@
+"""The ``sparring`` command. Thin: it parses, calls the library, prints.
+
+Exit codes (also in ``sparring --help``):
+    0 success · 1 internal error (a bug: please report) · 2 usage error (bad option or argument) ·
+    3 bad input (data, spec or parameter values) · 4 model or endpoint problem (cannot load, unreachable, access) ·
+    5 query budget exhausted
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+try:
+    import click
+except ImportError:  # pragma: no cover - exercised only without the extra
+    click = None  # type: ignore[assignment]
+
+from sparring import errors
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_BUDGET = 0, 1, 2, 3, 4, 5
+
+_EXIT_HELP = (
+    "Exit codes: 0 success, 1 internal error, 2 usage error, 3 bad input (data/spec/parameters), "
+    "4 model or endpoint problem, 5 query budget exhausted."
+)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for a library error."""
+    if isinstance(exc, errors.QueryBudgetExceeded):
+        return EXIT_BUDGET
+    if isinstance(exc, errors.ModelLoadError | errors.EndpointError | errors.AccessError):
+        return EXIT_MODEL
+    if isinstance(exc, errors.InputSpecError | errors.ParameterError | errors.DataLoadError):
+        return EXIT_INPUT
+    return EXIT_INTERNAL
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    code = exit_code_for(exc)
+    kind = type(exc).__name__
+    click.echo(f"error ({kind}): {exc}", err=True)
+    if code == EXIT_INTERNAL:
+        click.echo("This looks like a bug in sparring; please report it with the command you ran.", err=True)
+    sys.exit(code)
+
+
+def _attacks() -> dict[str, type]:
+    from sparring.attacks import FGSM, PGD
+
+    return {"fgsm": FGSM, "pgd": PGD}
+
+
+def _load_target(model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool, device: str,
+                 **target_kwargs: Any) -> Any:
+    from sparring.targets.load import load_spec, load_target
+
+    spec = load_spec(spec_path) if spec_path else None
+    return load_target(model, spec=spec, trust_pickle=trust_pickle, device=device, entry_point=entry_point,
+                       **target_kwargs)
+
+
+def _load_data(model: str, data: str | None, n: int, split: str) -> tuple[Any, Any]:
+    from sparring.data import zoo
+
+    if data is None:
+        if model not in zoo.names():
+            raise errors.ParameterError(
+                f"--data is needed for a model that is not in the zoo ({model!r}): give an .npz (x, y), a CSV with a "
+                "label column, or an image folder."
+            )
+        ds = zoo.data(model)
+        x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
+    else:
+        from sparring.data.files import load_data
+
+        loaded = load_data(data)
+        x, y = loaded[0], loaded[1]
+    return x[:n], y[:n]
+
+
+def _option_names(attack_cls: type) -> set[str]:
+    return {p for p in inspect.signature(attack_cls).parameters if p != "self"}
+
+
+def build_cli() -> Any:
+    """Build the click command group (separate from :func:`main` so tests can invoke it in-process)."""
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_HELP)
+    @click.version_option(package_name="sparring")
+    def cli() -> None:
+        """sparring — attack your own models before attackers do, defend them, prove how robust they are."""
+
+    @cli.command(epilog=_EXIT_HELP)
+    @click.argument("attack", type=click.Choice(sorted(_attacks())))
+    @click.option("--model", "-m", default="digits-cnn", show_default=True,
+                  help="Zoo name, or a model file (TorchScript, torch.export .pt2, state dict with --entry-point, "
+                       "ONNX, skops; joblib/pickle only with --trust-pickle).")
+    @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
+    @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
+    @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
+    @click.option("--data", "-d", type=click.Path(), help="Data file: .npz (x, y), CSV with a 'label' column, or an "
+                  "image folder. Default: the zoo model's test split.")
+    @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+    @click.option("--n", "n", type=click.IntRange(min=1), default=256, show_default=True, help="Examples to attack.")
+    @click.option("--eps", type=float, default=0.1, show_default=True, help="Budget in raw input space.")
+    @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+    @click.option("--steps", type=click.IntRange(min=1), help="Iterations (PGD; default 20).")
+    @click.option("--alpha", type=float, help="Step size (PGD; default 2.5·eps/steps).")
+    @click.option("--restarts", type=click.IntRange(min=1), help="Random restarts (PGD; default 1).")
+    @click.option("--loss", type=click.Choice(["ce", "margin"]), help="Attack loss (default ce).")
+    @click.option("--target-class", type=int, help="Targeted attack towards this class (examples of that class "
+                  "are left out).")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+    @click.option("--query-budget", type=click.IntRange(min=0), help="Stop with exit code 5 past this many queries.")
+    @click.option("--device", default="cpu", show_default=True, help="Torch device for zoo/torch models.")
+    @click.option("--save-adv", type=click.Path(dir_okay=False), help="Write x_adv, y, success to this .npz.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (machine output) instead of a table.")
+    @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+    def attack(attack: str, model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool,
+               data: str | None, split: str, n: int, eps: float, norm: str, steps: int | None, alpha: float | None,
+               restarts: int | None, loss: str | None, target_class: int | None, seed: int, batch_size: int,
+               query_budget: int | None, device: str, save_adv: str | None, as_json: bool, no_progress: bool) -> None:
+        """Run an evasion ATTACK on a model and report clean vs robust accuracy.
+
+        \b
+        Examples:
+          sparring attack pgd --model digits-cnn --eps 0.1 --n 256
+          sparring attack fgsm --model model.onnx --spec spec.json --data test.npz --json
+        """
+        cls = _attacks()[attack]
+        allowed = _option_names(cls)
+        given = {"eps": eps, "norm": norm, "steps": steps, "alpha": alpha, "restarts": restarts, "loss": loss,
+                 "seed": seed}
+        for key, value in given.items():
+            if value is not None and key not in allowed and key not in ("eps", "norm", "seed"):
+                raise click.UsageError(f"--{key} does not apply to {attack}; it takes: "
+                                       f"{', '.join('--' + a for a in sorted(allowed))}.")
+        params = {k: v for k, v in given.items() if v is not None and k in allowed}
+        try:
+            target = _load_target(model, spec_path, entry_point, trust_pickle, device, batch_size=batch_size,
+                                  query_budget=query_budget)
+            x, y = _load_data(model, data, n, split)
+            kwargs: dict[str, Any] = {}
+            skipped = 0
+            if target_class is not None:
+                import torch
+
+                keep = torch.as_tensor(y) != target_class
+                skipped = int((~keep).sum())
+                x, y = x[keep], y[keep]
+                kwargs["target_labels"] = torch.full((len(y),), target_class, dtype=torch.long)
+            result = cls(**params)(target, x, y, progress=not (no_progress or as_json) and sys.stderr.isatty(),
+                                   **kwargs)
+        except errors.SparringError as exc:
+            _fail(exc)
+        summary = result.summary()
+        summary.update(model=model, data=data or f"zoo:{model}:{split}", skipped_target_class=skipped)
+        if save_adv:
+            _save_adv(Path(save_adv), result)
+            summary["saved"] = save_adv
+        if as_json:
+            click.echo(json.dumps(summary, default=str))
+        else:
+            _print_summary(summary)
+
+    @cli.group()
+    def zoo() -> None:
+        """The bundled model zoo."""
+
+    @zoo.command("list")
+    def zoo_list() -> None:
+        """List zoo models."""
+        from sparring.data import zoo as _zoo
+
+        for name in _zoo.names():
+            click.echo(f"{name:24s} {_zoo.entry(name).description}")
+
+    return cli
+
+
+def _save_adv(path: Path, result: Any) -> None:
+    import numpy as np
+
+    def arr(v: Any) -> Any:
+        return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, x_adv=arr(result.x_adv), y=arr(result.y), success=arr(result.success),
+                        adv_pred=arr(result.adv_pred))
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"{s['attack'].upper()} on {s['model']} ({s['n']} examples, {s['norm']} eps={s['params']['eps']})"
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows: list[tuple[str, Callable[[], str]]] = [
+        ("clean accuracy", lambda: f"{s['clean_accuracy']:.3f}"),
+        ("robust accuracy", lambda: f"{s['robust_accuracy']:.3f}"),
+        ("attack success rate (on correct)", lambda: f"{s['attack_success_rate']:.3f}"),
+        ("median perturbation of successes",
+         lambda: "-" if s["median_norm_of_successes"] is None else f"{s['median_norm_of_successes']:.4f}"),
+        ("queries / gradients", lambda: f"{s['cost']['queries']} / {s['cost']['gradients']}"),
+        ("seconds", lambda: f"{s['cost']['seconds']:.2f}"),
+    ]
+    for name, fmt in rows:
+        table.add_row(name, fmt())
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``sparring`` command."""
+    if click is None:
+        sys.stderr.write("The sparring command needs its CLI extra: pip install 'sparring[cli]'\n")
+        sys.exit(EXIT_USAGE)
+    cli = build_cli()
+    try:
+        cli.main(args=argv, prog_name="sparring", standalone_mode=True)
+    except errors.SparringError as exc:  # pragma: no cover - commands catch their own
+        _fail(exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

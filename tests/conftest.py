@@ -1,0 +1,44 @@
+"""Shared fixtures: zoo models trained once per test session into a private cache directory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from sparring import zoo
+from sparring.data import Dataset
+from sparring.targets import TorchTarget
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every run trains the zoo into its own cache dir: hermetic, and never touches the user's cache."""
+    old = os.environ.get("SPARRING_CACHE_DIR")
+    os.environ["SPARRING_CACHE_DIR"] = str(tmp_path_factory.mktemp("sparring-cache"))
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
+    if old is None:
+        os.environ.pop("SPARRING_CACHE_DIR", None)
+    else:
+        os.environ["SPARRING_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def digits_cnn() -> TorchTarget:
+    t = zoo.load("digits-cnn")
+    assert isinstance(t, TorchTarget)
+    return t
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    return zoo.data("digits-cnn")
+
+
+@pytest.fixture(scope="session")
+def digits_batch(digits: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """128 test digits (1×28×28 in [0, 1]) and their labels."""
+    return digits.x_test[:128], digits.y_test[:128]
