@@ -6,7 +6,18 @@ The curated public API lives here; everything else is importable from its home m
 from sparring import errors
 from sparring.attacks import FGSM, PGD, AttackResult, Cost, EvasionAttack, EvasionResult, Norm
 from sparring.data import Dataset, load_breast_cancer, load_digits, zoo
-from sparring.targets import Access, InputSpec, QueryCounter, SklearnTarget, Target, TorchTarget
+from sparring.targets import (
+    Access,
+    HttpTarget,
+    InputSpec,
+    OnnxTarget,
+    QueryCounter,
+    SklearnTarget,
+    Target,
+    TorchTarget,
+    load_spec,
+    load_target,
+)
 
 __version__ = "0.1.0"
 
@@ -19,8 +30,10 @@ __all__ = [
     "Dataset",
     "EvasionAttack",
     "EvasionResult",
+    "HttpTarget",
     "InputSpec",
     "Norm",
+    "OnnxTarget",
     "QueryCounter",
     "SklearnTarget",
     "Target",
@@ -29,5 +42,7 @@ __all__ = [
     "errors",
     "load_breast_cancer",
     "load_digits",
+    "load_spec",
+    "load_target",
     "zoo",
 ]

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sparring.data import models, zoo
+from sparring.data import models
 from sparring.data.datasets import Dataset, load_breast_cancer
 from sparring.errors import InputSpecError, ModelLoadError, ParameterError
 from sparring.targets.load import detect_kind, load_spec, load_target
@@ -94,11 +94,13 @@ def truncated(src: Path, dst: Path) -> Path:
 def test_saved_torch_model_loads_and_predicts_like_the_original(
     kind: str, files: dict[str, Path], digits_cnn: TorchTarget, digits_batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    x, _ = digits_batch
+    x, y = digits_batch
     target = load_target(files[kind], spec=digits_cnn.spec)
     assert isinstance(target, OnnxTarget if kind == "onnx" else TorchTarget)
     assert torch.equal(target.predict(x), digits_cnn.predict(x))
     torch.testing.assert_close(target.scores(x), digits_cnn.scores(x), atol=1e-4, rtol=1e-4)
+    if isinstance(target, TorchTarget):  # white-box access survives saving
+        torch.testing.assert_close(target.loss_gradient(x[:8], y[:8]), digits_cnn.loss_gradient(x[:8], y[:8]))
 
 
 def test_state_dict_with_entry_point_loads_with_gradients(
@@ -198,9 +200,9 @@ def test_bad_spec_files_raise_input_spec_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kind", "read_as"),
     [
-        ("torchscript", "PyTorch or skops archive"),  # weights come first: the half file shows only tensors
-        ("torch-export", "torch.export archive"),
-        ("state-dict", "torch.save file"),
+        ("torchscript", r"truncated or corrupted PyTorch archive"),  # the half file holds only weights
+        ("torch-export", "truncated or corrupted torch.export archive"),
+        ("state-dict", r"truncated or corrupted torch\.save file"),
         ("onnx", "not a valid ONNX model"),
     ],
 )
@@ -214,7 +216,7 @@ def test_truncated_torch_and_onnx_files_are_refused_naming_the_kind(
     assert path.name in str(info.value)
 
 
-@pytest.mark.parametrize(("key", "read_as"), [("skops", "skops file"), ("joblib", "pickle/joblib file")])
+@pytest.mark.parametrize(("key", "read_as"), [("skops", "skops"), ("joblib", "pickle/joblib")])
 def test_truncated_sklearn_files_are_refused_naming_the_kind(
     key: str, read_as: str, sk_files: dict[str, Any], cancer: Dataset, tmp_path: Path
 ) -> None:
@@ -242,7 +244,7 @@ def test_export_for_another_input_shape_or_a_fixed_batch_is_refused(
         load_target(files["torch-export"], spec=InputSpec(shape=(1, 32, 32), n_classes=10))
     fixed = tmp_path / "fixed.pt2"
     torch.export.save(torch.export.export(digits_cnn.model, (torch.rand(4, 1, 28, 28),)), str(fixed))
-    with pytest.raises(ModelLoadError, match="fixed batch size of 4.*dynamic_shapes"):
+    with pytest.raises(ModelLoadError, match=r"fixed batch size of 4.*dynamic_shapes"):
         load_target(fixed, spec=digits_cnn.spec)
 
 
@@ -267,11 +269,11 @@ def test_entry_point_mistakes_are_named(
 def test_state_dict_that_does_not_fit_the_architecture_is_refused(digits_cnn: TorchTarget, tmp_path: Path) -> None:
     wrong_keys = tmp_path / "mlp.pt"
     torch.save(models.digits_mlp().state_dict(), wrong_keys)
-    with pytest.raises(ModelLoadError, match=r"missing keys \(8\).*unexpected keys \(6\)"):
+    with pytest.raises(ModelLoadError, match=r"missing keys \(6\): \['0\.weight'.*unexpected keys \(4\): \['1\."):
         load_target(wrong_keys, spec=digits_cnn.spec, entry_point=ENTRY)
     wrong_shape = tmp_path / "cnn5.pt"
     torch.save(models.digits_cnn(n_classes=5).state_dict(), wrong_shape)
-    with pytest.raises(ModelLoadError, match=r"shape mismatches \(2\): 9\.weight: file \(5, 128\) vs model \(10, 128\)"):
+    with pytest.raises(ModelLoadError, match=r"shape mismatches \(2\): \[.9\.weight: file \(5, 128\) vs model \(10,"):
         load_target(wrong_shape, spec=digits_cnn.spec, entry_point=ENTRY)
     wrapped = tmp_path / "ddp.pt"
     torch.save({f"module.{k}": v for k, v in digits_cnn.model.state_dict().items()}, wrapped)
@@ -284,14 +286,14 @@ def test_torch_save_files_are_never_fully_unpickled(digits_cnn: TorchTarget, tmp
     torch.save(models.digits_cnn(), whole)
     with pytest.raises(ModelLoadError, match="weights_only=True"):
         load_target(whole, spec=digits_cnn.spec, entry_point=ENTRY)
-    with pytest.raises(ModelLoadError, match="entry_point='package.module:build_fn'"):
+    with pytest.raises(ModelLoadError, match=r"entry_point='package\.module:build_fn'"):
         load_target(whole, spec=digits_cnn.spec)
 
 
 def test_missing_file_and_missing_spec(files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no such file"):
         load_target(tmp_path / "absent.onnx", spec=InputSpec(shape=(4,), n_classes=2, layout="features"))
-    with pytest.raises(ModelLoadError, match="no such file.*Did you mean the zoo model 'digits-cnn'"):
+    with pytest.raises(ModelLoadError, match=r"no such file.*Did you mean the zoo model 'digits-cnn'"):
         load_target("digits-cnm")
     for kind in ("onnx", "torchscript", "state-dict"):
         with pytest.raises(ParameterError, match="needs an input spec"):
@@ -317,5 +319,5 @@ def test_entry_point_with_a_self_describing_file_is_refused(files: dict[str, Pat
 
 def test_sklearn_model_fitted_on_other_features_is_refused(sk_files: dict[str, Any]) -> None:
     spec = InputSpec(shape=(10,), n_classes=2, layout="features", bounds=(-1e4, 1e4))
-    with pytest.raises(InputSpecError, match="fitted on 30 features.*10 features"):
+    with pytest.raises(InputSpecError, match=r"fitted on 30 features.*10 features"):
         load_target(sk_files["skops"], spec=spec)

@@ -72,7 +72,7 @@ def test_wrong_input_shape_is_caught_at_construction() -> None:
 
 
 def test_non_module_is_refused() -> None:
-    with pytest.raises(ParameterError, match="torch.nn.Module"):
+    with pytest.raises(ParameterError, match=r"torch\.nn\.Module"):
         TorchTarget(lambda x: x, SPEC)  # type: ignore[arg-type]
 
 

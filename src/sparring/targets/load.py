@@ -33,25 +33,26 @@ from sparring.errors import InputSpecError, ModelLoadError, ParameterError
 from sparring.targets.base import Target
 from sparring.targets.spec import InputSpec
 
-__all__ = ["KINDS", "detect_kind", "load_spec", "load_target"]
+__all__ = ["KINDS", "ExportedModule", "detect_kind", "load_spec", "load_target"]
 
 KINDS: dict[str, str] = {
-    "zoo": "a zoo model name (sparring.zoo.names())",
+    "zoo": "zoo model (a name from sparring.zoo.names())",
     "torchscript": "TorchScript archive (torch.jit.save)",
     "torch-export": "torch.export archive (torch.export.save, .pt2)",
     "torch-save": "torch.save file (a state dict; needs entry_point='package.module:builder')",
     "onnx": "ONNX model (.onnx)",
-    "skops": "scikit-learn model saved with skops (.skops)",
-    "pickle": "pickled scikit-learn model (.joblib, .pkl, .pickle; needs trust_pickle=True)",
+    "skops": "skops file (scikit-learn, skops.io.dump, .skops)",
+    "pickle": "pickle/joblib file (scikit-learn, .joblib/.pkl/.pickle; needs trust_pickle=True)",
 }
-"""The kinds :func:`load_target` reads, with how each is recognised."""
+"""The kinds :func:`load_target` reads, each with how it is made."""
 
-_SUFFIX_KIND = {
-    ".onnx": "onnx", ".skops": "skops", ".joblib": "pickle", ".pkl": "pickle", ".pickle": "pickle",
-    ".pt2": "torch-export",
-}
+_SUFFIX_KIND = {".onnx": "onnx", ".skops": "skops", ".joblib": "pickle", ".pkl": "pickle", ".pickle": "pickle",
+                ".pt2": "torch-export"}
 _TORCH_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".bin", ".ckpt"}
-_PICKLE_SUFFIXES = {".joblib", ".pkl", ".pickle"}
+
+
+def _label(kind: str) -> str:
+    return KINDS[kind].split(" (")[0]
 
 
 def _supported() -> str:
@@ -111,7 +112,8 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
         return kind
     if head.startswith(b"PK\x03\x04"):  # a zip whose end was cut off or overwritten
         kind = _zip_kind(_local_zip_names(p)) or _SUFFIX_KIND.get(suffix)
-        what = KINDS[kind].split(" (")[0] if kind else "PyTorch or skops archive"
+        torch_like = "PyTorch archive (TorchScript, torch.export or torch.save)" if suffix in _TORCH_SUFFIXES else ""
+        what = _label(kind) if kind else torch_like or "zip archive"
         raise ModelLoadError(
             f"{p} is a truncated or corrupted {what}: it starts like a zip archive but its directory is missing or "
             "unreadable. Copy or save the file again."
@@ -120,7 +122,7 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
         kind = _SUFFIX_KIND[suffix]
         if kind in ("skops", "torch-export"):  # both are always zip archives
             raise ModelLoadError(
-                f"{p} is not a valid {KINDS[kind].split(' (')[0]}: it is not a zip archive (truncated, corrupted, or "
+                f"{p} is not a valid {_label(kind)}: it is not a zip archive (truncated, corrupted, or "
                 "another format under this extension)."
             )
         return kind
@@ -227,13 +229,13 @@ def load_target(
     kind = detect_kind(path)
     if entry_point is not None and kind not in ("torch-save", "pickle"):
         raise ParameterError(
-            f"entry_point is for state-dict files, but {path} is a {KINDS[kind]} that carries its own model. "
+            f"entry_point is for state-dict files, but {path} is a {_label(kind)} that carries its own model. "
             "Drop entry_point."
         )
     the_spec = _resolve_spec(spec)
     if the_spec is None:
         raise ParameterError(
-            f"loading {path} ({KINDS[kind].split(' (')[0]}) needs an input spec: pass spec=InputSpec(shape=..., "
+            f"loading {path} ({_label(kind)}) needs an input spec: pass spec=InputSpec(shape=..., "
             "n_classes=..., bounds=...) or spec='spec.json' (InputSpec.to_dict keys; --spec on the command line)."
         )
     if entry_point is not None:
@@ -245,7 +247,7 @@ def load_target(
     if kind == "torch-export":
         ep = _read_torch(path, kind, lambda: torch.export.load(str(path)))
         _check_export_input(ep, the_spec, path)
-        return _torch_target(ep.module(), the_spec, device, target_kwargs)
+        return _torch_target(ExportedModule(ep.module()), the_spec, device, target_kwargs)
     if kind == "torch-save":
         raise ModelLoadError(
             f"{path} is a torch.save file. sparring reads state dicts only (never full pickled modules), so it "
@@ -271,9 +273,28 @@ def _read_torch(path: Path, kind: str, read: Any) -> Any:
         return read()
     except Exception as exc:
         raise ModelLoadError(
-            f"{path} could not be read as a {KINDS[kind].split(' (')[0]} (truncated, corrupted, or saved by an "
+            f"{path} could not be read as a {_label(kind)} (truncated, corrupted, or saved by an "
             f"incompatible torch version; this is torch {torch.__version__}): {_first_line(exc)}"
         ) from exc
+
+
+class ExportedModule(nn.Module):
+    """The module of a ``torch.export`` program, made safe for :class:`~sparring.targets.TorchTarget`.
+
+    ``ExportedProgram.module()`` refuses ``.train()``/``.eval()`` (the graph has its mode baked in), but targets
+    switch modes around attacks; this wrapper records the mode without passing it down.
+    """
+
+    def __init__(self, exported: nn.Module) -> None:
+        super().__init__()
+        self.exported = exported
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.exported(x)  # type: ignore[no-any-return]
 
 
 def _jit_load(path: Path) -> Any:
@@ -298,7 +319,7 @@ def _check_export_input(ep: Any, spec: InputSpec, path: Path) -> None:
     if len(vals) != 1 or not isinstance(vals[0], torch.Tensor):
         raise ModelLoadError(f"{path} takes {len(vals)} inputs; sparring needs a model with one tensor input.")
     dims = [d if isinstance(d, int) else None for d in vals[0].shape]
-    shown = tuple(d if d is not None else "N" for d in dims)
+    shown = "(" + ", ".join("N" if d is None else str(d) for d in dims) + ")"
     if len(dims) != 1 + len(spec.shape) or any(
         d is not None and d != s for d, s in zip(dims[1:], spec.shape, strict=True)
     ):
@@ -386,13 +407,8 @@ def _load_state_dict_model(path: Path, entry_point: str) -> nn.Module:
         if k in obj and isinstance(obj[k], torch.Tensor) and tuple(obj[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected[:5]}")
-        if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes[:5])}")
+        parts = [f"{what} ({len(items)}): {items[:5]}" for what, items in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
         hint = ""
         if unexpected and all(str(k).startswith("module.") for k in obj):
             hint = " The keys start with 'module.' (saved from DataParallel/DDP): strip that prefix before saving."
