@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -111,13 +112,10 @@ def make_sparring(a: argparse.Namespace, target: TorchTarget, *, early_stop: boo
 def make_hand(a: argparse.Namespace, model: nn.Module) -> Contestant:
     """The straightforward Madry loop: requires_grad on x, CE, autograd.grad, sign step, clamp; weights untouched."""
 
-    def fgsm() -> AttackFn:
-        def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            x = x.clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
-            return (x.detach() + a.eps * grad.sign()).clamp(0.0, 1.0)
-
-        return run
+    def fgsm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
+        return (x.detach() + a.eps * grad.sign()).clamp(0.0, 1.0)
 
     def pgd(steps: int, seed: int) -> AttackFn:
         def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -132,19 +130,16 @@ def make_hand(a: argparse.Namespace, model: nn.Module) -> Contestant:
 
         return run
 
-    return Contestant(HAND, torch.__version__, fgsm, pgd, "plain PyTorch, global torch RNG")
+    return Contestant(HAND, torch.__version__, lambda: fgsm, pgd, "plain PyTorch, global torch RNG")
 
 
 def make_torchattacks(a: argparse.Namespace, model: nn.Module) -> Contestant:
     import torchattacks
 
-    def fgsm() -> AttackFn:
-        return torchattacks.FGSM(model, eps=a.eps)  # type: ignore[no-any-return]
-
-    def pgd(steps: int, seed: int) -> AttackFn:
-        return torchattacks.PGD(model, eps=a.eps, alpha=a.alpha, steps=steps, random_start=True)  # type: ignore
-
-    return Contestant("torchattacks", _version("torchattacks"), fgsm, pgd, "global torch RNG")
+    return Contestant(
+        "torchattacks", _version("torchattacks"), lambda: torchattacks.FGSM(model, eps=a.eps),
+        lambda steps, seed: torchattacks.PGD(model, eps=a.eps, alpha=a.alpha, steps=steps, random_start=True),
+        "global torch RNG")
 
 
 def make_foolbox(a: argparse.Namespace, model: nn.Module) -> Contestant:
@@ -213,7 +208,8 @@ def memory_method(device: torch.device) -> str:
         return ""
     libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD, fixed: large buffers are unmapped when freed
     libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-    return "growth of peak RSS (VmHWM after clear_refs) in one call, 1 torch thread, glibc mmap threshold 64 KiB"
+    return ("growth of peak RSS (VmHWM after clear_refs) in one call; fresh process, 1 torch thread, glibc mmap "
+            "threshold 64 KiB, smaller of 2 calls after a warm-up")
 
 
 def peak_memory_mib(fn: AttackFn, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -234,7 +230,24 @@ def peak_memory_mib(fn: AttackFn, x: torch.Tensor, y: torch.Tensor) -> float:
     return (_proc_kib("VmHWM") - base) / 1024
 
 
-def run_benchmark(a: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Setup:
+    """The shared pieces: data, the model as raw x -> logits, and each contestant's attack functions."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    model: nn.Module
+    contestants: list[Contestant]
+    fns: dict[tuple[str, str], AttackFn]  # the timed configuration
+    short: dict[tuple[str, str], AttackFn]  # warm-up and memory passes: same batch, shapes and code paths
+    skipped: dict[str, str]
+
+    def robust_count(self, x_adv: torch.Tensor) -> int:
+        with torch.no_grad():
+            return int((self.model(x_adv).argmax(1) == self.y).sum())
+
+
+def setup(a: argparse.Namespace) -> Setup:
     device = torch.device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -246,12 +259,6 @@ def run_benchmark(a: argparse.Namespace) -> dict[str, Any]:
     norm = target.spec.norm_tensors(device, torch.float32)
     assert norm is not None
     model = RawToLogits(target.model, *norm).to(device).eval()
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-
-    def robust_count(x_adv: torch.Tensor) -> int:
-        with torch.no_grad():
-            return int((model(x_adv).argmax(1) == y).sum())
-
     builders: dict[str, Callable[[], Contestant]] = {
         "sparring": lambda: make_sparring(a, target),
         "sparring-no-early-stop": lambda: make_sparring(a, target, early_stop=False),
@@ -260,25 +267,54 @@ def run_benchmark(a: argparse.Namespace) -> dict[str, Any]:
         "art": lambda: make_art(a, model, target.spec.shape, target.spec.n_classes),
         "hand": lambda: make_hand(a, model),
     }
-    contestants, skipped = [], {}
+    su = Setup(x, y, model, [], {}, {}, {})
     for key in a.contestants:
         try:
-            contestants.append(builders[key]())
+            su.contestants.append(builders[key]())
         except ImportError as exc:
-            skipped[key] = f"not installed ({exc})"
+            su.skipped[key] = f"not installed ({exc})"
             print(f"skipping {key}: {exc}", file=sys.stderr)
-    torchvision_loaded = "torchvision" in sys.modules
-
-    # The timed attack functions, and short ones for the warm-up and memory passes (same batch, shapes, code paths).
-    fns: dict[tuple[str, str], AttackFn] = {}
-    short: dict[tuple[str, str], AttackFn] = {}
-    for c in contestants:
+    for c in su.contestants:
         if c.fgsm is not None and "fgsm" in a.attacks:
-            fns["fgsm", c.name] = short["fgsm", c.name] = c.fgsm()
+            su.fns["fgsm", c.name] = su.short["fgsm", c.name] = c.fgsm()
         if c.pgd is not None and "pgd" in a.attacks:
-            fns["pgd", c.name] = c.pgd(a.steps, 0)
-            short["pgd", c.name] = c.pgd(min(a.warmup_steps, a.steps), 0)
-    names = [c.name for c in contestants]
+            su.fns["pgd", c.name] = c.pgd(a.steps, 0)
+            su.short["pgd", c.name] = c.pgd(min(a.warmup_steps, a.steps), 0)
+    return su
+
+
+def memory_probe(a: argparse.Namespace) -> dict[str, float]:
+    """Peak memory of every short attack function, in this (fresh) process; keys ``"attack/contestant"``."""
+    su = setup(a)
+    if not memory_method(torch.device(a.device)):
+        return {}
+    for fn in su.short.values():
+        fn(su.x, su.y)
+    return {f"{k[0]}/{k[1]}": min(peak_memory_mib(fn, su.x, su.y) for _ in range(2)) for k, fn in su.short.items()}
+
+
+def run_memory_pass(a: argparse.Namespace) -> tuple[str, dict[str, float]]:
+    """On CPU a fresh 1-thread process measures (a warm multi-threaded one gave figures varying by ±10 MiB)."""
+    if a.device.startswith("cuda"):
+        return memory_method(torch.device(a.device)), memory_probe(a)
+    argv = [sys.executable, __file__, "--memory-probe", "--threads", "1", "--device", a.device, "--n", str(a.n),
+            "--eps", str(a.eps), "--alpha", str(a.alpha), "--steps", str(a.steps),
+            "--warmup-steps", str(a.warmup_steps), "--attacks", *a.attacks, "--contestants", *a.contestants]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(f"memory pass failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return "", {}
+    peaks: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return (memory_method(torch.device("cpu")) if peaks else ""), peaks
+
+
+def run_benchmark(a: argparse.Namespace) -> dict[str, Any]:
+    load_at_start = os.getloadavg()  # other work on the machine skews timings; recorded with the results
+    su = setup(a)
+    x, y, fns, device = su.x, su.y, su.fns, su.x.device
+    torchvision_loaded = "torchvision" in sys.modules
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    names = [c.name for c in su.contestants]
     rows = {key: Row(*key) for key in sorted(fns, key=lambda k: (ATTACKS.index(k[0]), names.index(k[1])))}
 
     for r in range(a.rounds + 1):
@@ -287,7 +323,7 @@ def run_benchmark(a: argparse.Namespace) -> dict[str, Any]:
             _seed()
             sync()
             t0 = time.perf_counter()
-            x_adv = (fns if r else short)[attack, name](x, y)
+            x_adv = (fns if r else su.short)[attack, name](x, y)
             sync()
             dt = time.perf_counter() - t0
             if r == 0:
@@ -295,41 +331,37 @@ def run_benchmark(a: argparse.Namespace) -> dict[str, Any]:
             row = rows[attack, name]
             row.times.append(dt)
             x_adv = torch.as_tensor(x_adv).to(device, torch.float32)
-            row.robust.append(robust_count(x_adv))
+            row.robust.append(su.robust_count(x_adv))
             row.max_linf = max(row.max_linf, float((x_adv - x).abs().amax()))
             row.in_bounds &= bool(x_adv.shape == x.shape and torch.isfinite(x_adv).all()
                                   and x_adv.min() >= -1e-6 and x_adv.max() <= 1 + 1e-6)
             print(f"round {r}/{a.rounds}  {attack:4s}  {name:26s} {dt:8.3f} s", file=sys.stderr)
 
     # Strength: PGD's robust accuracy depends on the random start, so every contestant also runs seeds 1..K-1.
-    for c in contestants:
+    for c in su.contestants:
         if c.pgd is None or ("pgd", c.name) not in rows:
             continue
         for s in range(1, a.strength_seeds):
             _seed(s)
-            rows["pgd", c.name].robust_seeds.append(robust_count(torch.as_tensor(c.pgd(a.steps, s)(x, y))))
+            rows["pgd", c.name].robust_seeds.append(su.robust_count(torch.as_tensor(c.pgd(a.steps, s)(x, y))))
             print(f"strength  seed {s}  {c.name}", file=sys.stderr)
 
-    mem_method = memory_method(device) if a.memory else ""
-    if mem_method:  # one torch thread (per-thread scratch made 2-thread figures vary); the smaller of two runs
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        for key, fn in short.items():
-            rows[key].peak_mib = min(peak_memory_mib(fn, x, y) for _ in range(2))
-        torch.set_num_threads(threads)
+    mem_method, peaks = run_memory_pass(a) if a.memory else ("", {})
+    for (attack, name), row in rows.items():
+        row.peak_mib = peaks.get(f"{attack}/{name}")
 
     results = [summarise(row, rows, a) for row in rows.values()]
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(),
+        "machine": {**machine_info(), "load_avg_at_start": load_at_start},
         "config": {"model": "digits-cnn", "n": a.n, "eps": a.eps, "alpha": a.alpha, "steps": a.steps,
                    "random_start": True, "rounds": a.rounds, "warmup_and_memory_steps": a.warmup_steps,
                    "strength_seeds": a.strength_seeds, "device": str(device), "timed_seed": 0},
-        "clean_accuracy": robust_count(x) / a.n,
+        "clean_accuracy": su.robust_count(x) / a.n,
         "memory_method": mem_method or "not measured",
         "torchvision_imported": torchvision_loaded,
-        "skipped": skipped,
-        "contestants": {c.name: {"version": c.version, "note": c.note} for c in contestants},
+        "skipped": su.skipped,
+        "contestants": {c.name: {"version": c.version, "note": c.note} for c in su.contestants},
         "results": results,
         "targets": check_targets(results),
     }
@@ -382,7 +414,7 @@ def machine_info() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "load_avg": os.getloadavg()}
+            "python": platform.python_version(), "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -393,7 +425,7 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"\ndigits-cnn, n={c['n']}, L∞ eps={c['eps']}, PGD steps={c['steps']} alpha={c['alpha']} random start; "
           f"clean accuracy {res['clean_accuracy']:.4f}")
     print(f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), {c['device']}; "
-          f"median of {c['rounds']} rounds after 1 warm-up round; load average at the end {m['load_avg'][0]:.2f}")
+          f"median of {c['rounds']} rounds after 1 warm-up; load average at start {m['load_avg_at_start'][0]:.2f}")
     head = (f"{'attack':6s} {'contestant':24s} {'median s':>8s} {'min-max s':>15s} {'x hand':>6s} {'robust':>8s} "
             f"{'seeds mean':>10s} {'valid':>5s} {'peak MiB':>8s}")
     print(head + "\n" + "-" * len(head))
@@ -428,6 +460,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     p.add_argument("--contestants", nargs="+", choices=CHOICES, default=list(CHOICES))
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory pass")
+    p.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)  # internal: the memory pass
     a = p.parse_args(argv)
     if a.rounds < 1 or a.steps < 1 or a.n < 1:
         p.error(f"--rounds, --steps and --n must be >= 1; got {a.rounds}, {a.steps}, {a.n}")
@@ -440,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # peers' own deprecations are not what we measure
+        if a.memory_probe:
+            print(json.dumps(memory_probe(a)))
+            return 0
         res = run_benchmark(a)
     print_table(res)
     if a.json:

@@ -1,0 +1,1 @@
+"""Defences: robust training, input preprocessing, detection, certification."""

@@ -1,0 +1,1 @@
+"""Certified robustness: guarantees that a prediction cannot change within a radius."""

@@ -1,0 +1,1 @@
+"""Robust training: noise augmentation, certified (IBP/CROWN-IBP) training."""
