@@ -14,7 +14,7 @@ import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,6 +39,8 @@ class BatchContext:
     upper: torch.Tensor
     generator: torch.Generator
     gradients: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+    """Facts an attack wants in the result (e.g. ``{"budget_exhausted": True}``); copied to ``result.extras``."""
 
 
 class EvasionAttack(ABC):
@@ -146,7 +148,7 @@ class EvasionAttack(ABC):
             x_adv=_as_input_kind(x_adv.to(xt.dtype), x), y=_as_input_kind(yt, x),
             success=_as_input_kind(success, x), clean_correct=_as_input_kind(clean_pred == y_dev, x),
             adv_pred=_as_input_kind(adv_pred, x), norms=_as_input_kind(norms, x),
-            target_labels=None if tl is None else _as_input_kind(tl, x), norm=norm.value,
+            target_labels=None if tl is None else _as_input_kind(tl, x), norm=norm.value, extras=dict(ctx.notes),
         )
 
     @abstractmethod

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparring._util import first_line as _first_line
 from sparring.errors import InputSpecError, ModelLoadError, ParameterError
 from sparring.targets.base import ScoreKind, Target
 from sparring.targets.spec import Access, InputSpec
@@ -198,8 +199,3 @@ class OnnxTarget(Target):
         d["providers"] = list(self.providers)
         d["input"] = self.input_name
         return d
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
