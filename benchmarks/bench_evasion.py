@@ -439,6 +439,10 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"robust: examples still correct (seed 0; * varied between rounds); seeds mean: PGD robust accuracy over "
           f"seeds 0..{c['strength_seeds'] - 1}\npeak memory: {res['memory_method']}\n"
           f"torchvision imported: {res['torchvision_imported']}")
+    noisy = [f"{r['attack']}/{r['contestant']}" for r in res["results"] if r["max_s"] > 1.5 * r["min_s"]]
+    if noisy:
+        print(f"WARNING: slowest round > 1.5x the fastest for {', '.join(noisy)}: other load disturbed the timings; "
+              "re-run on a quiet machine")
     for attack, checks in res["targets"].items():
         print(f"targets ({attack}): " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in checks.items()))
 
