@@ -1,4 +1,4 @@
-"""Every ```python block in the README and docs/ runs as written (```py blocks are illustrative: they need your files)."""
+"""Every ```python block in the README and docs/ runs as written (```py blocks are illustrative)."""
 
 from __future__ import annotations
 
