@@ -4,7 +4,7 @@ The curated public API lives here; everything else is importable from its home m
 """
 
 from sparring import errors
-from sparring.attacks import FGSM, PGD, AttackResult, Cost, EvasionAttack, EvasionResult, Norm
+from sparring.attacks import FGSM, PGD, AttackResult, Cost, EvasionAttack, EvasionResult, HopSkipJump, Norm, Square
 from sparring.data import Dataset, load_breast_cancer, load_digits, zoo
 from sparring.targets import (
     Access,
@@ -30,12 +30,14 @@ __all__ = [
     "Dataset",
     "EvasionAttack",
     "EvasionResult",
+    "HopSkipJump",
     "HttpTarget",
     "InputSpec",
     "Norm",
     "OnnxTarget",
     "QueryCounter",
     "SklearnTarget",
+    "Square",
     "Target",
     "TorchTarget",
     "__version__",

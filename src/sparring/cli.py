@@ -51,9 +51,9 @@ def _fail(exc: BaseException) -> NoReturn:
 
 
 def _attacks() -> dict[str, type]:
-    from sparring.attacks import FGSM, PGD
+    from sparring.attacks import FGSM, PGD, HopSkipJump, Square
 
-    return {"fgsm": FGSM, "pgd": PGD}
+    return {"fgsm": FGSM, "pgd": PGD, "square": Square, "hopskipjump": HopSkipJump}
 
 
 def _load_target(model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool, device: str,
@@ -114,6 +114,9 @@ def build_cli() -> Any:
     @click.option("--alpha", type=float, help="Step size (PGD; default 2.5·eps/steps).")
     @click.option("--restarts", type=click.IntRange(min=1), help="Random restarts (PGD; default 1).")
     @click.option("--loss", type=click.Choice(["ce", "margin"]), help="Attack loss (default ce).")
+    @click.option("--n-queries", type=click.IntRange(min=1), help="Queries per example (Square; default 5000).")
+    @click.option("--max-queries", type=click.IntRange(min=1), help="Query cap per example (HopSkipJump).")
+    @click.option("--max-iter", type=click.IntRange(min=1), help="Iterations (HopSkipJump; default 40).")
     @click.option("--target-class", type=int, help="Targeted attack towards this class (examples of that class "
                   "are left out).")
     @click.option("--seed", type=int, default=0, show_default=True)
@@ -125,7 +128,8 @@ def build_cli() -> Any:
     @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
     def attack(attack: str, model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool,
                data: str | None, split: str, n: int, eps: float, norm: str, steps: int | None, alpha: float | None,
-               restarts: int | None, loss: str | None, target_class: int | None, seed: int, batch_size: int,
+               restarts: int | None, loss: str | None, n_queries: int | None, max_queries: int | None,
+               max_iter: int | None, target_class: int | None, seed: int, batch_size: int,
                query_budget: int | None, device: str, save_adv: str | None, as_json: bool, no_progress: bool) -> None:
         """Run an evasion ATTACK on a model and report clean vs robust accuracy.
 
@@ -137,10 +141,10 @@ def build_cli() -> Any:
         cls = _attacks()[attack]
         allowed = _option_names(cls)
         given = {"eps": eps, "norm": norm, "steps": steps, "alpha": alpha, "restarts": restarts, "loss": loss,
-                 "seed": seed}
+                 "n_queries": n_queries, "max_queries": max_queries, "max_iter": max_iter, "seed": seed}
         for key, value in given.items():
             if value is not None and key not in allowed and key not in ("eps", "norm", "seed"):
-                raise click.UsageError(f"--{key} does not apply to {attack}; it takes: "
+                raise click.UsageError(f"--{key.replace('_', '-')} does not apply to {attack}; it takes: "
                                        f"{', '.join('--' + a for a in sorted(allowed))}.")
         params = {k: v for k, v in given.items() if v is not None and k in allowed}
         try:

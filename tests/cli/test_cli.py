@@ -94,3 +94,14 @@ def test_help_is_everywhere() -> None:
 def test_zoo_list_names_every_model() -> None:
     code, out, _ = _run("zoo", "list")
     assert code == 0 and all(n in out for n in zoo.names())
+
+
+def test_black_box_attacks_run_from_the_cli() -> None:
+    code, out, err = _run("attack", "square", "--n", "8", "--eps", "0.2", "--n-queries", "200", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["attack"] == "square" and d["robust_accuracy"] <= 0.25 and d["cost"]["gradients"] == 0
+    code, out, err = _run("attack", "hopskipjump", "--n", "4", "--norm", "l2", "--eps", "4", "--max-queries", "500",
+                          "--json")
+    assert code == 0, err
+    assert json.loads(out)["cost"]["queries"] <= 4 * 501 + 4

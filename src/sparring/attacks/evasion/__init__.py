@@ -1,6 +1,8 @@
 """Evasion attacks: perturb inputs at inference time so the model errs."""
 
 from sparring.attacks.evasion.fgsm import FGSM
+from sparring.attacks.evasion.hopskipjump import HopSkipJump
 from sparring.attacks.evasion.pgd import PGD
+from sparring.attacks.evasion.square import Square
 
-__all__ = ["FGSM", "PGD"]
+__all__ = ["FGSM", "PGD", "HopSkipJump", "Square"]
