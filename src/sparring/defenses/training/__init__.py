@@ -1,5 +1,6 @@
-"""Robust training: noise augmentation, certified (IBP/CROWN-IBP) training."""
+"""Robust training: Gaussian noise augmentation, certified (IBP/CROWN-IBP) training."""
 
 from sparring.defenses.training.certified import train_certified
+from sparring.defenses.training.noise import train_with_noise
 
-__all__ = ["train_certified"]
+__all__ = ["train_certified", "train_with_noise"]
