@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparring._util import reinit_parameters
 from sparring.data import models
 from sparring.data.cache import cache_dir, load_state, save_state
 from sparring.data.datasets import Dataset, load_breast_cancer, load_digits
@@ -153,12 +154,7 @@ def train_torch_classifier(
     """Plain cross-entropy training with Adam, deterministic for a seed (global RNG state is left untouched)."""
     norm = spec.norm_tensors()
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            reset = getattr(m, "reset_parameters", None)
-            if callable(reset):
-                reset()
+    reinit_parameters(model, seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = ds.x_train, ds.y_train
     if norm is not None:

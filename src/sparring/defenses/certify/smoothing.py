@@ -47,6 +47,8 @@ __all__ = [
 ABSTAIN = -1
 """The label returned where the smoothed classifier abstains."""
 
+_GATHER_ABOVE = 16  # a batch spanning more inputs than this adds them with one gather instead of a loop of slices
+
 
 def _check_count(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
@@ -356,7 +358,11 @@ class SmoothedClassifier:
                 keys = t.query_labels(noisy).to(dev)
             else:  # samples of several inputs share the batch: key = (input - first) * n_classes + vote
                 owner = torch.arange(start, stop, device=dev).div_(n, rounding_mode="floor")
-                noisy.add_(xs.index_select(0, owner))
+                if last - first < _GATHER_ABOVE:  # a few long runs: broadcast each input over its run
+                    for i in range(first, last + 1):
+                        noisy[max(i * n, start) - start : min((i + 1) * n, stop) - start].add_(xs[i])
+                else:  # many short runs (small n): one gather
+                    noisy.add_(xs.index_select(0, owner))
                 keys = (owner - first) * c + t.query_labels(noisy).to(dev)
             counts[first * c : (last + 1) * c] += torch.bincount(keys, minlength=(last - first + 1) * c)
         return counts.reshape(m, c)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparring._util import reinit_parameters
 from sparring.attacks.evasion._checks import check_eps, check_positive_int
 from sparring.attacks.norms import Norm
 from sparring.data.datasets import Dataset
@@ -118,13 +119,7 @@ def train_certified(
     bm = BoundedModel(model, spec)  # fails early, naming any unsupported layer
     dev, dtype = bm.device, bm.dtype
     if reinit:
-        cuda = [dev.index or 0] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            for m in model.modules():
-                reset = getattr(m, "reset_parameters", None)
-                if callable(reset):
-                    reset()
+        reinit_parameters(model, seed)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
     norm = spec.norm_tensors(dev, dtype)
     low, high = spec.bounds_tensors(dev, dtype)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from sparring._progress import progress_bar
+from sparring._util import reinit_parameters
 from sparring.data import models
 from sparring.data.cache import cache_dir, load_state, save_state
 from sparring.data.datasets import Dataset, load_digits
@@ -97,12 +98,7 @@ def train_with_noise(
     x_all, y_all = x_all.to(dev, dtype), y_all.to(dev)
     norm = spec.norm_tensors(dev, dtype)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            reset = getattr(m, "reset_parameters", None)
-            if callable(reset):
-                reset()
+    reinit_parameters(model, seed)
     order_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=dev).manual_seed(seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
