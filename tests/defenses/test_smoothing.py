@@ -155,11 +155,13 @@ def test_half_space_radius_is_close_to_and_below_the_true_distance() -> None:
     assert torch.all(res.radii <= true_distance) and torch.all(res.radii >= true_distance - 0.02)
 
 
-def test_samples_of_several_inputs_sharing_a_batch_are_counted_for_their_own_input() -> None:
+@pytest.mark.parametrize(("n", "batch_size"), [(7, 5), (3, 64), (1000, 300)])  # few runs per batch, many, one
+def test_samples_of_several_inputs_sharing_a_batch_are_counted_for_their_own_input(n: int, batch_size: int) -> None:
     target = TorchTarget(_Argmax(), FEATURES)
-    x = torch.eye(4)[[0, 3, 1, 2, 2]]
-    counts = SmoothedClassifier(target, 0.01, batch_size=5).sample_counts(x, 7)  # 7 is not a multiple of 5
-    assert torch.equal(counts, 7 * torch.eye(4, dtype=torch.int64)[[0, 3, 1, 2, 2]])
+    classes = torch.arange(41) * 7 % 4
+    counts = SmoothedClassifier(target, 0.01, batch_size=batch_size).sample_counts(torch.eye(4)[classes], n)
+    assert torch.equal(counts, n * torch.eye(4, dtype=torch.int64)[classes])
+    assert target.counter.used == 41 * n
 
 
 def test_a_label_only_black_box_can_be_smoothed_and_certified() -> None:
