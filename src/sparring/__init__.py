@@ -4,7 +4,20 @@ The curated public API lives here; everything else is importable from its home m
 """
 
 from sparring import errors
-from sparring.attacks import FGSM, PGD, AttackResult, Cost, EvasionAttack, EvasionResult, HopSkipJump, Norm, Square
+from sparring.attacks import (
+    FAB,
+    FGSM,
+    PGD,
+    AttackResult,
+    CarliniWagnerL2,
+    Cost,
+    DeepFool,
+    EvasionAttack,
+    EvasionResult,
+    HopSkipJump,
+    Norm,
+    Square,
+)
 from sparring.data import Dataset, load_breast_cancer, load_digits, zoo
 from sparring.targets import (
     Access,
@@ -22,12 +35,15 @@ from sparring.targets import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "FAB",
     "FGSM",
     "PGD",
     "Access",
     "AttackResult",
+    "CarliniWagnerL2",
     "Cost",
     "Dataset",
+    "DeepFool",
     "EvasionAttack",
     "EvasionResult",
     "HopSkipJump",

@@ -1,8 +1,21 @@
 """Attacks, by family. Every attack is configuration at construction and runs when called on a target."""
 
 from sparring.attacks.base import EvasionAttack
-from sparring.attacks.evasion import FGSM, PGD, HopSkipJump, Square
+from sparring.attacks.evasion import FAB, FGSM, PGD, CarliniWagnerL2, DeepFool, HopSkipJump, Square
 from sparring.attacks.norms import Norm
 from sparring.attacks.result import AttackResult, Cost, EvasionResult
 
-__all__ = ["FGSM", "PGD", "AttackResult", "Cost", "EvasionAttack", "EvasionResult", "HopSkipJump", "Norm", "Square"]
+__all__ = [
+    "FAB",
+    "FGSM",
+    "PGD",
+    "AttackResult",
+    "CarliniWagnerL2",
+    "Cost",
+    "DeepFool",
+    "EvasionAttack",
+    "EvasionResult",
+    "HopSkipJump",
+    "Norm",
+    "Square",
+]

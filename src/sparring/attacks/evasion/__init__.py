@@ -1,8 +1,11 @@
 """Evasion attacks: perturb inputs at inference time so the model errs."""
 
+from sparring.attacks.evasion.cw import CarliniWagnerL2
+from sparring.attacks.evasion.deepfool import DeepFool
+from sparring.attacks.evasion.fab import FAB
 from sparring.attacks.evasion.fgsm import FGSM
 from sparring.attacks.evasion.hopskipjump import HopSkipJump
 from sparring.attacks.evasion.pgd import PGD
 from sparring.attacks.evasion.square import Square
 
-__all__ = ["FGSM", "PGD", "HopSkipJump", "Square"]
+__all__ = ["FAB", "FGSM", "PGD", "CarliniWagnerL2", "DeepFool", "HopSkipJump", "Square"]
