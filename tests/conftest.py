@@ -12,6 +12,9 @@ from sparring import zoo
 from sparring.data import Dataset
 from sparring.targets import TorchTarget
 
+# The plugin a user's project enables the same way: it registers the `robustness` marker.
+pytest_plugins = ["sparring.testing"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

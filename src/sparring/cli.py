@@ -3,7 +3,7 @@
 Exit codes (also in ``sparring --help``):
     0 success · 1 internal error (a bug: please report) · 2 usage error (bad option or argument) ·
     3 bad input (data, spec or parameter values) · 4 model or endpoint problem (cannot load, unreachable, access) ·
-    5 query budget exhausted
+    5 query budget exhausted · 6 an audit gate failed · 130 interrupted (Ctrl-C; partial report written)
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 from sparring import errors
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_BUDGET = 0, 1, 2, 3, 4, 5
+EXIT_GATE, EXIT_INTERRUPTED = 6, 130
 
 _EXIT_HELP = (
     "Exit codes: 0 success, 1 internal error, 2 usage error, 3 bad input (data/spec/parameters), "
-    "4 model or endpoint problem, 5 query budget exhausted."
+    "4 model or endpoint problem, 5 query budget exhausted, 6 an audit gate failed, 130 interrupted."
 )
 
 
@@ -36,7 +37,8 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_BUDGET
     if isinstance(exc, errors.ModelLoadError | errors.EndpointError | errors.AccessError):
         return EXIT_MODEL
-    if isinstance(exc, errors.InputSpecError | errors.ParameterError | errors.DataLoadError):
+    if isinstance(exc, errors.InputSpecError | errors.ParameterError | errors.DataLoadError | errors.ThreatModelError
+                  | errors.CheckpointError):
         return EXIT_INPUT
     return EXIT_INTERNAL
 
@@ -173,6 +175,56 @@ def build_cli() -> Any:
             click.echo(json.dumps(summary, default=str))
         else:
             _print_summary(summary)
+
+    @cli.command(epilog=_EXIT_HELP)
+    @click.argument("threat_model", required=False, type=click.Path(dir_okay=False))
+    @click.option("--out", "-o", "out_dir", default="sparring-report", show_default=True,
+                  type=click.Path(file_okay=False), help="Folder for the reports and the checkpoints.")
+    @click.option("--resume", is_flag=True, help="Continue an interrupted audit from its checkpoints in --out.")
+    @click.option("--format", "formats", default="html,json,markdown,junit", show_default=True,
+                  help="Comma-separated report formats.")
+    @click.option("--no-progress", is_flag=True, help="Hide per-step progress lines and bars.")
+    def audit(threat_model: str | None, out_dir: str, resume: bool, formats: str, no_progress: bool) -> None:
+        """Audit a model as THREAT_MODEL (YAML) describes, and write reports.
+
+        Without THREAT_MODEL the built-in default runs: the zoo digits CNN on its held-out digits against a
+        white-box attacker. Write your own with `sparring init`. Exit code 6 when a gate fails.
+
+        \b
+        Examples:
+          sparring audit                         # the built-in default
+          sparring audit threat.yaml --out report
+          sparring audit threat.yaml --out report --resume
+        """
+        from sparring.cli_audit import run_audit_command
+
+        sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail))
+
+    @cli.command(epilog=_EXIT_HELP)
+    @click.option("--model", "-m", default="digits-cnn", show_default=True, help="Zoo name, model file or URL.")
+    @click.option("--data", "-d", help="Data file or image folder (default: the zoo model's data).")
+    @click.option("--spec", help="InputSpec JSON for a model file.")
+    @click.option("--entry-point", help="'package.module:callable' for a state-dict file.")
+    @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)
+    @click.option("--output", "-o", "output", default="threat.yaml", show_default=True,
+                  type=click.Path(dir_okay=False), help="Where to write the template ('-' for stdout).")
+    @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+    def init(model: str, data: str | None, spec: str | None, entry_point: str | None, n: int, output: str,
+             force: bool) -> None:
+        """Write an annotated threat-model template for MODEL, pre-filled from the model and its data."""
+        from sparring.audit.template import threat_model_template
+
+        if output != "-" and Path(output).exists() and not force:
+            raise click.UsageError(f"{output} exists; pass --force to overwrite it or choose another --output.")
+        try:
+            text = threat_model_template(model, data=data, spec=spec, entry_point=entry_point, n=n)
+        except errors.SparringError as exc:
+            _fail(exc)
+        if output == "-":
+            click.echo(text, nl=False)
+        else:
+            Path(output).write_text(text, encoding="utf-8")
+            click.echo(f"wrote {output}; edit it, then: sparring audit {output}")
 
     @cli.group()
     def zoo() -> None:

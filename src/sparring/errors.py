@@ -13,13 +13,16 @@ working. Messages name the value seen, the value expected, and what to do about 
      ├── QueryBudgetExceeded (RuntimeError)   a black-box target's query budget would be exceeded
      ├── ModelLoadError (OSError)             a model file is missing, corrupted, of the wrong kind, or untrusted
      ├── DataLoadError (OSError)              a data file or dataset is missing or malformed
-     └── EndpointError (ConnectionError)      a remote prediction API is unreachable, slow, or answers nonsense
+     ├── EndpointError (ConnectionError)      a remote prediction API is unreachable, slow, or answers nonsense
+     ├── ThreatModelError (ValueError)        an audit's threat model file is missing, not YAML, or invalid
+     └── CheckpointError (RuntimeError)       an audit's checkpoints do not belong to the run being resumed
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AccessError",
+    "CheckpointError",
     "DataLoadError",
     "EndpointError",
     "InputSpecError",
@@ -28,6 +31,7 @@ __all__ = [
     "ParameterError",
     "QueryBudgetExceeded",
     "SparringError",
+    "ThreatModelError",
 ]
 
 
@@ -74,3 +78,11 @@ class DataLoadError(SparringError, OSError):
 
 class EndpointError(SparringError, ConnectionError):
     """A remote prediction endpoint is unreachable, timed out, or answered something unusable."""
+
+
+class ThreatModelError(SparringError, ValueError):
+    """A threat model (audit spec) is missing, not valid YAML, or has a key or value that is not allowed."""
+
+
+class CheckpointError(SparringError, RuntimeError):
+    """Checkpoints found in an audit's output folder belong to a different threat model (or are unreadable)."""

@@ -27,7 +27,9 @@ from sparring.errors import ParameterError
 from sparring.targets.base import Target, register_attack_access
 from sparring.targets.spec import Access
 
-__all__ = ["BatchContext", "EvasionAttack"]
+__all__ = ["BatchContext", "EvasionAttack", "attack_names", "get_attack"]
+
+_ATTACKS: dict[str, type[EvasionAttack]] = {}
 
 
 @dataclass
@@ -62,6 +64,7 @@ class EvasionAttack(ABC):
         super().__init_subclass__(**kwargs)
         if not inspect.isabstract(cls) and "name" in cls.__dict__:
             register_attack_access(cls.name, cls.needs)
+            _ATTACKS[cls.name] = cls
 
     # ------------------------------------------------------------------ configuration
     def get_params(self) -> dict[str, Any]:
@@ -188,3 +191,19 @@ def _as_input_kind(v: torch.Tensor, ref: Any) -> Any:
     if isinstance(ref, torch.Tensor):
         return v.detach().to(ref.device)
     return v.detach().cpu()
+
+
+def attack_names() -> list[str]:
+    """Names of the evasion attacks (``EvasionAttack.name``), e.g. ``["fgsm", "pgd", ...]``."""
+    import sparring.attacks.evasion  # noqa: F401  (defines and so registers the built-in attacks)
+
+    return sorted(_ATTACKS)
+
+
+def get_attack(name: str) -> type[EvasionAttack]:
+    """The evasion attack class registered under ``name``; :class:`ParameterError` listing the names otherwise."""
+    names = attack_names()
+    try:
+        return _ATTACKS[name]
+    except KeyError:
+        raise ParameterError(f"unknown attack {name!r}; choose one of {', '.join(names)}.") from None

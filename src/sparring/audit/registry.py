@@ -1,0 +1,182 @@
+"""The check registry: what an audit can run, what each check needs, and the metrics gates may refer to.
+
+A *check* is a small object with a name, the threat it tests, the access it needs, a ``plan`` method that turns a
+threat model into zero or more *steps* (or explains why it does not apply), and a ``run`` method that executes one
+step. Attack families register their checks with :func:`register_check`; the planner only walks the registry, so a
+new family plugs in without editing the planner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+from sparring.targets.spec import Access
+
+if TYPE_CHECKING:
+    import torch
+
+    from sparring.audit.threat import ThreatModel
+    from sparring.targets.base import Target
+
+__all__ = [
+    "CHECKS",
+    "METRICS",
+    "Check",
+    "Measurement",
+    "MetricDef",
+    "PlanContext",
+    "RunContext",
+    "Skip",
+    "Step",
+    "StepResult",
+    "Threat",
+    "register_check",
+]
+
+Threat = Literal["evasion", "poisoning", "extraction", "inversion", "membership", "certification", "baseline"]
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """A metric a gate may test: its meaning, the gate keys it needs, and an example gate."""
+
+    description: str
+    params: tuple[str, ...]
+    example: str
+
+
+METRICS: dict[str, MetricDef] = {
+    "clean_accuracy": MetricDef("accuracy on the unperturbed audit data", (), "metric: clean_accuracy, min: 0.9"),
+    "robust_accuracy": MetricDef(
+        "accuracy under the strongest of all attacks run at the budget (per-point worst case)",
+        ("norm", "eps"), "metric: robust_accuracy, norm: linf, eps: 0.1, min: 0.6",
+    ),
+    "certified_accuracy": MetricDef(
+        "fraction of points certified correct: L∞ bound propagation at eps (norm: linf) or randomized smoothing at "
+        "an L2 radius (norm: l2)",
+        ("norm",), "metric: certified_accuracy, norm: l2, radius: 0.25, min: 0.5",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of audit work (checkpointed on its own)."""
+
+    id: str
+    check: str
+    threat: Threat
+    params: dict[str, Any]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A check the planner did not choose, and why."""
+
+    check: str
+    threat: Threat
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Measurement:
+    metric: str
+    value: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    """What a step produced. Everything is JSON-ready (lists, numbers, strings): it is the checkpoint format.
+
+    ``per_point`` holds per-example evidence (e.g. ``robust``: bools, ``adv_pred``: ints) that gates combine across
+    steps; ``examples`` holds a few inputs for the report (lists of floats); ``cost`` has queries, gradients, seconds.
+    """
+
+    step_id: str
+    check: str
+    threat: Threat
+    params: dict[str, Any]
+    status: Literal["done", "error"] = "done"
+    measurements: list[Measurement] = field(default_factory=list)
+    per_point: dict[str, list[Any]] = field(default_factory=dict)
+    examples: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepResult:
+        d = dict(d)
+        d["measurements"] = [Measurement(**m) for m in d.get("measurements", [])]
+        return cls(**d)
+
+    def value(self, metric: str) -> float | None:
+        for m in self.measurements:
+            if m.metric == metric:
+                return m.value
+        return None
+
+
+@dataclass
+class PlanContext:
+    """What the planner knows: the threat model and the loaded target."""
+
+    threat_model: ThreatModel
+    target: Target
+
+    @property
+    def access(self) -> Access:
+        """The access an attacker of this threat model has: the target's, capped by knowledge and API output."""
+        tm = self.threat_model
+        cap = {"white-box": Access.GRADIENTS, "grey-box": Access.SCORES, "black-box": Access.SCORES}[
+            tm.attacker.knowledge]
+        if tm.exposure.output == "labels":
+            cap = min(cap, Access.LABELS)
+        return min(self.target.access, cap)
+
+
+@dataclass
+class RunContext:
+    """What a step runs with: the target as the attacker sees it, the audit data, and a per-step generator."""
+
+    threat_model: ThreatModel
+    target: Target
+    attacker_target: Target
+    x: torch.Tensor
+    y: torch.Tensor
+    generator_seed: int
+    progress: bool = False
+
+
+class Check(Protocol):
+    name: str
+    threat: Threat
+    needs: Access
+
+    def plan(self, ctx: PlanContext) -> list[Step] | Skip: ...
+
+    def run(self, step: Step, ctx: RunContext) -> StepResult: ...
+
+
+CHECKS: dict[str, Check] = {}
+
+C = TypeVar("C", bound=type)
+
+
+def register_check(cls: C) -> C:
+    """Class decorator: instantiate the check and add it to :data:`CHECKS` (in registration order)."""
+    obj: Check = cls()
+    CHECKS[obj.name] = obj
+    return cls

@@ -1,0 +1,41 @@
+"""Audit reports: one self-contained HTML page for people, JSON for machines, Markdown for a pull request, JUnit XML
+for CI (one test case per gate).
+
+    paths = write_reports(audit, "report/")   # {"html": ..., "json": ..., "markdown": ..., "junit": ...}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sparring.audit.report.html import render_html
+from sparring.audit.report.machine import REPORT_SCHEMA_VERSION, render_junit, render_markdown, report_dict
+from sparring.audit.runner import Audit
+
+__all__ = ["REPORT_SCHEMA_VERSION", "render_html", "render_junit", "render_markdown", "report_dict", "write_reports"]
+
+FILES = {"html": "report.html", "json": "report.json", "markdown": "summary.md", "junit": "junit.xml"}
+
+
+def write_reports(audit: Audit, out_dir: str | Path, formats: tuple[str, ...] = tuple(FILES)) -> dict[str, Path]:
+    """Write the requested report formats into ``out_dir``; return their paths by format."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = report_dict(audit)
+    writers: dict[str, Any] = {
+        "json": lambda: json.dumps(data, indent=2, sort_keys=False),
+        "markdown": lambda: render_markdown(data),
+        "junit": lambda: render_junit(data),
+        "html": lambda: render_html(audit, data),
+    }
+    paths = {}
+    for fmt in formats:
+        p = out / FILES[fmt]
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(writers[fmt](), encoding="utf-8")
+        tmp.replace(p)
+        paths[fmt] = p
+    return paths

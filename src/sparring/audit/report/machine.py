@@ -1,0 +1,87 @@
+"""The machine-readable reports: JSON (versioned schema), JUnit XML (one case per gate) and a Markdown summary."""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from sparring.audit.runner import Audit
+
+__all__ = ["REPORT_SCHEMA_VERSION", "render_junit", "render_markdown", "report_dict"]
+
+REPORT_SCHEMA_VERSION = 1
+
+
+def report_dict(audit: Audit) -> dict[str, Any]:
+    """The JSON report: everything except per-point arrays and example inputs (those stay in the checkpoints)."""
+    steps = []
+    for r in audit.results:
+        steps.append({
+            "id": r.step_id, "check": r.check, "threat": r.threat, "status": r.status, "params": r.params,
+            "measurements": [{"metric": m.metric, "value": m.value, "params": m.params} for m in r.measurements],
+            "cost": r.cost, "notes": r.notes, "error": r.error,
+        })
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "name": audit.threat_model.name,
+        "status": audit.status,
+        "verdict": audit.verdict,
+        "gates": [g.to_dict() for g in audit.gates],
+        "findings": [f.to_dict() for f in audit.findings],
+        "plan": audit.plan.to_dict(),
+        "steps": steps,
+        "target": audit.target,
+        "threat_model": audit.threat_model.to_dict(),
+        "environment": audit.environment,
+    }
+
+
+def render_junit(data: dict[str, Any]) -> str:
+    """JUnit XML: one test case per gate (failing gates fail), plus one error case per step that could not run."""
+    gates = data["gates"]
+    errors = [s for s in data["steps"] if s["status"] == "error"]
+    suite = ET.Element("testsuite", {
+        "name": f"sparring audit: {data['name']}", "tests": str(len(gates) + len(errors)),
+        "failures": str(sum(g["status"] != "pass" for g in gates)), "errors": str(len(errors)),
+        "time": str(data["environment"].get("seconds", 0)),
+    })
+    for g in gates:
+        case = ET.SubElement(suite, "testcase", {"classname": "sparring.gates", "name": g["gate"]})
+        if g["status"] != "pass":
+            fail = ET.SubElement(case, "failure", {"message": g["message"], "type": g["status"]})
+            fail.text = f"{g['gate']}: {g['message']} (steps: {', '.join(g['steps']) or 'none'})"
+    for s in errors:
+        case = ET.SubElement(suite, "testcase", {"classname": "sparring.steps", "name": s["id"]})
+        ET.SubElement(case, "error", {"message": s["error"] or "error"}).text = s["error"]
+    if data["status"] != "complete":
+        ET.SubElement(suite, "system-out").text = "audit interrupted: results are partial; re-run with --resume"
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+_ICON = {"pass": "✅", "fail": "❌", "not-evaluated": "⚠️"}
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    """A short summary for a pull request comment: verdict, gates, the most severe findings."""
+    lines = [f"## sparring audit: {data['name']}", ""]
+    status = "" if data["status"] == "complete" else " (interrupted: partial results)"
+    lines.append(f"**Verdict: {data['verdict'].upper()}**{status}")
+    lines.append("")
+    if data["gates"]:
+        lines += ["| gate | value | result |", "|---|---|---|"]
+        for g in data["gates"]:
+            v = "—" if g["value"] is None else f"{g['value']:.4f}"
+            lines.append(f"| {g['gate']} | {v} | {_ICON[g['status']]} {g['status']} |")
+        lines.append("")
+    shown = [f for f in data["findings"] if f["severity"] != "info"][:8]
+    if shown:
+        lines.append("### Findings")
+        lines += [f"- **{f['severity']}** ({f['threat']}): {f['title']}" for f in shown]
+        lines.append("")
+    env = data["environment"]
+    lines.append(f"<sub>{len(data['steps'])} steps · {env.get('seconds', 0):.0f} s · sparring {env.get('sparring')} · "
+                 f"torch {env.get('torch')} · threat model {env.get('spec_hash', '')[:12]}</sub>")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,265 @@
+"""Plan and run an audit, one checkpoint per step, resumable.
+
+``run_audit(threat_model, out_dir)`` loads the system, plans the checks, runs each step with a seed derived from the
+threat model's seed and the step's id (so a step gives the same result whether it runs first or after a resume),
+writes ``out_dir/checkpoints/NNN.json`` after every step, and returns an :class:`Audit` that the report writers
+turn into HTML, JSON, Markdown and JUnit. With ``resume=True`` finished steps are read back instead of re-run; a
+checkpoint from a different threat model is refused. Ctrl-C abandons the step in progress and returns an audit
+marked ``"interrupted"`` holding the finished steps (their checkpoints stay, so ``resume=True`` picks up there).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sparring.audit.findings import Finding, GateResult, evaluate_gates, find
+from sparring.audit.registry import CHECKS, PlanContext, RunContext, Skip, Step, StepResult
+from sparring.audit.threat import ThreatModel
+from sparring.errors import CheckpointError, ParameterError, SparringError
+from sparring.targets.base import Target
+
+__all__ = ["Audit", "Plan", "load_system", "plan_audit", "run_audit"]
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    skipped: list[Skip]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": [s.to_dict() for s in self.steps], "skipped": [s.to_dict() for s in self.skipped]}
+
+
+@dataclass
+class Audit:
+    """The outcome of an audit: what was planned, what each step found, gates, findings, environment."""
+
+    threat_model: ThreatModel
+    plan: Plan
+    results: list[StepResult]
+    status: Literal["complete", "interrupted"]
+    environment: dict[str, Any]
+    target: dict[str, Any]
+    gates: list[GateResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> Literal["pass", "fail", "no gates"]:
+        if not self.gates:
+            return "no gates"
+        return "pass" if all(g.passed for g in self.gates) else "fail"
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_system(tm: ThreatModel) -> tuple[Target, Target, torch.Tensor, torch.Tensor]:
+    """The target (full access), the target as the attacker sees it, and the audit data ``(x, y)``."""
+    exp = tm.exposure
+    view: dict[str, Any] = {}
+    if exp.output == "top-k":
+        view["top_k"] = exp.top_k
+    if exp.decimals is not None:
+        view["decimals"] = exp.decimals
+    target = _load(tm, {})
+    cap = PlanContext(tm, target).access
+    if cap < target.access:
+        view["access"] = cap
+    attacker = _load(tm, view) if view else target
+    x, y = _data(tm, target)
+    return target, attacker, x, y
+
+
+def _load(tm: ThreatModel, extra: dict[str, Any]) -> Target:
+    s = tm.system
+    if s.model.startswith(("http://", "https://")):
+        from sparring.targets.http import HttpTarget
+        from sparring.targets.load import load_spec
+
+        if s.spec is None:
+            raise ParameterError("system.spec (an InputSpec JSON file) is needed for an http(s) endpoint.")
+        output: Literal["scores", "labels"] = "labels" if tm.exposure.output == "labels" else "scores"
+        extra = {k: v for k, v in extra.items() if k != "access"}
+        return HttpTarget(s.model, load_spec(s.spec), output=output, batch_size=min(s.batch_size, 256), **extra)
+    from sparring.targets.load import load_target
+
+    return load_target(s.model, spec=s.spec, entry_point=s.entry_point, trust_pickle=s.trust_pickle,
+                       device=s.device, batch_size=s.batch_size, **extra)
+
+
+def _data(tm: ThreatModel, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+    d = tm.system.data
+    if d.source == "zoo":
+        from sparring.data import zoo
+
+        if tm.system.model not in zoo.names():
+            raise ParameterError(
+                f"system.data.source 'zoo' works for zoo models only; {tm.system.model!r} needs a data file "
+                "(.npz with x and y, a CSV with a label column, or an image folder)."
+            )
+        ds = zoo.data(tm.system.model)
+        x, y = (ds.x_test, ds.y_test) if d.split == "test" else (ds.x_train, ds.y_train)
+    else:
+        from sparring.data.files import load_data
+
+        loaded = load_data(d.source)
+        x, y = loaded[0], loaded[1]
+    xt, yt = target.spec.validate(x[: d.n], y[: d.n])
+    assert yt is not None
+    return xt, yt
+
+
+# ---------------------------------------------------------------------------------------------- planning
+def plan_audit(tm: ThreatModel, target: Target) -> Plan:
+    """Ask every registered check what it would run for this threat model, and why (or why not)."""
+    import sparring.audit.checks  # noqa: F401  (registers the built-in checks)
+
+    ctx = PlanContext(tm, target)
+    steps: list[Step] = []
+    skipped: list[Skip] = []
+    for check in CHECKS.values():
+        out = check.plan(ctx)
+        if isinstance(out, Skip):
+            skipped.append(out)
+        else:
+            steps.extend(out)
+    ids = [s.id for s in steps]
+    if len(set(ids)) != len(ids):  # pragma: no cover - a registry bug
+        raise RuntimeError(f"duplicate step ids in the plan: {ids}")
+    return Plan(steps, skipped)
+
+
+# ---------------------------------------------------------------------------------------------- running
+def run_audit(
+    tm: ThreatModel,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    on_step: Any = None,
+) -> Audit:
+    """Run (or resume) the audit of ``tm``, checkpointing into ``out_dir/checkpoints``.
+
+    Args:
+        tm: the validated threat model.
+        out_dir: where checkpoints (and, by the caller, reports) go.
+        resume: reuse finished steps from a previous run of the same threat model.
+        progress: show progress bars.
+        on_step: optional callback ``(index, total, step, result, from_checkpoint)`` after each step.
+
+    Raises:
+        CheckpointError: ``resume`` with checkpoints of a different threat model in ``out_dir``.
+    """
+    started = _dt.datetime.now(_dt.UTC)
+    t0 = time.perf_counter()
+    target, attacker, x, y = load_system(tm)
+    plan = plan_audit(tm, target)
+    ckdir = Path(out_dir) / "checkpoints"
+    spec_hash = tm.spec_hash()
+    _prepare(ckdir, spec_hash, plan, resume)
+    results: list[StepResult] = []
+    status: Literal["complete", "interrupted"] = "complete"
+    try:
+        for i, step in enumerate(plan.steps):
+            path = ckdir / f"{i:03d}.json"
+            cached = _read_checkpoint(path, step, spec_hash) if resume else None
+            if cached is None:
+                result = _run_step(step, RunContext(tm, target, attacker, x, y, _step_seed(tm.seed, step.id),
+                                                    progress=progress))
+                _write_json(path, {"spec_hash": spec_hash, "step": step.to_dict(), "result": result.to_dict()})
+            else:
+                result = cached
+            results.append(result)
+            if on_step is not None:
+                on_step(i, len(plan.steps), step, result, cached is not None)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    env = environment(tm, target, started, time.perf_counter() - t0)
+    audit = Audit(tm, plan, results, status, env, target.describe())
+    audit.gates = evaluate_gates(tm, results, plan.skipped)
+    audit.findings = find(tm, results, audit.gates)
+    return audit
+
+
+def _run_step(step: Step, ctx: RunContext) -> StepResult:
+    try:
+        return CHECKS[step.check].run(step, ctx)
+    except SparringError as exc:  # a step that cannot run is a finding, not a crash of the whole audit
+        return StepResult(step_id=step.id, check=step.check, threat=step.threat, params=dict(step.params),
+                          status="error", error=f"{type(exc).__name__}: {exc}")
+
+
+def _step_seed(seed: int, step_id: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{step_id}".encode()).hexdigest()[:8], 16)
+
+
+def _prepare(ckdir: Path, spec_hash: str, plan: Plan, resume: bool) -> None:
+    manifest = ckdir / "manifest.json"
+    if resume and manifest.exists():
+        try:
+            old = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(
+                f"{manifest} is unreadable ({exc}); delete {ckdir} and run without --resume."
+            ) from exc
+        if old.get("spec_hash") != spec_hash:
+            raise CheckpointError(
+                f"the checkpoints in {ckdir} belong to a different threat model (hash {str(old.get('spec_hash'))[:12]}"
+                f", now {spec_hash[:12]}). Use another --out folder, or run without --resume to start over."
+            )
+    elif ckdir.exists():
+        shutil.rmtree(ckdir)
+    ckdir.mkdir(parents=True, exist_ok=True)
+    _write_json(manifest, {"spec_hash": spec_hash, "steps": [s.id for s in plan.steps]})
+
+
+def _read_checkpoint(path: Path, step: Step, spec_hash: str) -> StepResult | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data["spec_hash"] != spec_hash or data["step"]["id"] != step.id:
+            return None
+        return StepResult.from_dict(data["result"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None  # a torn or foreign file: run the step again
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def environment(tm: ThreatModel, target: Target, started: _dt.datetime, seconds: float) -> dict[str, Any]:
+    """Versions, hardware, seeds and the threat model's hash: what another run needs to reproduce this one."""
+    import numpy as np
+
+    import sparring
+
+    dev = target.device
+    return {
+        "sparring": sparring.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+        "cuda": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "seed": tm.seed,
+        "spec_hash": tm.spec_hash(),
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+    }

@@ -1,0 +1,280 @@
+"""The threat model: a declarative, versioned description of what is audited and against whom.
+
+A threat model is a YAML file (schema version 1) validated with pydantic. Every key is optional except
+``system.model``; :func:`load_threat_model` turns any problem into a :class:`~sparring.errors.ThreatModelError`
+that names the key, the value given and the values allowed. ``sparring init`` writes an annotated template.
+
+The keys, in short::
+
+    schema_version: 1
+    name: digits classifier
+    system:    {model, spec, entry_point, trust_pickle, device, batch_size, data: {source, split, n}}
+    exposure:  {audience: internal|public, output: scores|top-k|labels, top_k, decimals}
+    attacker:  {knowledge: white-box|grey-box|black-box, evasion: [{norm, eps: [...]}], query_budget,
+                poisoning_share, physical_access}
+    assets:    {training_data_privacy, model_ip}
+    certification: {bounds: {eps: [...]}, smoothing: {sigma, n0, n, alpha, radii: [...]}}
+    effort:    quick|standard|thorough
+    gates:     [{metric, min|max, norm, eps, radius, method}]
+    seed: 0
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sparring.errors import ThreatModelError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Assets",
+    "Attacker",
+    "Budget",
+    "Certification",
+    "DataSource",
+    "Exposure",
+    "Gate",
+    "ThreatModel",
+    "load_threat_model",
+    "parse_threat_model",
+]
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSource(_Strict):
+    """Where the audited examples come from: ``"zoo"`` (the zoo model's own data) or a data file / image folder."""
+
+    source: str = "zoo"
+    split: Literal["test", "train"] = "test"
+    n: int = Field(200, ge=1, le=100_000)
+
+
+class System(_Strict):
+    """The model under audit: a zoo name, a model file, or an ``http(s)://`` prediction endpoint."""
+
+    model: str
+    spec: str | None = None
+    entry_point: str | None = None
+    trust_pickle: bool = False
+    device: str = "cpu"
+    batch_size: int = Field(256, ge=1)
+    task: Literal["classification"] = "classification"
+    data: DataSource = DataSource()
+
+
+class Exposure(_Strict):
+    """Who can query the model and what its API returns."""
+
+    audience: Literal["internal", "public"] = "internal"
+    output: Literal["scores", "top-k", "labels"] = "scores"
+    top_k: int | None = Field(None, ge=1)
+    decimals: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _top_k_given(self) -> Exposure:
+        if self.output == "top-k" and self.top_k is None:
+            raise ValueError("output 'top-k' needs top_k (how many classes the API reveals), e.g. top_k: 3")
+        return self
+
+
+class Budget(_Strict):
+    """Evasion budgets for one norm, in raw input space (e.g. 0.1 on 0-1 pixels)."""
+
+    norm: Literal["linf", "l2"]
+    eps: list[float] = Field(min_length=1)
+
+    @field_validator("eps")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        bad = [e for e in v if not e > 0 or e != e or e == float("inf")]
+        if bad:
+            raise ValueError(f"every eps must be a finite number > 0; got {bad}")
+        return sorted(set(v))
+
+
+class Attacker(_Strict):
+    """What the attacker knows and can do."""
+
+    knowledge: Literal["white-box", "grey-box", "black-box"] = "white-box"
+    evasion: list[Budget] = Field(default_factory=list)
+    query_budget: int | None = Field(None, ge=1, description="queries per example for black-box attacks")
+    poisoning_share: float | None = Field(None, ge=0, le=1)
+    physical_access: bool = False
+
+
+class Assets(_Strict):
+    """What must be protected besides correct predictions."""
+
+    training_data_privacy: bool = False
+    model_ip: bool = False
+
+
+class BoundsCert(_Strict):
+    eps: list[float] = Field(min_length=1)
+    method: Literal["best", "ibp", "crown"] = "best"
+
+
+class SmoothingCert(_Strict):
+    sigma: float = Field(0.25, gt=0)
+    n0: int = Field(100, ge=1)
+    n: int = Field(1000, ge=1)
+    alpha: float = Field(0.001, gt=0, lt=1)
+    radii: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+class Certification(_Strict):
+    """Certified robustness to compute: bound propagation (L∞) and/or randomized smoothing (L2)."""
+
+    bounds: BoundsCert | None = None
+    smoothing: SmoothingCert | None = None
+
+
+class Gate(_Strict):
+    """A pass/fail condition on one measured metric, e.g. robust accuracy at L∞ 0.1 ≥ 0.6."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    norm: Literal["linf", "l2"] | None = None
+    eps: float | None = Field(None, gt=0)
+    radius: float | None = Field(None, ge=0)
+    method: str | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        from sparring.audit.registry import METRICS
+
+        if v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; allowed: {', '.join(sorted(METRICS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> Gate:
+        from sparring.audit.registry import METRICS
+
+        if (self.min is None) == (self.max is None):
+            raise ValueError("a gate needs exactly one of min or max, e.g. min: 0.6")
+        needs = list(METRICS[self.metric].params)
+        if self.metric == "certified_accuracy":
+            needs.append("eps" if self.norm == "linf" else "radius")
+        for key in needs:
+            if getattr(self, key) is None:
+                raise ValueError(f"metric {self.metric!r} needs {key!r} (e.g. {METRICS[self.metric].example})")
+        return self
+
+    def describe(self) -> str:
+        where = ", ".join(f"{k}={getattr(self, k)}" for k in ("norm", "eps", "radius", "method") if getattr(self, k))
+        op, value = (">=", self.min) if self.min is not None else ("<=", self.max)
+        return f"{self.metric}{f' ({where})' if where else ''} {op} {value}"
+
+    def passes(self, value: float) -> bool:
+        return value >= self.min if self.min is not None else value <= (self.max if self.max is not None else 0.0)
+
+
+class ThreatModel(_Strict):
+    """A validated threat model (see the module docstring for the keys)."""
+
+    schema_version: Literal[1] = 1
+    name: str = "audit"
+    system: System
+    exposure: Exposure = Exposure()
+    attacker: Attacker = Attacker()
+    assets: Assets = Assets()
+    certification: Certification = Certification()
+    effort: Literal["quick", "standard", "thorough"] = "standard"
+    gates: list[Gate] = Field(default_factory=list)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def spec_hash(self) -> str:
+        """SHA-256 of the canonical JSON form: identical threat models hash identically, whatever the YAML layout."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def budgets(self) -> list[tuple[str, float]]:
+        """Every (norm, eps) the audit must measure: those declared plus those that gates refer to."""
+        out = {(b.norm, float(e)) for b in self.attacker.evasion for e in b.eps}
+        out |= {(g.norm, float(g.eps)) for g in self.gates
+                if g.metric == "robust_accuracy" and g.norm is not None and g.eps is not None}
+        return sorted(out)
+
+
+def parse_threat_model(data: Any, *, source: str = "threat model") -> ThreatModel:
+    """Validate a threat model given as a mapping (parsed YAML/JSON)."""
+    if not isinstance(data, dict):
+        raise ThreatModelError(
+            f"{source}: expected a mapping of keys (system:, attacker:, gates: ...); got {type(data).__name__}."
+        )
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ThreatModelError(
+            f"{source}: schema_version {version!r} is not supported by this sparring (it reads {SCHEMA_VERSION})."
+        )
+    try:
+        return ThreatModel.model_validate(data)
+    except ValidationError as exc:
+        raise ThreatModelError(_explain(exc, source)) from None
+
+
+def load_threat_model(path: str | Path) -> ThreatModel:
+    """Read and validate a threat model YAML (or JSON) file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ThreatModelError(f"no such threat model file: {str(p)!r}. Write one with `sparring init`.")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ThreatModelError(f"{p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
+    except UnicodeDecodeError as exc:
+        raise ThreatModelError(f"{p} is not UTF-8 text: {exc}.") from None
+    return parse_threat_model(data, source=str(p))
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(err["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent is not None else "see the documentation"
+            lines.append(f"  - {loc}: unknown key; allowed keys here: {allowed}")
+            continue
+        if err["type"] == "missing":
+            lines.append(f"  - {loc}: required key is missing")
+            continue
+        lines.append(f"  - {loc}: got {err.get('input')!r}; {msg}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = ThreatModel
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return model

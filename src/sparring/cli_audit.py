@@ -1,0 +1,92 @@
+"""``sparring audit``: the command's body (kept apart from cli.py so the CLI module stays a thin parser)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+from sparring import errors
+
+__all__ = ["DEFAULT_THREAT_MODEL", "default_threat_model_path", "run_audit_command"]
+
+DEFAULT_THREAT_MODEL = "digits-cnn.yaml"
+
+
+def default_threat_model_path() -> Path:
+    """The built-in default threat model shipped with the package."""
+    return Path(str(resources.files("sparring.audit.defaults").joinpath(DEFAULT_THREAT_MODEL)))
+
+
+def _describe(result: Any) -> str:
+    if result.status == "error":
+        return f"error: {result.error}"
+    parts = []
+    for m in result.measurements:
+        if m.metric in ("robust_accuracy", "certified_accuracy", "clean_accuracy", "zero_gradient_fraction"):
+            if m.metric == "clean_accuracy" and result.step_id != "baseline/clean":
+                continue
+            r = m.params.get("radius")
+            parts.append(f"{m.metric.replace('_', ' ')} {m.value:.3f}" + (f" @r={r:g}" if r is not None else ""))
+    return ", ".join(parts[:3]) or "done"
+
+
+def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, formats: str, progress: bool,
+                      fail: Callable[[BaseException], NoReturn]) -> int:
+    """Run the audit and write the reports; return the exit code (0 pass, 6 gate failed, 130 interrupted)."""
+    from sparring.audit import load_threat_model, run_audit
+    from sparring.audit.report import FILES, write_reports
+    from sparring.cli import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    bad = [f for f in fmts if f not in FILES]
+    if bad or not fmts:
+        sys.stderr.write(f"error: unknown report format(s) {bad or formats!r}; choose from {', '.join(FILES)}.\n")
+        return EXIT_USAGE
+    path = Path(threat_model) if threat_model else default_threat_model_path()
+
+    def on_step(i: int, n: int, step: Any, result: Any, cached: bool) -> None:
+        if progress:
+            took = "checkpoint" if cached else f"{result.cost.get('seconds', 0):.1f} s"
+            sys.stderr.write(f"[{i + 1:>3}/{n}] {step.id}: {_describe(result)} ({took})\n")
+            sys.stderr.flush()
+
+    try:
+        tm = load_threat_model(path)
+        if progress:
+            sys.stderr.write(f"sparring audit: {tm.name} ({path}) -> {out_dir}\n")
+        audit = run_audit(tm, out_dir, resume=resume, progress=progress and sys.stderr.isatty(), on_step=on_step)
+        paths = write_reports(audit, out_dir, fmts)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted before any step finished; nothing to report.\n")
+        return EXIT_INTERRUPTED
+    except errors.SparringError as exc:
+        fail(exc)
+    _print(audit, paths)
+    if audit.status == "interrupted":
+        return EXIT_INTERRUPTED
+    return EXIT_GATE if audit.verdict == "fail" else EXIT_OK
+
+
+def _print(audit: Any, paths: dict[str, Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    style = {"pass": "bold green", "fail": "bold red"}.get(audit.verdict, "bold")
+    status = "" if audit.status == "complete" else " (INTERRUPTED: partial; re-run with --resume)"
+    console.print(f"Verdict: [{style}]{audit.verdict.upper()}[/]{status}")
+    if audit.gates:
+        table = Table(title="Gates")
+        for col in ("gate", "value", "result"):
+            table.add_column(col)
+        for g in audit.gates:
+            colour = {"pass": "green", "fail": "red"}.get(g.status, "yellow")
+            table.add_row(g.gate, "-" if g.value is None else f"{g.value:.4f}", f"[{colour}]{g.status}[/]")
+        console.print(table)
+    for f in [f for f in audit.findings if f.severity != "info"][:6]:
+        console.print(f"  [bold]{f.severity.upper()}[/] ({f.threat}) {f.title}")
+    for fmt, p in paths.items():
+        console.print(f"  {fmt:9s} {p}")
