@@ -1,5 +1,6 @@
 """Attacks, by family. Every attack is configuration at construction and runs when called on a target."""
 
+from sparring.attacks.adaptive import adaptive, find_gradient_blockers, is_randomized, with_bpda, with_eot
 from sparring.attacks.base import EvasionAttack
 from sparring.attacks.evasion import FAB, FGSM, PGD, CarliniWagnerL2, DeepFool, HopSkipJump, Square
 from sparring.attacks.norms import Norm
@@ -18,4 +19,9 @@ __all__ = [
     "HopSkipJump",
     "Norm",
     "Square",
+    "adaptive",
+    "find_gradient_blockers",
+    "is_randomized",
+    "with_bpda",
+    "with_eot",
 ]

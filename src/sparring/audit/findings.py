@@ -15,7 +15,7 @@ from typing import Any, Literal
 from sparring.audit.registry import Skip, StepResult, Threat
 from sparring.audit.threat import Gate, ThreatModel
 
-__all__ = ["Finding", "GateResult", "evaluate_gates", "find", "robust_curves", "worst_case_robust"]
+__all__ = ["Finding", "GateResult", "evaluate_gates", "find", "masking_findings", "robust_curves", "worst_case_robust"]
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low", "info")
@@ -172,7 +172,8 @@ def find(tm: ThreatModel, results: list[StepResult], gates: list[GateResult]) ->
                                 else RECOMMEND_L2 if "l2" in g.gate else RECOMMEND_LINF), steps=g.steps,
             ))
     out += _evasion_findings(results)
-    out += _masking_findings(results)
+    masking = masking_findings(results)
+    out += masking + _retry_findings(results, bool(masking))
     out += _certification_findings(results)
     errors = [r for r in results if r.status == "error"]
     for r in errors:
@@ -219,7 +220,29 @@ def _iterative(results: list[StepResult]) -> list[StepResult]:
     return [r for r in _evasion(results) if r.step_id.startswith("evasion/") and r.check == "evasion-gradient"]
 
 
-def _masking_findings(results: list[StepResult]) -> list[Finding]:
+def _retry_findings(results: list[StepResult], suspected: bool) -> list[Finding]:
+    retried = [r for r in _evasion(results) if r.check == "adaptive-retry"]
+    if not retried:
+        return []
+    rows: list[dict[str, Any]] = []
+    for r in retried:
+        naive = worst_case_robust(_iterative(results), r.params["norm"], float(r.params["eps"]))
+        before = sum(naive[0]) / len(naive[0]) if naive else None
+        rows.append({"step": r.step_id, "naive": before, "adaptive": r.value("robust_accuracy"), "notes": r.notes})
+    drops = [row["naive"] - row["adaptive"] for row in rows if row["naive"] is not None and row["adaptive"] is not None]
+    worst = max(drops, default=0.0)
+    confirmed = worst >= 0.05
+    applied = sorted({n.split(":")[0] for r in retried for n in r.notes if "BPDA" in n or "EOT" in n})
+    what = ", ".join(applied) or "no wrapper applicable"
+    title = (f"Adaptive retry ({what}) lowers robust accuracy by up to {worst:.2f}: the naive evaluation "
+             "overstated robustness" if confirmed else f"Adaptive retry ({what}) did not lower robust accuracy")
+    severity: Severity = "high" if confirmed else "medium" if suspected else "info"
+    return [Finding(id="masking:retry", title=title, severity=severity, threat="evasion", evidence={"retries": rows},
+                    recommendation=RECOMMEND_MASKING, steps=[r.step_id for r in retried])]
+
+
+def masking_findings(results: list[StepResult]) -> list[Finding]:
+    """The gradient-masking sanity checks (Carlini et al. 2019) over the white-box evaluation's results."""
     out: list[Finding] = []
     iterative = _iterative(results)
 
@@ -264,6 +287,10 @@ def _masking_findings(results: list[StepResult]) -> list[Finding]:
         if frac is not None and frac > 0.1:
             suspect("gradients", f"the input gradient is zero on {frac:.0%} of the points",
                     {"zero_gradient_fraction": frac}, [r.step_id])
+        rand = r.value("randomized_fraction")
+        if rand is not None and rand > 0:
+            suspect("randomness", f"the model's scores change between two passes on {rand:.0%} of the points "
+                    "(a randomized defence: gradients need EOT)", {"randomized_fraction": rand}, [r.step_id])
     return out
 
 

@@ -62,21 +62,45 @@ class Audit:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_system(tm: ThreatModel) -> tuple[Target, Target, torch.Tensor, torch.Tensor]:
-    """The target (full access), the target as the attacker sees it, and the audit data ``(x, y)``."""
+def load_system(
+    tm: ThreatModel, target: Target | None = None, data: tuple[Any, Any] | None = None
+) -> tuple[Target, Target, torch.Tensor, torch.Tensor]:
+    """The target (full access), the target as the attacker sees it, and the audit data ``(x, y)``.
+
+    ``target`` and ``data`` replace ``tm.system.model`` and ``tm.system.data`` (an in-memory model under audit).
+    """
     exp = tm.exposure
     view: dict[str, Any] = {}
     if exp.output == "top-k":
         view["top_k"] = exp.top_k
     if exp.decimals is not None:
         view["decimals"] = exp.decimals
-    target = _load(tm, {})
+    given = target is not None
+    if target is None:
+        target = _load(tm, {})
     cap = PlanContext(tm, target).access
     if cap < target.access:
         view["access"] = cap
-    attacker = _load(tm, view) if view else target
-    x, y = _data(tm, target)
+    attacker = target if not view else _load(tm, view) if not given else _view(target, view)
+    if data is None:
+        x, y = _data(tm, target)
+    else:
+        n = tm.system.data.n
+        x, y_ = target.spec.validate(data[0][:n], data[1][:n])
+        assert y_ is not None
+        y = y_
     return target, attacker, x, y
+
+
+def _view(target: Target, view: dict[str, Any]) -> Target:
+    from sparring.targets.torch import TorchTarget
+
+    if isinstance(target, TorchTarget):
+        return TorchTarget(target.model, target.spec, batch_size=target.batch_size, output=target.output, **view)
+    raise ParameterError(
+        f"the threat model restricts what the attacker sees ({', '.join(view)}), which sparring can apply to an "
+        f"in-memory TorchTarget only; build the {type(target).__name__} with those settings and knowledge: white-box."
+    )
 
 
 def _load(tm: ThreatModel, extra: dict[str, Any]) -> Target:
@@ -146,6 +170,8 @@ def run_audit(
     resume: bool = False,
     progress: bool = False,
     on_step: Any = None,
+    target: Target | None = None,
+    data: tuple[Any, Any] | None = None,
 ) -> Audit:
     """Run (or resume) the audit of ``tm``, checkpointing into ``out_dir/checkpoints``.
 
@@ -155,21 +181,25 @@ def run_audit(
         resume: reuse finished steps from a previous run of the same threat model.
         progress: show progress bars.
         on_step: optional callback ``(index, total, step, result, from_checkpoint)`` after each step.
+        target, data: audit this in-memory target on this ``(x, y)`` instead of loading ``tm.system`` (the threat
+            model then only names them; its hash does not cover an in-memory model, so do not resume across models).
 
     Raises:
         CheckpointError: ``resume`` with checkpoints of a different threat model in ``out_dir``.
     """
     started = _dt.datetime.now(_dt.UTC)
     t0 = time.perf_counter()
-    target, attacker, x, y = load_system(tm)
+    target, attacker, x, y = load_system(tm, target, data)
     plan = plan_audit(tm, target)
     ckdir = Path(out_dir) / "checkpoints"
     spec_hash = tm.spec_hash()
     _prepare(ckdir, spec_hash, plan, resume)
     results: list[StepResult] = []
     status: Literal["complete", "interrupted"] = "complete"
-    try:
-        for i, step in enumerate(plan.steps):
+
+    def run(steps: list[Step]) -> None:
+        for step in steps:
+            i = len(results)
             path = ckdir / f"{i:03d}.json"
             cached = _read_checkpoint(path, step, spec_hash) if resume else None
             if cached is None:
@@ -181,6 +211,15 @@ def run_audit(
             results.append(result)
             if on_step is not None:
                 on_step(i, len(plan.steps), step, result, cached is not None)
+
+    try:
+        run(list(plan.steps))
+        # Follow-up checks (e.g. the BPDA/EOT retry) decide from the results whether more steps are needed.
+        extra = [s for c in CHECKS.values() if hasattr(c, "follow_up")
+                 for s in c.follow_up(PlanContext(tm, target), results)]
+        if extra:
+            plan.steps.extend(extra)
+            run(extra)
     except KeyboardInterrupt:
         status = "interrupted"
     env = environment(tm, target, started, time.perf_counter() - t0)

@@ -1,3 +1,10 @@
-"""The built-in audit checks. Importing this package registers them, in this order, with the check registry."""
+"""The built-in audit checks. Importing this package registers them, in this order, with the check registry
+(the order is the order of the steps in a plan: baseline first, then evasion, sanity checks, retry, certification).
+"""
+# isort: skip_file
 
-from sparring.audit.checks import baseline, certification, evasion, sanity  # noqa: F401  (registration)
+from sparring.audit.checks import baseline  # noqa: F401
+from sparring.audit.checks import evasion  # noqa: F401
+from sparring.audit.checks import sanity  # noqa: F401
+from sparring.audit.checks import retry  # noqa: F401
+from sparring.audit.checks import certification  # noqa: F401

@@ -6,7 +6,8 @@ These steps collect the evidence the findings need to say so:
 * a single-step attack (FGSM) at every budget: it must never beat the iterative attacks;
 * an unbounded attack (L∞ eps = the whole input range): robust accuracy must reach ~0;
 * a gradient-free attack (Square) at the largest budget: it must not beat the gradient attacks;
-* the input gradients at the clean points: they must not vanish.
+* the input gradients at the clean points: they must not vanish;
+* two forward passes on the same inputs: a randomized model needs EOT, not plain gradients.
 
 The comparisons themselves are in :mod:`sparring.audit.findings`.
 """
@@ -59,6 +60,9 @@ class MaskingChecks:
                           reason="a gradient-free attack must not beat the gradient attacks at the same budget"))
         steps.append(Step(id="masking/gradients", check=self.name, threat="evasion", params={"kind": "gradients"},
                           reason="input gradients must not vanish on correctly classified points"))
+        steps.append(Step(id="masking/randomness", check=self.name, threat="evasion",
+                          params={"kind": "randomness", "points": BLACKBOX_POINTS},
+                          reason="a model whose output is random needs EOT: plain gradients are single noisy samples"))
         return steps
 
     def run(self, step: Step, ctx: RunContext) -> StepResult:
@@ -75,6 +79,8 @@ class MaskingChecks:
         if p["kind"] == "blackbox":
             sq = Square(eps=p["eps"], norm=p["norm"], n_queries=p["n_queries"], seed=seed)
             return run_attack(step, ctx, sq, ctx.attacker_target, n=p["points"])
+        if p["kind"] == "randomness":
+            return _randomness_step(step, ctx)
         return _gradient_step(step, ctx)
 
 
@@ -91,4 +97,20 @@ def _gradient_step(step: Step, ctx: RunContext) -> StepResult:
         per_point={"grad_linf": [float(v) for v in gnorm.cpu()]},
         cost={"queries": 0, "gradients": int(grads.shape[0]), "seconds": round(time.perf_counter() - t0, 6)},
         notes=[f"median |grad|_inf: {float(torch.median(gnorm)):.3g}"],
+    )
+
+
+def _randomness_step(step: Step, ctx: RunContext) -> StepResult:
+    t0 = time.perf_counter()
+    x = ctx.x[: step.params["points"]]
+    target = ctx.attacker_target
+    with torch.no_grad():
+        a, b = target.query(x), target.query(x)
+    tol = 1e-5 * (1 + a.abs().amax(dim=1))
+    differ = (a - b).abs().amax(dim=1) > tol
+    return StepResult(
+        step_id=step.id, check=step.check, threat="evasion", params=dict(step.params),
+        measurements=[Measurement("randomized_fraction", float(differ.float().mean()))],
+        per_point={"differs": differ.cpu().tolist()},
+        cost={"queries": 2 * int(x.shape[0]), "gradients": 0, "seconds": round(time.perf_counter() - t0, 6)},
     )
