@@ -25,7 +25,8 @@ def _describe(result: Any) -> str:
         return f"error: {result.error}"
     parts = []
     for m in result.measurements:
-        if m.metric in ("robust_accuracy", "certified_accuracy", "clean_accuracy", "zero_gradient_fraction"):
+        if m.metric in ("robust_accuracy", "certified_accuracy", "clean_accuracy", "zero_gradient_fraction",
+                        "randomized_fraction"):
             if m.metric == "clean_accuracy" and result.step_id != "baseline/clean":
                 continue
             r = m.params.get("radius")

@@ -105,3 +105,23 @@ def test_black_box_attacks_run_from_the_cli() -> None:
                           "--json")
     assert code == 0, err
     assert json.loads(out)["cost"]["queries"] <= 4 * 501 + 4
+
+
+def test_certify_smoothing_json() -> None:
+    code, out, _ = _run("certify", "smoothing", "--n", "12", "--n0", "16", "--n-samples", "200", "--radii",
+                        "0,0.25,5", "--json")
+    assert code == 0
+    d = json.loads(out)
+    acc = d["certified_accuracy"]
+    assert d["norm"] == "l2" and d["n"] == 12 and set(acc) == {"0", "0.25", "5"}
+    assert acc["0"] >= acc["0.25"] >= acc["5"] == 0.0  # radius 5 is beyond what 200 samples can certify
+    assert acc["0"] > 0.5
+
+
+def test_certify_bounds_table_and_errors() -> None:
+    code, out, _ = _run("certify", "bounds", "--model", "digits-mlp", "--n", "16", "--eps", "0.001,0.05")
+    assert code == 0 and "certified accuracy" in out and "0.05" in out
+    code, _, err = _run("certify", "bounds", "--model", "digits-cnn", "--n", "4")
+    assert code == EXIT_INPUT and "MaxPool2d" in err
+    code, _, err = _run("certify", "smoothing", "--radii", "x")
+    assert code == EXIT_INPUT and "--radii" in err
