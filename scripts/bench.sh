@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Peer benchmark: FGSM and PGD-20, sparring vs torchattacks, foolbox, ART and a hand-written loop.
+# Peer benchmarks. `bash scripts/bench.sh [ARGS]`: FGSM and PGD-20, sparring vs torchattacks, foolbox, ART and a
+# hand-written loop (benchmarks/bench_evasion.py). `bash scripts/bench.sh autoattack [ARGS]`: AutoAttack, sparring vs
+# torchattacks vs ART (benchmarks/bench_autoattack.py).
 # Builds a separate .venv-bench (the peers never enter .venv): torch==2.13.0 (the CPU wheel on disk) and
 # requirements.lock, the peers from requirements-bench.lock with --no-deps (so none of them can pull another torch or
 # a torchvision), and sparring itself, editable. Idempotent: a stamp file holds the hash of the inputs, so a second
@@ -34,4 +36,9 @@ PY
   touch "$stamp"
 fi
 export GIT_PYTHON_REFRESH=quiet  # foolbox imports GitPython (for its model zoo); no git binary needed here
-exec "$venv/bin/python" benchmarks/bench_evasion.py "$@"
+script=benchmarks/bench_evasion.py
+if [[ "${1:-}" == "autoattack" ]]; then
+  script=benchmarks/bench_autoattack.py
+  shift
+fi
+exec "$venv/bin/python" "$script" "$@"

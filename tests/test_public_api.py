@@ -17,7 +17,8 @@ def test_all_names_exist_and_are_sorted_uniquely() -> None:
 
 def test_public_api_names_the_foundation() -> None:
     expected = {"InputSpec", "Access", "TorchTarget", "SklearnTarget", "OnnxTarget", "HttpTarget", "load_target",
-                "FGSM", "PGD", "EvasionResult", "zoo", "errors", "CarliniWagnerL2", "DeepFool", "FAB"}
+                "FGSM", "PGD", "EvasionResult", "zoo", "errors", "CarliniWagnerL2", "DeepFool", "FAB",
+                "APGD", "APGDT", "AutoAttack"}
     assert expected <= set(sparring.__all__)
 
 

@@ -5,10 +5,13 @@ The curated public API lives here; everything else is importable from its home m
 
 from sparring import errors
 from sparring.attacks import (
+    APGD,
+    APGDT,
     FAB,
     FGSM,
     PGD,
     AttackResult,
+    AutoAttack,
     CarliniWagnerL2,
     Cost,
     DeepFool,
@@ -35,11 +38,14 @@ from sparring.targets import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "FAB",
     "FGSM",
     "PGD",
     "Access",
     "AttackResult",
+    "AutoAttack",
     "CarliniWagnerL2",
     "Cost",
     "Dataset",

@@ -53,9 +53,9 @@ def _fail(exc: BaseException) -> NoReturn:
 
 
 def _attacks() -> dict[str, type]:
-    from sparring.attacks import FGSM, PGD, HopSkipJump, Square
+    from sparring.attacks.base import attack_names, get_attack
 
-    return {"fgsm": FGSM, "pgd": PGD, "square": Square, "hopskipjump": HopSkipJump}
+    return {name: get_attack(name) for name in attack_names()}
 
 
 def _load_target(model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool, device: str,
@@ -110,12 +110,21 @@ def build_cli() -> Any:
                   "image folder. Default: the zoo model's test split.")
     @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
     @click.option("--n", "n", type=click.IntRange(min=1), default=256, show_default=True, help="Examples to attack.")
-    @click.option("--eps", type=float, default=0.1, show_default=True, help="Budget in raw input space.")
+    @click.option("--eps", type=float, help="Budget in raw input space (default 0.1; cw, deepfool and hopskipjump "
+                  "default to none: the minimal perturbation they find).")
     @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
     @click.option("--steps", type=click.IntRange(min=1), help="Iterations (PGD; default 20).")
     @click.option("--alpha", type=float, help="Step size (PGD; default 2.5·eps/steps).")
     @click.option("--restarts", type=click.IntRange(min=1), help="Random restarts (PGD; default 1).")
-    @click.option("--loss", type=click.Choice(["ce", "margin"]), help="Attack loss (default ce).")
+    @click.option("--loss", type=click.Choice(["ce", "margin", "dlr"]), help="Attack loss (PGD: ce|margin; APGD: "
+                  "ce|dlr; default ce).")
+    @click.option("--n-target-classes", type=click.IntRange(min=1), help="Targets tried (apgd-t, fab; default 9).")
+    @click.option("--version", "aa_version", type=click.Choice(["standard", "rand"]),
+                  help="AutoAttack version (default standard).")
+    @click.option("--square-queries", type=click.IntRange(min=1), help="Square's queries inside AutoAttack (5000).")
+    @click.option("--confidence", type=float, help="C&W kappa (default 0).")
+    @click.option("--binary-steps", type=click.IntRange(min=1), help="C&W binary search steps over c (default 9).")
+    @click.option("--overshoot", type=float, help="DeepFool overshoot (default 0.02).")
     @click.option("--n-queries", type=click.IntRange(min=1), help="Queries per example (Square; default 5000).")
     @click.option("--max-queries", type=click.IntRange(min=1), help="Query cap per example (HopSkipJump).")
     @click.option("--max-iter", type=click.IntRange(min=1), help="Iterations (HopSkipJump; default 40).")
@@ -129,8 +138,10 @@ def build_cli() -> Any:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (machine output) instead of a table.")
     @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
     def attack(attack: str, model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool,
-               data: str | None, split: str, n: int, eps: float, norm: str, steps: int | None, alpha: float | None,
-               restarts: int | None, loss: str | None, n_queries: int | None, max_queries: int | None,
+               data: str | None, split: str, n: int, eps: float | None, norm: str, steps: int | None,
+               alpha: float | None, restarts: int | None, loss: str | None, n_target_classes: int | None,
+               aa_version: str | None, square_queries: int | None, confidence: float | None,
+               binary_steps: int | None, overshoot: float | None, n_queries: int | None, max_queries: int | None,
                max_iter: int | None, target_class: int | None, seed: int, batch_size: int,
                query_budget: int | None, device: str, save_adv: str | None, as_json: bool, no_progress: bool) -> None:
         """Run an evasion ATTACK on a model and report clean vs robust accuracy.
@@ -139,15 +150,22 @@ def build_cli() -> Any:
         Examples:
           sparring attack pgd --model digits-cnn --eps 0.1 --n 256
           sparring attack fgsm --model model.onnx --spec spec.json --data test.npz --json
+          sparring attack autoattack --eps 0.1 --n 200
+          sparring attack cw --binary-steps 5 --steps 100 --json
         """
         cls = _attacks()[attack]
         allowed = _option_names(cls)
+        if eps is None and inspect.signature(cls).parameters["eps"].default is not None:
+            eps = 0.1
         given = {"eps": eps, "norm": norm, "steps": steps, "alpha": alpha, "restarts": restarts, "loss": loss,
+                 "n_target_classes": n_target_classes, "version": aa_version, "square_queries": square_queries,
+                 "confidence": confidence, "binary_steps": binary_steps, "overshoot": overshoot,
                  "n_queries": n_queries, "max_queries": max_queries, "max_iter": max_iter, "seed": seed}
         for key, value in given.items():
             if value is not None and key not in allowed and key not in ("eps", "norm", "seed"):
+                takes = sorted(a.replace("_", "-") for a in allowed if a in given)
                 raise click.UsageError(f"--{key.replace('_', '-')} does not apply to {attack}; it takes: "
-                                       f"{', '.join('--' + a for a in sorted(allowed))}.")
+                                       f"{', '.join('--' + a for a in takes)}.")
         params = {k: v for k, v in given.items() if v is not None and k in allowed}
         try:
             target = _load_target(model, spec_path, entry_point, trust_pickle, device, batch_size=batch_size,

@@ -68,7 +68,7 @@ def test_targeted_attack_from_the_cli() -> None:
         (["attack", "pgd", "--eps", "5"], EXIT_INPUT, "exceeds the whole input range"),
         (["attack", "pgd", "--eps", "-1"], EXIT_INPUT, ">= 0"),
         (["attack", "fgsm", "--steps", "3"], EXIT_USAGE, "does not apply to fgsm"),
-        (["attack", "deepfool"], EXIT_USAGE, "deepfool"),
+        (["attack", "deepfoool"], EXIT_USAGE, "deepfoool"),
         (["attack", "pgd", "--model", "no-such-model.onnx", "--spec", "x.json"], EXIT_MODEL, ""),
         (["attack", "pgd", "--model", "digits-cnn", "--data", "missing.npz"], EXIT_INPUT, "missing.npz"),
         (["attack", "pgd", "--n", "64", "--query-budget", "10"], EXIT_BUDGET, "budget"),

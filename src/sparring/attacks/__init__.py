@@ -2,15 +2,29 @@
 
 from sparring.attacks.adaptive import adaptive, find_gradient_blockers, is_randomized, with_bpda, with_eot
 from sparring.attacks.base import EvasionAttack
-from sparring.attacks.evasion import FAB, FGSM, PGD, CarliniWagnerL2, DeepFool, HopSkipJump, Square
+from sparring.attacks.evasion import (
+    APGD,
+    APGDT,
+    FAB,
+    FGSM,
+    PGD,
+    AutoAttack,
+    CarliniWagnerL2,
+    DeepFool,
+    HopSkipJump,
+    Square,
+)
 from sparring.attacks.norms import Norm
 from sparring.attacks.result import AttackResult, Cost, EvasionResult
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "FAB",
     "FGSM",
     "PGD",
     "AttackResult",
+    "AutoAttack",
     "CarliniWagnerL2",
     "Cost",
     "DeepFool",

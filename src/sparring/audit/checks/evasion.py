@@ -25,18 +25,38 @@ __all__ = ["WHITE_BOX", "EvasionGradient", "EvasionLabels", "EvasionScores", "ev
 AttackFactory = Callable[[str, float, int], EvasionAttack]
 
 
-def _pgd(steps: int, restarts: int = 1, loss: str = "ce") -> AttackFactory:
+def _pgd(steps: int) -> AttackFactory:
     from sparring.attacks.evasion.pgd import PGD
 
-    return lambda norm, eps, seed: PGD(eps=eps, norm=norm, steps=steps, restarts=restarts, loss=loss, seed=seed)
+    return lambda norm, eps, seed: PGD(eps=eps, norm=norm, steps=steps, seed=seed)
+
+
+def _apgd(steps: int) -> AttackFactory:
+    from sparring.attacks.evasion.apgd import APGD
+
+    return lambda norm, eps, seed: APGD(eps=eps, norm=norm, steps=steps, seed=seed)
+
+
+def _apgd_t(steps: int, targets: int) -> AttackFactory:
+    from sparring.attacks.evasion.apgd import APGDT
+
+    return lambda norm, eps, seed: APGDT(eps=eps, norm=norm, steps=steps, n_target_classes=targets, seed=seed)
+
+
+def _autoattack() -> AttackFactory:
+    from sparring.attacks.evasion.autoattack import AutoAttack
+
+    return lambda norm, eps, seed: AutoAttack(eps=eps, norm=norm, version="standard", seed=seed)
 
 
 WHITE_BOX: dict[str, list[tuple[str, Callable[[], AttackFactory]]]] = {
     "quick": [("pgd", lambda: _pgd(20))],
-    "standard": [("pgd", lambda: _pgd(50)), ("pgd-margin", lambda: _pgd(50, loss="margin"))],
-    "thorough": [("pgd", lambda: _pgd(100, restarts=5)), ("pgd-margin", lambda: _pgd(100, restarts=5, loss="margin"))],
+    "standard": [("apgd-ce", lambda: _apgd(50)), ("apgd-t", lambda: _apgd_t(50, 3))],
+    "thorough": [("autoattack", _autoattack)],
 }
-"""White-box attacks run at every budget, by effort: (step name, factory of factory)."""
+"""White-box attacks run at every budget, by effort: (step name, factory of factory). ``quick``: PGD-20;
+``standard``: APGD-CE 50 iterations and APGD-T against the 3 most likely other classes, 50 iterations each;
+``thorough``: AutoAttack in its reference configuration (Croce & Hein 2020)."""
 
 QUERIES = {"quick": 500, "standard": 2000, "thorough": 5000}
 """Default black-box queries per example, by effort (the threat model's ``attacker.query_budget`` overrides)."""
