@@ -1,1 +1,2 @@
-"""Defences: robust training, input preprocessing, detection, certification."""
+"""Defences: robust training (:mod:`.training`), input preprocessing (:mod:`.preprocess`), detection
+(:mod:`.detect`), certification (:mod:`.certify`). Import from the submodules."""
