@@ -16,6 +16,7 @@ from sparring.attacks.evasion import (
 )
 from sparring.attacks.norms import Norm
 from sparring.attacks.result import AttackResult, Cost, EvasionResult
+from sparring.attacks.universal import PatchResult, PerturbationResult, UniversalPatch, UniversalPerturbation
 
 __all__ = [
     "APGD",
@@ -32,7 +33,11 @@ __all__ = [
     "EvasionResult",
     "HopSkipJump",
     "Norm",
+    "PatchResult",
+    "PerturbationResult",
     "Square",
+    "UniversalPatch",
+    "UniversalPerturbation",
     "adaptive",
     "find_gradient_blockers",
     "is_randomized",
