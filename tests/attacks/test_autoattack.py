@@ -29,7 +29,7 @@ def test_reference_configuration() -> None:
 def test_stronger_than_pgd_within_budget(digits_cnn: TorchTarget, digits_batch: tuple, norm: str,
                                          eps: float) -> None:
     x, y = digits_batch[0][:N], digits_batch[1][:N]
-    r = AutoAttack(eps=eps, norm=norm, steps=20, square_queries=100)(digits_cnn, x, y)
+    r = AutoAttack(eps=eps, norm=norm, steps=15, n_target_classes=3, square_queries=100)(digits_cnn, x, y)
     pgd = PGD(eps=eps, norm=norm, steps=20)(digits_cnn, x, y)
     assert r.robust_accuracy <= pgd.robust_accuracy + 1 / N
     xa = torch.as_tensor(r.x_adv)
