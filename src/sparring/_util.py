@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -30,3 +30,19 @@ def reinit_parameters(model: torch.nn.Module, seed: int) -> None:
             reset = getattr(m, "reset_parameters", None)
             if callable(reset):
                 reset()
+
+
+def as_xy(data: Any, split: str, what: str) -> tuple[Any, Any]:
+    """``(x, y)`` from a pair, a sparring ``Dataset`` (its ``split``) or ``LabelledData``; ParameterError otherwise."""
+    from sparring.errors import ParameterError
+
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return data[0], data[1]
+    if hasattr(data, f"x_{split}") and hasattr(data, f"y_{split}"):
+        return getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    if hasattr(data, "x") and hasattr(data, "y"):
+        return data.x, data.y
+    raise ParameterError(
+        f"{what} must be (x, y), a sparring Dataset (its {split} split is used) or LabelledData; "
+        f"got {type(data).__name__}."
+    )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparring._util import as_xy
 from sparring.attacks.base import EvasionAttack, get_attack
 from sparring.attacks.result import EvasionResult
 from sparring.errors import ParameterError
@@ -45,16 +46,6 @@ def _target(model: Any, spec: InputSpec | str | None) -> Target:
     raise ParameterError(
         f"model must be a Target, an nn.Module, a zoo name or a model file; got {type(model).__name__}."
     )
-
-
-def _data(data: Any) -> tuple[Any, Any]:
-    if isinstance(data, tuple | list) and len(data) == 2:
-        return data[0], data[1]
-    if hasattr(data, "x_test") and hasattr(data, "y_test"):
-        return data.x_test, data.y_test
-    if hasattr(data, "x") and hasattr(data, "y"):
-        return data.x, data.y
-    raise ParameterError("data must be (x, y), a sparring Dataset (its test split is used) or LabelledData.")
 
 
 def assert_robust(
@@ -88,7 +79,7 @@ def assert_robust(
     if not 0 <= float(min_accuracy) <= 1:
         raise ParameterError(f"min_accuracy must be in [0, 1]; got {min_accuracy!r}.")
     target = _target(model, spec)
-    x, y = _data(data)
+    x, y = as_xy(data, "test", "data")
     if n is not None:
         x, y = x[:n], y[:n]
     if isinstance(attack, EvasionAttack):

@@ -15,7 +15,16 @@ from typing import Any, Literal
 from sparring.audit.registry import Skip, StepResult, Threat
 from sparring.audit.threat import Gate, ThreatModel
 
-__all__ = ["Finding", "GateResult", "evaluate_gates", "find", "masking_findings", "robust_curves", "worst_case_robust"]
+__all__ = [
+    "Finding",
+    "GateResult",
+    "clean_accuracy",
+    "evaluate_gates",
+    "find",
+    "masking_findings",
+    "robust_curves",
+    "worst_case_robust",
+]
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low", "info")
@@ -115,7 +124,8 @@ def _same(a: Any, b: float) -> bool:
     return a is not None and abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(b))
 
 
-def _clean(results: list[StepResult]) -> float | None:
+def clean_accuracy(results: list[StepResult]) -> float | None:
+    """The baseline step's clean accuracy, or None if it did not run."""
     for r in results:
         if r.step_id == "baseline/clean" and r.status == "done":
             return r.value("clean_accuracy")
@@ -132,7 +142,7 @@ def _gate(g: Gate, results: list[StepResult], skipped: list[Skip]) -> GateResult
     value: float | None = None
     steps: list[str] = []
     if g.metric == "clean_accuracy":
-        value, steps = _clean(results), ["baseline/clean"]
+        value, steps = clean_accuracy(results), ["baseline/clean"]
     elif g.metric == "robust_accuracy":
         assert g.norm is not None and g.eps is not None
         wc = worst_case_robust(results, g.norm, g.eps)
@@ -189,7 +199,7 @@ def _gate_threat(metric: str) -> Threat:
 
 
 def _evasion_findings(results: list[StepResult]) -> list[Finding]:
-    clean = _clean(results)
+    clean = clean_accuracy(results)
     if clean is None:
         return []
     out = []

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparring.defenses.preprocess import BitDepth, MedianSmoothing, Preprocessor
+from sparring.defenses.preprocess import BitDepth, MedianSmoothing, Preprocessor, image_bounds
 from sparring.errors import ParameterError
 from sparring.targets.base import Target, _like
 from sparring.targets.spec import Access
@@ -74,15 +74,7 @@ class FeatureSqueezingDetector:
             raise ParameterError(f"target must be a sparring Target (e.g. TorchTarget); got {type(target).__name__}.")
         target.require(Access.SCORES, "FeatureSqueezingDetector")
         spec = target.spec
-        if spec.layout not in ("chw", "hwc"):
-            raise ParameterError(
-                f"feature squeezing works on images; the target's spec has layout {spec.layout!r}. Declare the "
-                "spec with layout='chw' or 'hwc'."
-            )
-        lo, hi = spec.bounds_tensors()
-        if lo.numel() != 1 or hi.numel() != 1:
-            raise ParameterError("feature squeezing needs one low and one high bound; the spec has per-feature bounds.")
-        bounds = (float(lo), float(hi))
+        bounds = image_bounds(spec, "feature squeezing", "feature squeezing")
         squeeze = (BitDepth(1, bounds=bounds), MedianSmoothing(2)) if squeezers is None else tuple(squeezers)
         if not squeeze:
             raise ParameterError("squeezers must hold at least one transform, e.g. (BitDepth(1), MedianSmoothing(2)).")

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from sparring.attacks.adaptive import with_bpda
 from sparring.errors import ParameterError
-from sparring.targets.spec import Layout
+from sparring.targets.spec import InputSpec, Layout
 from sparring.targets.torch import Forward, TorchTarget
 
 __all__ = [
@@ -457,6 +457,19 @@ class _DefendedTarget(TorchTarget):
         return model.forward_raw
 
 
+def image_bounds(spec: InputSpec, what: str, who: str) -> Bounds:
+    """The one (low, high) pixel range of an image spec; ParameterError naming ``what``/``who`` otherwise."""
+    if spec.layout not in ("chw", "hwc"):
+        raise ParameterError(
+            f"{what} works on images; the target's spec has layout {spec.layout!r}. Declare the "
+            "spec with layout='chw' or 'hwc'."
+        )
+    lo, hi = spec.bounds_tensors()
+    if lo.numel() != 1 or hi.numel() != 1:
+        raise ParameterError(f"{who} needs one low and one high bound for all pixels; the spec has per-feature bounds.")
+    return (float(lo), float(hi))
+
+
 def defend(target: TorchTarget, *transforms: nn.Module) -> TorchTarget:
     """The defended system: ``transforms`` applied, in order, to raw inputs in front of ``target``'s model.
 
@@ -499,15 +512,7 @@ def defend(target: TorchTarget, *transforms: nn.Module) -> TorchTarget:
     if not transforms:
         raise ParameterError("defend needs at least one transform, e.g. defend(target, BitDepth(3)).")
     spec = target.spec
-    if spec.layout not in ("chw", "hwc"):
-        raise ParameterError(
-            f"input preprocessing works on images; the target's spec has layout {spec.layout!r}. Declare the "
-            "spec with layout='chw' or 'hwc'."
-        )
-    lo, hi = spec.bounds_tensors()
-    if lo.numel() != 1 or hi.numel() != 1:
-        raise ParameterError("defend needs one low and one high bound for all pixels; the spec has per-feature bounds.")
-    spec_bounds = (float(lo), float(hi))
+    spec_bounds = image_bounds(spec, "input preprocessing", "defend")
     for i, t in enumerate(transforms):
         if not isinstance(t, nn.Module):
             raise ParameterError(f"transform {i} must be a torch.nn.Module (e.g. BitDepth(3)); got {type(t).__name__}.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sparring.audit.findings import robust_curves
+from sparring.audit.findings import clean_accuracy, robust_curves
 from sparring.audit.registry import StepResult
 from sparring.audit.report import plots
 from sparring.audit.runner import Audit
@@ -27,7 +27,7 @@ def render_html(audit: Audit, data: dict[str, Any]) -> str:
     spec = audit.target.get("spec", {})
     ctx = {
         "d": data,
-        "clean": _clean(audit.results),
+        "clean": clean_accuracy(audit.results),
         "curves": _curve_figures(audit),
         "tables": _robust_tables(audit),
         "examples": _example_figures(audit, spec),
@@ -39,15 +39,8 @@ def render_html(audit: Audit, data: dict[str, Any]) -> str:
     return env.get_template("report.html.j2").render(**ctx)
 
 
-def _clean(results: list[StepResult]) -> float | None:
-    for r in results:
-        if r.step_id == "baseline/clean" and r.status == "done":
-            return r.value("clean_accuracy")
-    return None
-
-
 def _curve_figures(audit: Audit) -> list[dict[str, str]]:
-    clean = _clean(audit.results)
+    clean = clean_accuracy(audit.results)
     return [{"norm": norm, "png": plots.robust_curve(norm, curves, clean)}
             for norm, curves in sorted(robust_curves(audit.results).items())]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sparring._progress import progress_bar
-from sparring._util import reinit_parameters
+from sparring._util import as_xy, reinit_parameters
 from sparring.attacks.evasion._checks import check_eps, check_positive_int
 from sparring.attacks.evasion.pgd import PGD
 from sparring.attacks.norms import Norm, ball_random, project, steepest_direction
@@ -102,19 +102,6 @@ def _check_number(value: object, name: str, *, low: float, strict: bool) -> floa
     if not ok or (value <= low if strict else value < low):  # type: ignore[operator]
         raise ParameterError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}; got {value!r}.")
     return float(value)  # type: ignore[arg-type]
-
-
-def _as_xy(data: Any, split: str, what: str) -> tuple[Any, Any]:
-    if isinstance(data, tuple | list) and len(data) == 2:
-        return data[0], data[1]
-    if hasattr(data, f"x_{split}") and hasattr(data, f"y_{split}"):
-        return getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-    if hasattr(data, "x") and hasattr(data, "y"):
-        return data.x, data.y
-    raise ParameterError(
-        f"{what} must be (x, y), a sparring Dataset (its {split} split is used) or LabelledData; "
-        f"got {type(data).__name__}."
-    )
 
 
 # ---------------------------------------------------------------------------------------------------- inner attack
@@ -342,12 +329,12 @@ def adversarial_train(
         raise ParameterError(f"checkpoint_dir must be a folder path or None; got {type(checkpoint_dir).__name__}.")
     if callback is not None and not callable(callback):
         raise ParameterError(f"callback must be callable (it receives EpochStats); got {type(callback).__name__}.")
-    x_raw, y_raw = _as_xy(data, "train", "data")
+    x_raw, y_raw = as_xy(data, "train", "data")
     x_all, y_all = spec.validate(x_raw, y_raw)
     assert y_all is not None
     x_eval = y_eval = None
     if eval_data is not None:
-        x_eval, y_eval = spec.validate(*_as_xy(eval_data, "test", "eval_data"))
+        x_eval, y_eval = spec.validate(*as_xy(eval_data, "test", "eval_data"))
 
     model, dev, dtype = target.model, target.device, target.dtype
     params: dict[str, Any] = {"method": method, "eps": e, "norm": nrm.value, "steps": n_steps, "alpha": step,
