@@ -25,10 +25,10 @@ if [[ ! -f "$runtime_stamp" ]]; then
   touch "$runtime_stamp"
 fi
 if [[ "${1:-}" == "--dev" ]]; then
-  dev_stamp=$(stamp_for dev requirements-dev.lock)
+  dev_stamp=$(stamp_for dev requirements-dev.lock requirements-extras.lock)
   if [[ ! -f "$dev_stamp" ]]; then
-    echo "sparring: installing pinned test tools into .venv (first run only)..." >&2
-    pip_install -r requirements-dev.lock
+    echo "sparring: installing pinned test tools and optional extras into .venv (first run only)..." >&2
+    pip_install -r requirements-dev.lock -r requirements-extras.lock -c requirements.lock
     touch "$dev_stamp"
   fi
 fi
