@@ -30,6 +30,10 @@ _EXIT_HELP = (
     "4 model or endpoint problem, 5 query budget exhausted, 6 an audit gate failed, 130 interrupted."
 )
 
+# Modules that add commands of their own: each defines ``add_commands(cli: click.Group) -> None`` and uses
+# ``sparring.cli._fail`` to turn a SparringError into its exit code.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def exit_code_for(exc: BaseException) -> int:
     """The documented exit code for a library error."""
@@ -301,6 +305,10 @@ def build_cli() -> Any:
         for name in _zoo.names():
             click.echo(f"{name:24s} {_zoo.entry(name).description}")
 
+    import importlib
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(f"sparring.{module}").add_commands(cli)
     return cli
 
 
