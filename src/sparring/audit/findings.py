@@ -185,6 +185,7 @@ def find(tm: ThreatModel, results: list[StepResult], gates: list[GateResult]) ->
     masking = masking_findings(results)
     out += masking + _retry_findings(results, bool(masking))
     out += _certification_findings(results)
+    out += family_findings(tm, results)
     errors = [r for r in results if r.status == "error"]
     for r in errors:
         out.append(Finding(id=f"error:{r.step_id}", title=f"Step could not complete: {r.step_id}", severity="medium",
@@ -192,6 +193,19 @@ def find(tm: ThreatModel, results: list[StepResult], gates: list[GateResult]) ->
                            recommendation="Fix the cause in the message and re-run with --resume."))
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(out, key=lambda f: order[f.severity])
+
+
+def family_findings(tm: ThreatModel, results: list[StepResult]) -> list[Finding]:
+    """Findings of the checks that define ``findings(threat_model, results)``, each given only its own results."""
+    from sparring.audit.registry import CHECKS
+
+    out: list[Finding] = []
+    for check in CHECKS.values():
+        fn = getattr(check, "findings", None)
+        own = [r for r in results if r.check == check.name]
+        if fn is not None and own:
+            out += fn(tm, own)
+    return out
 
 
 def _gate_threat(metric: str) -> Threat:

@@ -4,6 +4,12 @@ A *check* is a small object with a name, the threat it tests, the access it need
 threat model into zero or more *steps* (or explains why it does not apply), and a ``run`` method that executes one
 step. Attack families register their checks with :func:`register_check`; the planner only walks the registry, so a
 new family plugs in without editing the planner.
+
+Two optional methods let a family speak in the report without editing it; both receive only the check's own step
+results and must be pure functions of them (a resumed audit then reports what an uninterrupted one would):
+
+* ``findings(threat_model, results) -> list[Finding]`` (:class:`sparring.audit.findings.Finding`);
+* ``section(results) -> ReportSection | None``: a titled block of text, tables and figures in the HTML report.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ __all__ = [
     "Measurement",
     "MetricDef",
     "PlanContext",
+    "ReportFigure",
+    "ReportSection",
+    "ReportTable",
     "RunContext",
     "Skip",
     "Step",
@@ -34,7 +43,8 @@ __all__ = [
     "register_check",
 ]
 
-Threat = Literal["evasion", "poisoning", "extraction", "inversion", "membership", "certification", "baseline"]
+Threat = Literal["evasion", "poisoning", "extraction", "inversion", "membership", "certification", "baseline", "text",
+                 "tabular"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,33 @@ class StepResult:
             if m.metric == metric:
                 return m.value
         return None
+
+
+@dataclass
+class ReportTable:
+    """A table in a report section: a caption, column names, and rows of plain values (str, int, float, None)."""
+
+    caption: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class ReportFigure:
+    """A figure in a report section: a caption and a PNG data URI (``sparring.audit.report.plots.png(fig)``)."""
+
+    caption: str
+    png: str
+
+
+@dataclass
+class ReportSection:
+    """A family's block in the HTML report (poisoning scans, extraction, privacy, ...)."""
+
+    title: str
+    text: str = ""
+    tables: list[ReportTable] = field(default_factory=list)
+    figures: list[ReportFigure] = field(default_factory=list)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from sparring.audit.findings import clean_accuracy, robust_curves
-from sparring.audit.registry import StepResult
+from sparring.audit.registry import CHECKS, ReportSection, StepResult
 from sparring.audit.report import plots
 from sparring.audit.runner import Audit
 
@@ -33,10 +33,22 @@ def render_html(audit: Audit, data: dict[str, Any]) -> str:
         "examples": _example_figures(audit, spec),
         "confusions": _confusion_figures(audit, spec),
         "certification": _certification(audit),
+        "sections": _family_sections(audit),
         "threat_yaml": yaml.safe_dump(audit.threat_model.to_dict(), sort_keys=False),
         "target_json": json.dumps(audit.target, indent=2),
     }
     return env.get_template("report.html.j2").render(**ctx)
+
+
+def _family_sections(audit: Audit) -> list[ReportSection]:
+    """Sections of the checks that define ``section(results)``, each given only its own results."""
+    out = []
+    for check in CHECKS.values():
+        fn = getattr(check, "section", None)
+        own = [r for r in audit.results if r.check == check.name]
+        if fn is not None and own and (sec := fn(own)) is not None:
+            out.append(sec)
+    return out
 
 
 def _curve_figures(audit: Audit) -> list[dict[str, str]]:

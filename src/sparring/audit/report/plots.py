@@ -9,18 +9,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["certified_curve", "confusion", "examples_grid", "robust_curve"]
+__all__ = ["certified_curve", "confusion", "examples_grid", "figure", "png", "robust_curve"]
 
 _DPI = 100
 
 
-def _figure(w: float, h: float) -> Any:
+def figure(w: float, h: float) -> Any:
+    """A new matplotlib Figure (no pyplot state) sized in inches; also for families' report sections."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(w, h), dpi=_DPI, layout="constrained")
 
 
-def _png(fig: Any) -> str:
+def png(fig: Any) -> str:
+    """A matplotlib Figure as a PNG data URI (for :class:`~sparring.audit.registry.ReportFigure`)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -28,7 +30,7 @@ def _png(fig: Any) -> str:
 
 def robust_curve(norm: str, curves: dict[str, list[tuple[float, float]]], clean: float | None) -> str:
     """Robust accuracy against budget, one line per attack and a thick worst-case line."""
-    fig = _figure(5.2, 3.4)
+    fig = figure(5.2, 3.4)
     ax = fig.add_subplot()
     for name, pts in sorted(curves.items(), key=lambda kv: kv[0] == "worst case"):
         eps = [0.0, *[e for e, _ in pts]] if clean is not None else [e for e, _ in pts]
@@ -42,11 +44,11 @@ def robust_curve(norm: str, curves: dict[str, list[tuple[float, float]]], clean:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Robust accuracy vs {norm.upper()} budget")
-    return _png(fig)
+    return png(fig)
 
 
 def certified_curve(points: Sequence[tuple[float, float]], label: str, xlabel: str) -> str:
-    fig = _figure(5.2, 3.2)
+    fig = figure(5.2, 3.2)
     ax = fig.add_subplot()
     xs, ys = zip(*sorted(points), strict=True) if points else ((), ())
     ax.step(xs, ys, where="post", marker="o", label=label)
@@ -56,7 +58,7 @@ def certified_curve(points: Sequence[tuple[float, float]], label: str, xlabel: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Certified accuracy")
-    return _png(fig)
+    return png(fig)
 
 
 def confusion(y: Sequence[int], pred: Sequence[int], n_classes: int, names: Sequence[str] | None, title: str) -> str:
@@ -64,7 +66,7 @@ def confusion(y: Sequence[int], pred: Sequence[int], n_classes: int, names: Sequ
     m = np.zeros((n_classes, n_classes), dtype=int)
     np.add.at(m, (np.asarray(y, dtype=int), np.asarray(pred, dtype=int)), 1)
     size = min(7.0, 2.2 + 0.38 * n_classes)
-    fig = _figure(size, size * 0.85)
+    fig = figure(size, size * 0.85)
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="Blues")
     labels = list(names) if names else [str(i) for i in range(n_classes)]
@@ -80,7 +82,7 @@ def confusion(y: Sequence[int], pred: Sequence[int], n_classes: int, names: Sequ
                             color="white" if m[i, j] > m.max() / 2 else "black")
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set_title(title, fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 def _name(names: Sequence[str] | None, k: int) -> str:
@@ -97,7 +99,7 @@ def examples_grid(x: Sequence[Any], x_adv: Sequence[Any], y: Sequence[int], adv:
                   bounds: tuple[float, float], names: Sequence[str] | None, title: str) -> str:
     """Clean, adversarial and amplified difference, one column per example."""
     n = len(x)
-    fig = _figure(1.5 * n + 0.6, 4.6)
+    fig = figure(1.5 * n + 0.6, 4.6)
     axes = fig.subplots(3, n, squeeze=False)
     lo, hi = bounds
     for j in range(n):
@@ -117,4 +119,4 @@ def examples_grid(x: Sequence[Any], x_adv: Sequence[Any], y: Sequence[int], adv:
         for i in range(3):
             axes[i, j].set_axis_off()
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return png(fig)
