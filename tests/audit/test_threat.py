@@ -36,6 +36,9 @@ def test_spec_hash_ignores_layout_but_not_values(tmp_path: Path) -> None:
     b.write_text(yaml.safe_dump(SMALL, sort_keys=False, default_flow_style=True))
     assert load_threat_model(a).spec_hash() == load_threat_model(b).spec_hash()
     assert parse_threat_model({**SMALL, "seed": 1}).spec_hash() != load_threat_model(a).spec_hash()
+    # spelling out a default (seed 0, system.trust_pickle false) is the same threat model
+    explicit = {**SMALL, "system": {**SMALL["system"], "trust_pickle": False}}
+    assert parse_threat_model(explicit).spec_hash() == load_threat_model(a).spec_hash()
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,8 @@ class PatchResult(AttackResult):
         target_class: the class the patch pushes predictions to.
         spec: the input spec of the target it was trained on (layout and bounds used when pasting).
         side: side of the pasted square in pixels at scale 1 (``sqrt(size · H · W)``).
-        scale, rotation, brightness: the transformation ranges used in training (and by default when pasting).
+        scale, rotation, brightness, region: the transformation ranges used in training (and by default when
+            pasting).
         history: per training step, ``"loss"`` (mean cross-entropy to the target class) and ``"success"`` (share of
             the step's batch predicted as the target class).
     """
@@ -85,22 +86,24 @@ class PatchResult(AttackResult):
     scale: tuple[float, float] = (1.0, 1.0)
     rotation: float = 0.0
     brightness: float = 0.0
+    region: float = 1.0
     history: dict[str, list[float]] = field(default_factory=dict)
 
     def apply(
         self, x: Any, *, generator: torch.Generator | None = None, scale: tuple[float, float] | None = None,
-        rotation: float | None = None, brightness: float | None = None,
+        rotation: float | None = None, brightness: float | None = None, region: float | None = None,
     ) -> Any:
         """Paste the patch on each input at a random position, scale, rotation and brightness.
 
         ``scale``/``rotation``/``brightness`` override the training ranges (e.g. ``scale=(1, 1)`` pastes exactly
         ``size`` of the image). Returns the same kind (tensor/numpy) and device as ``x``.
         """
-        return _as_input_kind(self._paste(x, generator, scale, rotation, brightness)[0], x)
+        return _as_input_kind(self._paste(x, generator, scale, rotation, brightness, region)[0], x)
 
     def evaluate(
         self, target: Target, x: Any, y: Any, *, generator: torch.Generator | None = None,
         scale: tuple[float, float] | None = None, rotation: float | None = None, brightness: float | None = None,
+        region: float | None = None,
     ) -> dict[str, float]:
         """Measure the patch on (held-out) data, one random placement per input.
 
@@ -111,7 +114,7 @@ class PatchResult(AttackResult):
         assert self.spec is not None
         xt, yt = self.spec.validate(x, y)
         assert yt is not None
-        patched, mask = self._paste(xt, generator, scale, rotation, brightness)
+        patched, mask = self._paste(xt, generator, scale, rotation, brightness, region)
         pred, clean = target.query_labels(patched).cpu(), target.query_labels(xt).cpu()
         other = yt.cpu() != self.target_class
         hit = (pred == self.target_class)[other]
@@ -125,7 +128,7 @@ class PatchResult(AttackResult):
 
     def _paste(
         self, x: Any, generator: torch.Generator | None, scale: tuple[float, float] | None,
-        rotation: float | None, brightness: float | None,
+        rotation: float | None, brightness: float | None, region: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.spec
         assert spec is not None
@@ -135,11 +138,13 @@ class PatchResult(AttackResult):
         sc = _check_scale(self.scale if scale is None else scale, self.side**2 / _area(spec))
         rot = _number(self.rotation if rotation is None else rotation, "rotation", 0, 180)
         bri = _number(self.brightness if brightness is None else brightness, "brightness", 0, 1)
+        reg = _number(self.region if region is None else region, "region", 0, 1)
         lower, upper = spec.bounds_tensors(dev, dt)
         p_lo, p_hi = _patch_bounds(spec, dev, dt)
         with torch.no_grad():
             out, mask = _render(
-                _to_chw(xt.to(dev, dt), spec), self.patch, self.side, sc, rot, bri * spec.range_width, p_lo, p_hi, gen
+                _to_chw(xt.to(dev, dt), spec), self.patch, self.side, sc, rot, bri * spec.range_width, p_lo, p_hi, gen,
+                reg,
             )
             out = torch.clamp(_from_chw(out, spec), lower, upper)
         return out.to(xt.dtype), mask.flatten(1).mean(1)
@@ -172,12 +177,13 @@ def _patch_bounds(spec: InputSpec, dev: torch.device, dt: torch.dtype) -> tuple[
 
 def _render(
     x: torch.Tensor, patch: torch.Tensor, side: float, scale: tuple[float, float], rotation: float,
-    brightness: float, p_lo: torch.Tensor, p_hi: torch.Tensor, gen: torch.Generator,
+    brightness: float, p_lo: torch.Tensor, p_hi: torch.Tensor, gen: torch.Generator, region: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste ``patch`` (C, h, w) on every image of ``x`` (N, C, H, W), each with its own random transformation.
 
     Differentiable in ``patch``. The square (side ``side · scale`` pixels, rotated by up to ``±rotation`` degrees)
-    lies wholly inside the image wherever it fits; its centre is uniform over the positions where it does. Returns
+    lies wholly inside the image wherever it fits; its centre is uniform over the central ``region`` share (per axis)
+    of the positions where it does (1: anywhere it fits; 0: always the image centre). Returns
     the composites and the coverage masks ``(N, 1, H, W)`` (1 under the patch, fractional on its anti-aliased edge).
     """
     n, c, height, width = x.shape
@@ -186,8 +192,8 @@ def _render(
     angle = (2 * u[:, 1] - 1) * math.radians(rotation)
     cos, sin = angle.cos(), angle.sin()
     ext = half * (cos.abs() + sin.abs())  # half the side of the rotated square's bounding box
-    cx = width / 2 + (width / 2 - ext).clamp_min(0) * (2 * u[:, 2] - 1)
-    cy = height / 2 + (height / 2 - ext).clamp_min(0) * (2 * u[:, 3] - 1)
+    cx = width / 2 + (width / 2 - ext).clamp_min(0) * region * (2 * u[:, 2] - 1)
+    cy = height / 2 + (height / 2 - ext).clamp_min(0) * region * (2 * u[:, 3] - 1)
     # Image coordinates p in [-1, 1] (align_corners=False) -> patch coordinates q = A (p - c), A = R(-angle)·D / half
     # with D converting normalised offsets to pixels; the patch spans q in [-1, 1].
     a = torch.stack([
@@ -215,7 +221,9 @@ class UniversalPatch:
     The patch ``p`` maximises the paper's objective ``E_{x∼X, t∼T} [log Pr(target_class | A(p, x, t))]``, where
     ``A`` pastes ``p`` onto ``x`` under a random transformation ``t``: position (uniform where the patch fits
     wholly in the image), scale (uniform in ``scale``, 1 meaning ``size`` of the image area), rotation (uniform in
-    ``±rotation`` degrees) and a brightness shift (uniform in ``±brightness`` of the input range). Each step
+    ``±rotation`` degrees) and a brightness shift (uniform in ``±brightness`` of the input range). ``region < 1``
+    keeps the patch centre in the central ``region`` share of those positions — a sticker on the object rather than
+    anywhere in the scene (the object centred in the frame, as in most classification data). Each step
     draws ``batch_size`` training images and one transformation per image, pastes differentiably (``affine_grid``
     / ``grid_sample`` place the rotated, scaled patch and its mask), and takes an Adam step on ``p``, which is
     then clipped to the input bounds. The patch starts uniformly random.
@@ -228,6 +236,8 @@ class UniversalPatch:
         scale: ``(smallest, largest)`` scale factor of the patch side.
         rotation: largest rotation in degrees, in ``[0, 180]``.
         brightness: largest additive brightness shift, as a fraction of the input range, in ``[0, 1]``.
+        region: share (per axis, in ``[0, 1]``) of the feasible positions the patch centre is drawn from, around
+            the image centre; 1 = anywhere the patch fits.
         steps: optimisation steps.
         lr: Adam learning rate (raw input units per step, roughly).
         batch_size: images (and transformations) per step.
@@ -249,14 +259,15 @@ class UniversalPatch:
 
     def __init__(
         self, target_class: int, *, size: float = 0.1, scale: tuple[float, float] = (0.8, 1.2),
-        rotation: float = 20.0, brightness: float = 0.1, steps: int = 500, lr: float = 0.05, batch_size: int = 64,
-        seed: int | None = 0,
+        rotation: float = 20.0, brightness: float = 0.1, region: float = 1.0, steps: int = 500, lr: float = 0.05,
+        batch_size: int = 64, seed: int | None = 0,
     ) -> None:
         self.target_class = target_class
         self.size = size
         self.scale = scale
         self.rotation = rotation
         self.brightness = brightness
+        self.region = region
         self.steps = steps
         self.lr = lr
         self.batch_size = batch_size
@@ -280,6 +291,7 @@ class UniversalPatch:
         _check_scale(self.scale, size)
         _number(self.rotation, "rotation", 0, 180, hint=" (degrees)")
         _number(self.brightness, "brightness", 0, 1, hint=" (fraction of the input range)")
+        _number(self.region, "region", 0, 1, hint=" (share of the feasible positions, around the centre)")
         check_positive_int(self.steps, "steps")
         check_positive_int(self.batch_size, "batch_size")
         _number(self.lr, "lr", 0, math.inf, open_lo=True)
@@ -314,7 +326,8 @@ class UniversalPatch:
         with target.frozen():
             for step in progress_bar(range(self.steps), total=self.steps, description=self.name, enabled=progress):
                 idx = torch.randint(0, x.shape[0], (self.batch_size,), generator=gen, device=dev)
-                pasted, _ = _render(x[idx], patch, side, sc, float(self.rotation), shift, p_lo, p_hi, gen)
+                pasted, _ = _render(x[idx], patch, side, sc, float(self.rotation), shift, p_lo, p_hi, gen,
+                                    float(self.region))
                 logits = fwd(torch.clamp(_from_chw(pasted, spec), lower, upper))
                 loss = F.cross_entropy(logits, labels)
                 (patch.grad,) = torch.autograd.grad(loss, patch)
@@ -329,7 +342,8 @@ class UniversalPatch:
         return PatchResult(
             attack=self.name, params=self.get_params(), cost=cost, patch=patch.detach(),
             target_class=self.target_class, spec=spec, side=side, scale=sc, rotation=float(self.rotation),
-            brightness=float(self.brightness), history={"loss": [r[0] for r in h], "success": [r[1] for r in h]},
+            brightness=float(self.brightness), region=float(self.region),
+            history={"loss": [r[0] for r in h], "success": [r[1] for r in h]},
         )
 
 

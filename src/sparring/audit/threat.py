@@ -200,8 +200,13 @@ class ThreatModel(_Strict):
         return self.model_dump(mode="json")
 
     def spec_hash(self) -> str:
-        """SHA-256 of the canonical JSON form: identical threat models hash identically, whatever the YAML layout."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical JSON form: identical threat models hash identically, whatever the YAML layout.
+
+        Keys at their default value are left out, so a threat model hashes the same whether it spells a default out
+        or not, and a later sparring that adds an optional key keeps the hashes (and resumable checkpoints) of
+        existing threat models.
+        """
+        text = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def budgets(self) -> list[tuple[str, float]]:

@@ -72,6 +72,13 @@ def _breast_cancer() -> Dataset:
     return load_breast_cancer()
 
 
+@cache
+def _signs() -> Dataset:
+    from sparring.data.signs import load_signs
+
+    return load_signs()
+
+
 def _bc_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
     x = _breast_cancer().x_train
     return tuple(x.mean(0).tolist()), tuple(x.std(0).tolist())
@@ -121,6 +128,8 @@ _register(ZooEntry("digits-cnn-trades", "digits-cnn trained with TRADES (Zhang e
                    normalise=lambda: ((0.2,), (0.3,)), train=_adversarial_recipe("trades")))
 _register(ZooEntry("breast-cancer-logreg", "scikit-learn StandardScaler + LogisticRegression on breast cancer",
                    _breast_cancer, "sklearn", _sk_logreg))
+_register(ZooEntry("signs-cnn", "all-conv CNN (global average pooling) on synthetic 3×32×32 traffic signs, 8 classes "
+                   "(≈87% test accuracy; sparring.data.signs)", _signs, "torch", models.signs_cnn, epochs=12, lr=2e-3))
 
 
 def names() -> list[str]:
