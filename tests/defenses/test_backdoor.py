@@ -1,0 +1,149 @@
+"""Backdoor defences on a BadNets-poisoned 16×16 digits CNN: training-set scans, the shift test, STRIP, Neural
+Cleanse and fine-pruning. The 28×28 numbers of the issue's criteria are in benchmarks/bench_poisoning.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparring.attacks.poisoning import BadNets, LabelFlip, backdoor_metrics, detection_metrics
+from sparring.defenses.backdoor import FinePruning, NeuralCleanse, anomaly_index
+from sparring.defenses.detect.poison import (
+    ActivationClustering,
+    SpectralSignatures,
+    representations,
+    separation,
+    shift_test,
+)
+from sparring.defenses.detect.strip import STRIP
+from sparring.errors import InputSpecError, ParameterError
+from tests import poison_helpers as H
+
+
+def _poisoned_features() -> torch.Tensor:
+    return representations(H.badnets_model(), H.badnets().x)
+
+
+def test_spectral_signatures_recover_the_poison_and_flag_the_target_class() -> None:
+    res = H.badnets()
+    scan = SpectralSignatures(n_remove=round(1.5 * res.n_poisoned))(_poisoned_features(), res.y)
+    m = detection_metrics(scan.suspicious, res.indices)
+    assert m.recall >= 0.8 and m.n_flagged == round(1.5 * res.n_poisoned)
+    assert scan.flagged_classes == [H.TARGET_CLASS]
+    x_clean, y_clean = scan.cleaned(res.x, res.y)
+    assert len(y_clean) == len(x_clean) == len(res.y) - m.n_flagged
+    assert scan.dataset(res.dataset(H.digits())).x_train.shape[0] == len(y_clean)
+
+
+def test_spectral_signatures_flag_no_class_of_a_clean_model() -> None:
+    ds = H.digits()
+    scan = SpectralSignatures(expected_share=0.05)(representations(H.clean_model(), ds.x_train), ds.y_train)
+    assert scan.flagged_classes == []
+    # with no class flagged, the paper's rule: 1.5 × 5% of every class
+    assert abs(scan.suspicious.numel() - 0.075 * len(ds.y_train)) <= 10
+
+
+def test_activation_clustering_flags_the_target_class_only() -> None:
+    res = H.badnets()
+    scan = ActivationClustering()(_poisoned_features(), res.y)
+    assert scan.flagged_classes == [H.TARGET_CLASS]
+    m = detection_metrics(scan.suspicious, res.indices)
+    assert m.recall >= 0.8 and m.precision >= 0.8
+    target = scan.classes[H.TARGET_CLASS]
+    assert abs(target["relative_size"] - res.n_poisoned / target["n"]) < 0.05
+
+
+def test_separation_tells_one_bump_from_two() -> None:
+    gen = torch.Generator().manual_seed(0)
+    one = torch.randn(400, generator=gen)
+    two = torch.cat([torch.randn(300, generator=gen), torch.randn(100, generator=gen) + 8])
+    assert abs(separation(one) - 2 / torch.pi) < 0.05
+    assert separation(two) > 0.9
+
+
+def test_shift_test_catches_a_poisoned_batch_but_not_a_clean_one() -> None:
+    ds = H.digits()
+    perm = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))
+    ref, new = perm[:400], perm[400:700]
+    batch = BadNets(poison_share=0.2, target_class=0, seed=1)(ds.x_train[new], ds.y_train[new], spec=ds.spec)
+    ry = ds.y_train[ref]
+    clean = shift_test(ds.x_train[ref], ds.x_train[new], y_reference=ry, y_batch=ds.y_train[new], n_permutations=200)
+    poisoned = shift_test(ds.x_train[ref], batch.x, y_reference=ry, y_batch=batch.y, n_permutations=200)
+    assert not clean.shifted and clean.p_value > 0.1
+    assert poisoned.shifted and poisoned.p_value < 0.01
+    c2st = shift_test(ds.x_train[ref], batch.x, method="classifier")
+    assert c2st.shifted and c2st.statistic > 0.55
+
+
+def test_strip_rejects_triggered_inputs_at_one_percent_false_rejection() -> None:
+    ds, res, model = H.digits(), H.badnets(), H.badnets_model()
+    strip = STRIP(model, ds.x_test[:150]).fit(ds.x_test[150:300], frr=0.01)
+    x_eval, y_eval = ds.x_test[300:], ds.y_test[300:]
+    frr = float(strip.detect(x_eval).float().mean())
+    triggered = res.triggered(x_eval[y_eval != H.TARGET_CLASS])
+    fired = model.predict(triggered) == H.TARGET_CLASS  # inputs on which the backdoor works
+    far = 1 - float(strip.detect(triggered[fired]).float().mean())
+    assert frr <= 0.04
+    assert far <= 0.1
+
+
+def test_neural_cleanse_flags_the_target_label_and_nothing_on_a_clean_model() -> None:
+    ds = H.digits()
+    nc = NeuralCleanse(steps=80, batch_size=16, seed=0)
+    poisoned = nc(H.badnets_model(), ds.x_test[:200])
+    assert poisoned.flagged == [H.TARGET_CLASS] and float(poisoned.anomaly[H.TARGET_CLASS]) > 2
+    trig = poisoned.trigger(H.TARGET_CLASS)
+    assert float(trig.mask.sum()) < 0.5 * float(poisoned.norms.median())
+    hit = H.badnets_model().predict(trig.apply(ds.x_test[200:300])) == H.TARGET_CLASS
+    assert float(hit.float().mean()) > 0.9  # the reverse-engineered trigger works
+    clean = nc(H.clean_model(), ds.x_test[:200])
+    assert clean.flagged == [] and not clean.backdoored
+
+
+def test_anomaly_index_is_median_absolute_deviation() -> None:
+    a = anomaly_index([10.0, 10.0, 11.0, 9.0, 2.0])
+    assert float(a[4]) == pytest.approx(8 / 1.4826) and float(a[0]) == 0.0
+
+
+def test_fine_pruning_lowers_the_attack_success_rate() -> None:
+    ds, res, model = H.digits(), H.badnets(), H.badnets_model()
+    x_def, y_def, x_ev, y_ev = ds.x_test[:225], ds.y_test[:225], ds.x_test[225:], ds.y_test[225:]
+    before = backdoor_metrics(model, x_ev, y_ev, res)
+    hidden = model.model[7]  # the 64-unit dense layer; pruning the last convolution does less here (docs)
+    fp = FinePruning(layer=hidden, prune_ratio=0.8)(model, x_def, y_def)
+    after = backdoor_metrics(fp.target, x_ev, y_ev, res)
+    assert fp.n_units == 64 and len(fp.pruned) == round(0.8 * 64)
+    assert after.attack_success_rate < before.attack_success_rate - 0.5
+    assert after.clean_accuracy >= before.clean_accuracy - 0.05
+    assert fp.curve[-1][1] < fp.accuracy_before  # pruning alone hurt; fine-tuning restored it
+    assert fp.accuracy_after > fp.accuracy_pruned
+    assert all(float(hidden.weight[i].detach().abs().sum()) > 0 for i in fp.pruned)  # the original is untouched
+    pruned_layer = fp.target.model[7]
+    assert all(float(pruned_layer.weight[i].detach().abs().sum()) == 0 for i in fp.pruned)
+
+
+def test_defence_errors_name_the_fix() -> None:
+    ds = H.digits()
+    with pytest.raises(InputSpecError, match="do not match"):
+        SpectralSignatures()(torch.zeros(5, 3), torch.zeros(4))
+    with pytest.raises(ParameterError, match="expected_share must be in"):
+        SpectralSignatures(expected_share=2.0)(torch.zeros(5, 3), torch.zeros(5))
+    with pytest.raises(ParameterError, match="reduce must be"):
+        ActivationClustering(reduce="tsne")(torch.zeros(5, 3), torch.zeros(5))  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="labels for both samples"):
+        shift_test(ds.x_train[:10], ds.x_train[10:20], y_reference=ds.y_train[:10])
+    with pytest.raises(ParameterError, match="method must be"):
+        shift_test(ds.x_train[:10], ds.x_train[10:20], method="ks")  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="call fit"):
+        STRIP(H.clean_model(), ds.x_test[:10]).detect(ds.x_test[:2])
+    with pytest.raises(ParameterError, match="frr"):
+        STRIP(H.clean_model(), ds.x_test[:10]).fit(ds.x_test[:10], frr=0.0)
+    with pytest.raises(ParameterError, match="steps must be a positive integer"):
+        NeuralCleanse(steps=0)(H.clean_model(), ds.x_test[:10])
+    with pytest.raises(ParameterError, match="prune_ratio must be in"):
+        FinePruning(prune_ratio=1.0)(H.clean_model(), ds.x_test[:10], ds.y_test[:10])
+    with pytest.raises(ParameterError, match="not a module of the target's model"):
+        FinePruning(layer=torch.nn.Linear(2, 2))(H.clean_model(), ds.x_test[:10], ds.y_test[:10])
+    with pytest.raises(ParameterError, match="plants no trigger"):
+        backdoor_metrics(H.clean_model(), ds.x_test, ds.y_test,
+                         LabelFlip()(ds.x_train, ds.y_train, spec=ds.spec))
