@@ -70,6 +70,8 @@ class System(_Strict):
     batch_size: int = Field(256, ge=1)
     task: Literal["classification"] = "classification"
     data: DataSource = DataSource()
+    constraints: str | None = None
+    """Tabular feature constraints (.json/.yaml, see sparring.targets.constraints): enables the tabular checks."""
 
 
 class Exposure(_Strict):

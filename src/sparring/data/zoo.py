@@ -132,6 +132,33 @@ _register(ZooEntry("signs-cnn", "all-conv CNN (global average pooling) on synthe
                    "(≈87% test accuracy; sparring.data.signs)", _signs, "torch", models.signs_cnn, epochs=12, lr=2e-3))
 
 
+# --- tabular models (issue 9) ---
+@cache
+def _transactions() -> Dataset:
+    from sparring.data.transactions import load_transactions
+
+    return load_transactions()
+
+
+def _tx_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = _transactions().x_train
+    return tuple(x.mean(0).tolist()), tuple(x.std(0).clamp_min(1e-6).tolist())
+
+
+def _sk_fraud_gbm() -> Any:
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    return GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=0)
+
+
+_register(ZooEntry("fraud-gbm", "scikit-learn GradientBoosting (60 trees, depth 3) on synthetic transactions "
+                   "(fraud = class 1)", _transactions, "sklearn", _sk_fraud_gbm))
+_register(ZooEntry("fraud-mlp", "MLP on the 17 synthetic transaction features, standardised inside (fraud = class 1)",
+                   _transactions, "torch", lambda: models.tabular_mlp(n_features=17), epochs=15, lr=3e-3,
+                   normalise=_tx_stats))
+# --- end tabular models ---
+
+
 def names() -> list[str]:
     """Names of the zoo models."""
     return sorted(_ENTRIES)

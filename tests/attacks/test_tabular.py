@@ -1,0 +1,149 @@
+"""Constrained tabular evasion on the synthetic transactions: fraud-mlp (CPGD/CAPGD) and fraud-gbm (search, MILP).
+
+Every adversarial row is re-checked here with the constraint checker, separately from the attacks' own check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from sparring import zoo
+from sparring.attacks.tabular import CAPGD, CPGD, ConstrainedResult, CostSearch, TreeEvasion
+from sparring.data.transactions import transactions_constraints
+from sparring.errors import AccessError, InputSpecError, ParameterError
+from sparring.targets import SklearnTarget
+from sparring.targets.base import Target
+from sparring.targets.constraints import FeatureConstraints
+from sparring.targets.spec import Access
+
+C = transactions_constraints()
+
+
+def _detected_fraud(target: Target, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = zoo.data("fraud-gbm")
+    pred = target.predict(ds.x_test)
+    keep = (pred == 1) & (ds.y_test == 1)
+    return ds.x_test[keep][:n], ds.y_test[keep][:n]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread (two threads spin and cost ~15x the CPU on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mlp() -> Target:
+    return zoo.load("fraud-mlp")
+
+
+@pytest.fixture(scope="module")
+def gbm() -> Target:
+    return zoo.load("fraud-gbm")
+
+
+def _all_feasible(r: ConstrainedResult, x: torch.Tensor) -> None:
+    v = C.check(x, torch.as_tensor(r.x_adv))
+    assert bool(v.ok.all()), v.by_rule()  # 100 % of the returned rows, checked independently
+
+
+@pytest.mark.parametrize("attack_cls", [CPGD, CAPGD])
+def test_cpgd_evades_fraud_mlp_within_constraints(mlp: Target, attack_cls: type[CPGD]) -> None:
+    x, y = _detected_fraud(mlp, 48)
+    r = attack_cls(constraints=C, steps=20)(mlp, x, y)
+    _all_feasible(r, x)
+    assert r.success_rate >= 0.8
+    assert r.median_cost is not None and 0 < r.median_cost < 2
+    assert r.cost.gradients > 0 and r.summary()["violations"] == {}
+
+
+def test_unconstrained_success_breaks_constraints(mlp: Target) -> None:
+    x, y = _detected_fraud(mlp, 32)
+    r = CPGD(constraints=C, steps=20, constrained=False, refine=False)(mlp, x, y)
+    assert r.success_rate >= 0.9  # the "fantasy" success ...
+    assert float(torch.as_tensor(r.feasible).float().mean()) < 0.5  # ... mostly on rows no attacker can produce
+    assert r.violations and "total_24h: derived" in r.violations
+
+
+@pytest.mark.parametrize("access", [Access.SCORES, Access.LABELS])
+def test_cost_search_evades_fraud_gbm(gbm: Target, access: Access) -> None:
+    x, y = _detected_fraud(gbm, 32)
+    t = SklearnTarget(gbm.estimator, gbm.spec, access=access)  # type: ignore[attr-defined]
+    r = CostSearch(constraints=C, boundary_steps=3 if access == Access.LABELS else 0)(t, x, y)
+    _all_feasible(r, x)
+    assert r.success_rate >= 0.9
+    assert r.median_cost is not None and r.median_cost < 1.5
+
+
+def test_tree_milp_is_never_costlier_than_the_black_box_search(gbm: Target) -> None:
+    x, y = _detected_fraud(gbm, 5)
+    search = CostSearch(constraints=C)(gbm, x, y)
+    exact = TreeEvasion(constraints=C)(gbm, x, y)
+    _all_feasible(exact, x)
+    assert exact.extras["proven_optimal"] == exact.extras["solved"] == 5
+    assert bool((exact.success >= search.success).all())
+    both = exact.success & search.success
+    assert int(both.sum()) >= 4
+    assert bool((exact.costs[both] <= search.costs[both] + 1e-4).all())
+
+
+def test_tree_milp_handles_random_forests() -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    ds = zoo.data("fraud-gbm")
+    rf = RandomForestClassifier(n_estimators=8, max_depth=4, random_state=0).fit(ds.x_train[:1500], ds.y_train[:1500])
+    t = SklearnTarget(rf, ds.spec)
+    x, y = _detected_fraud(t, 4)
+    r = TreeEvasion(constraints=C)(t, x, y)
+    _all_feasible(r, x)
+    assert r.success_rate == 1.0
+
+
+def test_errors_are_typed(mlp: Target, gbm: Target) -> None:
+    x, y = _detected_fraud(gbm, 4)
+    with pytest.raises(AccessError, match="CPGD"):
+        CPGD(constraints=C)(gbm, x, y)
+    with pytest.raises(ParameterError, match="eps"):
+        CPGD(constraints=C, eps=2.0)(mlp, x, y)
+    with pytest.raises(ParameterError, match="beam_width"):
+        CostSearch(constraints=C, beam_width=0)(gbm, x, y)
+    with pytest.raises(ParameterError, match="boundary_steps"):
+        CostSearch(constraints=C, boundary_steps=-1)(gbm, x, y)
+    with pytest.raises(ParameterError, match="CostSearch"):
+        TreeEvasion(constraints=C)(mlp, x, y)
+    with pytest.raises(ParameterError, match="max_nodes"):
+        TreeEvasion(constraints=C, max_nodes=10)(gbm, x, y)
+    small = FeatureConstraints.from_dict({"features": [{"name": "a", "low": 0, "high": 1}]})
+    with pytest.raises(InputSpecError, match="declare 1"):
+        CostSearch(constraints=small)(gbm, x, y)
+    bad = x.clone()
+    bad[0, 7] += 5.0  # the derived total no longer matches: clean data must be feasible
+    with pytest.raises(InputSpecError, match="total_24h: derived"):
+        CostSearch(constraints=C)(gbm, bad, y)
+
+
+def test_numpy_in_numpy_out(gbm: Target) -> None:
+    x, y = _detected_fraud(gbm, 6)
+    r = CostSearch(constraints=C, samples=64)(gbm, x.numpy(), y.numpy())
+    assert isinstance(r.x_adv, np.ndarray) and isinstance(r.costs, np.ndarray) and r.x_adv.dtype == np.float32
+    assert bool(C.check(x.numpy(), r.x_adv).ok.all())
+    assert r.summary()["median_cost"] == r.median_cost
+
+
+@pytest.mark.slow
+def test_tree_milp_against_search_on_40_points(gbm: Target) -> None:
+    """The benchmark's claim (benchmarks/bench_tabular.py): never costlier on any of 40 detected fraud rows."""
+    x, y = _detected_fraud(gbm, 40)
+    search = CostSearch(constraints=C)(gbm, x, y)
+    exact = TreeEvasion(constraints=C)(gbm, x, y)
+    _all_feasible(exact, x)
+    assert exact.success_rate == 1.0
+    assert bool((exact.costs <= search.costs + 1e-4).all())
+    assert float(exact.costs.median()) < float(search.costs.median())
