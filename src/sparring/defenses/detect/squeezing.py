@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparring.defenses.detect.metrics import roc_auc, tpr_at_fpr
+from sparring.defenses.detect.evaluate import evaluate
 from sparring.defenses.preprocess.image import BitDepth, MedianSmoothing, Preprocessor, image_bounds
 from sparring.errors import ParameterError
 from sparring.targets.base import Target, _like
@@ -61,8 +61,7 @@ class FeatureSqueezingDetector:
     Example:
         >>> from sparring import zoo
         >>> from sparring.defenses.detect import FeatureSqueezingDetector
-        >>> from sparring.defenses.detect.metrics import roc_auc, tpr_at_fpr
-from sparring.defenses.preprocess.image import BitDepth, MedianSmoothing
+        >>> from sparring.defenses.preprocess import BitDepth, MedianSmoothing
         >>> target, data = zoo.load("digits-cnn"), zoo.data("digits-cnn")
         >>> det = FeatureSqueezingDetector(target, (BitDepth(1), MedianSmoothing(2))).fit(data.x_test[:200])
         >>> float(det.detect(data.x_test[200:400]).float().mean()) < 0.15
@@ -195,54 +194,4 @@ from sparring.defenses.preprocess.image import BitDepth, MedianSmoothing
     def get_params(self) -> dict[str, Any]:
         """The configuration as given (for reports)."""
         return {"squeezers": [repr(s) for s in self.squeezers], "threshold": self.threshold}
-
-
-def evaluate(
-    detector: FeatureSqueezingDetector,
-    x_clean: torch.Tensor | np.ndarray,
-    x_adv: torch.Tensor | np.ndarray,
-    *,
-    fpr: float = 0.05,
-) -> dict[str, Any]:
-    """How well ``detector`` separates adversarial inputs from clean ones.
-
-    Pass only *successful* adversarial examples as ``x_adv`` (Xu et al. 2018 do), and clean inputs the detector was
-    not fitted on as ``x_clean``. Against non-adaptive attacks this measures the detector; against an adaptive
-    attack (one that also lowers the score) it measures the defence.
-
-    Returns:
-        A JSON-ready dict: ``roc_auc``; ``tpr_at_fpr`` (the detection rate at a false-positive rate of at most
-        ``fpr`` on ``x_clean``) with ``fpr`` and ``threshold_at_fpr``; ``n_clean``, ``n_adv``, ``mean_score_clean``,
-        ``mean_score_adv``; and when the detector is fitted, its own operating point: ``threshold``,
-        ``detection_rate`` (on ``x_adv``) and ``false_positive_rate`` (on ``x_clean``).
-
-    Example:
-        >>> from sparring import PGD, zoo
-        >>> from sparring.defenses.detect import FeatureSqueezingDetector, evaluate
-        >>> target, data = zoo.load("digits-cnn"), zoo.data("digits-cnn")
-        >>> det = FeatureSqueezingDetector(target).fit(data.x_test[100:300])
-        >>> res = PGD(eps=0.1)(target, data.x_test[:64], data.y_test[:64])
-        >>> out = evaluate(det, data.x_test[:64], res.x_adv[res.success])
-        >>> sorted(out)[:3]
-        ['detection_rate', 'false_positive_rate', 'fpr']
-    """
-    if not isinstance(detector, FeatureSqueezingDetector):
-        raise ParameterError(f"detector must be a FeatureSqueezingDetector; got {type(detector).__name__}.")
-    s_clean, s_adv = detector._score_any(x_clean), detector._score_any(x_adv)
-    tpr, thr = tpr_at_fpr(s_clean, s_adv, fpr)
-    out: dict[str, Any] = {
-        "roc_auc": roc_auc(s_clean, s_adv),
-        "fpr": float(fpr),
-        "tpr_at_fpr": tpr,
-        "threshold_at_fpr": thr,
-        "n_clean": int(s_clean.numel()),
-        "n_adv": int(s_adv.numel()),
-        "mean_score_clean": float(s_clean.double().mean()),
-        "mean_score_adv": float(s_adv.double().mean()),
-    }
-    if detector.threshold is not None:
-        out["threshold"] = detector.threshold
-        out["detection_rate"] = float((s_adv > detector.threshold).double().mean())
-        out["false_positive_rate"] = float((s_clean > detector.threshold).double().mean())
-    return out
 
