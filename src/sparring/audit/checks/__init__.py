@@ -10,4 +10,5 @@ from sparring.audit.checks import retry  # noqa: F401
 from sparring.audit.checks import certification  # noqa: F401
 from sparring.audit.checks import privacy  # noqa: F401
 from sparring.audit.checks import poisoning  # noqa: F401
+from sparring.audit.checks import extraction  # noqa: F401
 from sparring.audit.checks import tabular  # noqa: F401
