@@ -159,6 +159,27 @@ _register(ZooEntry("fraud-mlp", "MLP on the 17 synthetic transaction features, s
 # --- end tabular models ---
 
 
+# --- text models (issue 8) ---
+# Text models take strings, not tensors: they are listed here, built by sparring.data.text.load_text_model.
+def _text_only(name: str) -> Callable[[], Any]:
+    def refuse() -> Any:
+        raise ParameterError(
+            f"{name!r} is a text model (strings in, not tensors): load it with "
+            f"sparring.data.text.load_text_model({name!r}) and its data with sparring.data.text.load_sms_spam(), "
+            "or run `sparring attack-text`."
+        )
+
+    return refuse
+
+
+for _name, _desc in (
+    ("spam-tfidf-logreg", "text: TF-IDF word 1-2-grams + char 2-5-grams, logistic regression, SMS spam (≈99%)"),
+    ("spam-minilm", "text: all-MiniLM-L6-v2 embeddings + linear head, SMS spam (≈99%; needs sparring[text])"),
+):
+    _register(ZooEntry(_name, _desc, _text_only(_name), "text", _text_only(_name)))
+# --- end text models ---
+
+
 def names() -> list[str]:
     """Names of the zoo models."""
     return sorted(_ENTRIES)
