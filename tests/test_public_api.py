@@ -23,8 +23,12 @@ def test_public_api_names_the_foundation() -> None:
 
 
 def test_import_does_not_pull_optional_heavy_modules() -> None:
-    heavy = ("onnxruntime", "skops", "PIL", "matplotlib", "jinja2", "pydantic", "yaml")
-    code = f"import sys, sparring; bad = [m for m in {heavy!r} if m in sys.modules]; print(','.join(bad))"
+    heavy = ("onnxruntime", "skops", "PIL", "matplotlib", "jinja2", "pydantic", "yaml", "opacus", "transformers",
+             "sentence_transformers", "highspy", "confusable_homoglyphs")
+    families = ("sparring.attacks.poisoning, sparring.attacks.extraction, sparring.attacks.privacy, "
+                "sparring.attacks.text, sparring.attacks.tabular, sparring.defenses.detect, "
+                "sparring.defenses.preprocess, sparring.defenses.training, sparring.defenses.layered")
+    code = f"import sys, sparring, {families}; bad = [m for m in {heavy!r} if m in sys.modules]; print(','.join(bad))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
 

@@ -1,4 +1,9 @@
-"""Attacks, by family. Every attack is configuration at construction and runs when called on a target."""
+"""Attacks, by family. Every attack is configuration at construction and runs when called on a target.
+
+Evasion attacks are exported here; the other families live in their own subpackages, each with its ``__all__``:
+:mod:`sparring.attacks.poisoning`, :mod:`sparring.attacks.extraction`, :mod:`sparring.attacks.privacy`,
+:mod:`sparring.attacks.text`, :mod:`sparring.attacks.tabular`.
+"""
 
 from sparring.attacks.adaptive import adaptive, find_gradient_blockers, is_randomized, with_bpda, with_eot
 from sparring.attacks.base import EvasionAttack

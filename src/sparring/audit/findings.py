@@ -30,9 +30,9 @@ Severity = Literal["critical", "high", "medium", "low", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low", "info")
 
 RECOMMEND_LINF = (
-    "Train with PGD adversarial training (Madry et al. 2018; not yet in sparring: see the defences issue) or "
-    "certifiably with IBP/CROWN-IBP: sparring.defenses.training.train_certified, then verify with "
-    "sparring.defenses.certify.verify."
+    "Train with PGD adversarial training or TRADES (Madry et al. 2018; Zhang et al. 2019: "
+    "sparring.defenses.training.adversarial_train, or `sparring train --method pgd`) or certifiably with "
+    "IBP/CROWN-IBP (sparring.defenses.training.train_certified), then verify with sparring.defenses.certify.verify."
 )
 RECOMMEND_L2 = (
     "Train with Gaussian noise (sparring.defenses.training.train_with_noise) and serve the smoothed classifier "

@@ -74,12 +74,12 @@ attacker:
     - {{norm: linf, eps: {linf}}}
     - {{norm: l2, eps: {l2}}}
   query_budget: null        # queries per example for black-box attacks (null: by effort)
-  poisoning_share: null     # fraction of training data an attacker controls (poisoning checks: not yet in sparring)
+  poisoning_share: null     # share of training data an attacker controls: set it to scan data and model for backdoors
   physical_access: false
 
 assets:
-  training_data_privacy: false   # membership/inversion checks: not yet in sparring
-  model_ip: false                # extraction checks: not yet in sparring
+  training_data_privacy: false   # true: membership inference (loss threshold, LiRA) on zoo models
+  model_ip: false                # true: steal a surrogate through the API within the query budget
 
 certification:              # guarantees, not attacks (remove what you do not need)
   bounds: null              # e.g. {{eps: [{linf[0]}]}}: L∞ bound propagation, for supported torch models

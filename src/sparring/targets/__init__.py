@@ -1,22 +1,41 @@
 """Models under test: one input spec, one access level, one query counter, whatever the model kind."""
 
 from sparring.targets.base import QueryCounter, Target
+from sparring.targets.constraints import Derived, Feature, FeatureConstraints, LinearInequality, OneHotGroup, Violations
 from sparring.targets.http import HttpTarget
 from sparring.targets.load import load_spec, load_target
 from sparring.targets.onnx import OnnxTarget
 from sparring.targets.sklearn import SklearnTarget
 from sparring.targets.spec import Access, InputSpec
+from sparring.targets.text import (
+    CallableTextTarget,
+    HttpTextTarget,
+    SklearnTextTarget,
+    TextTarget,
+    TorchTextTarget,
+)
 from sparring.targets.torch import TorchTarget
 
 __all__ = [
     "Access",
+    "CallableTextTarget",
+    "Derived",
+    "Feature",
+    "FeatureConstraints",
     "HttpTarget",
+    "HttpTextTarget",
     "InputSpec",
+    "LinearInequality",
+    "OneHotGroup",
     "OnnxTarget",
     "QueryCounter",
     "SklearnTarget",
+    "SklearnTextTarget",
     "Target",
+    "TextTarget",
     "TorchTarget",
+    "TorchTextTarget",
+    "Violations",
     "load_spec",
     "load_target",
 ]

@@ -1,4 +1,5 @@
 """Input-preprocessing defences. Images: :mod:`.image` (bit depth, median, JPEG, smoothing, TV; defend, bpda).
+Text: :mod:`.text` (Unicode normalisation, confusables, invisible/bidi stripping, spelling and de-leet).
 
 Each input kind has its own module; import from here.
 """
@@ -14,15 +15,20 @@ from sparring.defenses.preprocess.image import (
     defend,
     image_bounds,
 )
+from sparring.defenses.preprocess.text import DefendedTextTarget, SpellingCorrector, normalize, resolve_bidi
 
 __all__ = [
     "BitDepth",
+    "DefendedTextTarget",
     "JpegCompression",
     "MedianSmoothing",
     "Preprocessor",
     "SpatialSmoothing",
+    "SpellingCorrector",
     "TotalVariation",
     "bpda",
     "defend",
     "image_bounds",
+    "normalize",
+    "resolve_bidi",
 ]
