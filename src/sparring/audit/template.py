@@ -85,6 +85,10 @@ certification:              # guarantees, not attacks (remove what you do not ne
   bounds: null              # e.g. {{eps: [{linf[0]}]}}: L∞ bound propagation, for supported torch models
   smoothing: null           # e.g. {{sigma: 0.25, n: 1000, alpha: 0.001, radii: [0.25, 0.5]}}
 
+defence: null               # a layered defence, attacked adaptively layer by layer, e.g.
+                            #   {{preprocess: [{{name: bit-depth, bits: 3}}],
+                            #    detector: {{kind: mahalanobis, fpr: 0.05}}, robust_model: digits-cnn-pgdat}}
+
 effort: standard            # quick | standard | thorough (attack strength and time)
 
 gates:                      # CI fails (exit code 6) when one is not met

@@ -14,6 +14,8 @@ The keys, in short::
                 poisoning_share, physical_access}
     assets:    {training_data_privacy, model_ip}
     certification: {bounds: {eps: [...]}, smoothing: {sigma, n0, n, alpha, radii: [...]}}
+    defence:   {preprocess: [{name: bit-depth|median|spatial|jpeg|tv, ...}], detector: {kind, fpr},
+                robust_model}
     effort:    quick|standard|thorough
     gates:     [{metric, min|max, norm, eps, radius, method}]
     seed: 0
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -37,6 +39,7 @@ __all__ = [
     "Budget",
     "Certification",
     "DataSource",
+    "Defence",
     "Exposure",
     "Gate",
     "ThreatModel",
@@ -141,6 +144,72 @@ class Certification(_Strict):
     smoothing: SmoothingCert | None = None
 
 
+class BitDepthStep(_Strict):
+    """Bit-depth reduction to ``bits`` bits per pixel (feature squeezing)."""
+
+    name: Literal["bit-depth"]
+    bits: int = Field(3, ge=1, le=16)
+
+
+class MedianStep(_Strict):
+    """Median smoothing over a ``kernel`` x ``kernel`` window (feature squeezing; kernel 2-7)."""
+
+    name: Literal["median"]
+    kernel: int = Field(2, ge=2, le=7)
+
+
+class SpatialStep(_Strict):
+    """A median or mean window filter (kernel 2-15)."""
+
+    name: Literal["spatial"]
+    kernel: int = Field(3, ge=2, le=15)
+    mode: Literal["median", "mean"] = "median"
+
+
+class JpegStep(_Strict):
+    """JPEG compression at ``quality`` (1-100)."""
+
+    name: Literal["jpeg"]
+    quality: int = Field(75, ge=1, le=100)
+
+
+class TvStep(_Strict):
+    """Total-variation minimisation (``weight`` > 0, ``steps`` iterations)."""
+
+    name: Literal["tv"]
+    weight: float = Field(0.05, gt=0)
+    steps: int = Field(30, ge=1, le=10_000)
+
+
+PreprocessStep = Annotated[BitDepthStep | MedianStep | SpatialStep | JpegStep | TvStep, Field(discriminator="name")]
+
+
+class DetectorSpec(_Strict):
+    """An adversarial-input detector in front of the model, its threshold set for ``fpr`` false positives."""
+
+    kind: Literal["mahalanobis", "energy", "max-softmax"]
+    fpr: float = Field(0.05, gt=0, lt=1)
+
+
+class Defence(_Strict):
+    """A layered defence around the audited model, evaluated layer by layer (``layered-defence`` check).
+
+    ``robust_model`` (a zoo name or model file, same spec) replaces the audited model as the defended system's
+    classifier; the audited model is then the undefended baseline row.
+    """
+
+    preprocess: list[PreprocessStep] = Field(default_factory=list)
+    detector: DetectorSpec | None = None
+    robust_model: str | None = None
+
+    @model_validator(mode="after")
+    def _some_layer(self) -> Defence:
+        if not self.preprocess and self.detector is None and self.robust_model is None:
+            raise ValueError("a defence needs at least one layer: preprocess, detector or robust_model, e.g. "
+                             "detector: {kind: mahalanobis, fpr: 0.05}")
+        return self
+
+
 class Gate(_Strict):
     """A pass/fail condition on one measured metric, e.g. robust accuracy at L∞ 0.1 ≥ 0.6."""
 
@@ -194,6 +263,7 @@ class ThreatModel(_Strict):
     attacker: Attacker = Attacker()
     assets: Assets = Assets()
     certification: Certification = Certification()
+    defence: Defence | None = None
     effort: Literal["quick", "standard", "thorough"] = "standard"
     gates: list[Gate] = Field(default_factory=list)
     seed: int = 0
@@ -273,15 +343,28 @@ def _explain(exc: ValidationError, source: str) -> str:
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = ThreatModel
+    union: list[type[BaseModel]] = []  # members of a tagged union (defence.preprocess): the next part is the tag
     for part in loc:
         if isinstance(part, int):
+            continue
+        tagged = [m for m in union if "name" in m.model_fields
+                  and part in get_args(m.model_fields["name"].annotation)]
+        union = []
+        if tagged:
+            model = tagged[0]
             continue
         field = model.model_fields.get(str(part))
         if field is None:
             return None
-        ann = field.annotation
-        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        inner = _models_in(field.annotation)
         if not inner:
             return None
-        model = inner[0]
+        model, union = inner[0], inner if len(inner) > 1 else []
     return model
+
+
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside an annotation (through ``X | None``, ``list[...]``, ``Annotated[...]``)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    return [m for a in get_args(ann) for m in _models_in(a)]

@@ -12,3 +12,4 @@ from sparring.audit.checks import privacy  # noqa: F401
 from sparring.audit.checks import poisoning  # noqa: F401
 from sparring.audit.checks import extraction  # noqa: F401
 from sparring.audit.checks import tabular  # noqa: F401
+from sparring.audit.checks import layered  # noqa: F401
