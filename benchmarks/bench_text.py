@@ -11,9 +11,9 @@ Sections (``--sections``):
   3, 6 and unlimited edited characters, DeepWordBug (Gao et al. 2018), leetspeak/spacing; the same attacks against
   the Unicode-normalising defence and the normalise + de-leet/spelling defence; clean accuracy with and without each
   defence (whole test split); and the adaptive attack restricted to edits that survive each defence.
-* ``robust``: robust training with augmentations (``--n-train`` training spam attacked with every character edit
-  kind, the adversarial messages added as spam, the recipe refitted with ``fit_tfidf_logreg``), then the attacks
-  re-run against the robust model.
+* ``robust``: robust training with augmentations (``sparring.defenses.training.text.train_robust_text``: per round
+  (``--rounds``), ``--n-train`` training spam attacked with every character edit kind, the adversarial messages
+  added as spam, the recipe refitted with ``fit_tfidf_logreg``), then the attacks re-run against the robust model.
 * ``minilm``: ``spam-minilm`` against TextFooler (Jin et al. 2020) at MiniLM similarity >= 0.8 (with side-by-side
   examples) and against Bad Characters. Needs the text extra; the first run embeds the dataset (minutes on a CPU;
   cached under ``$SPARRING_CACHE_DIR``).
@@ -42,8 +42,9 @@ from sparring.attacks.text import (
     deepwordbug,
     leetspeak,
 )
-from sparring.data.text import fit_tfidf_logreg, load_sms_spam, load_text_model
+from sparring.data.text import load_sms_spam, load_text_model
 from sparring.defenses.preprocess.text import DefendedTextTarget, SpellingCorrector, normalize
+from sparring.defenses.training.text import train_robust_text
 from sparring.targets.text import TextTarget
 
 ALL_KINDS = ("swap", "substitute", "delete", "insert", "leet", "spacing", "homoglyph", "invisible")
@@ -101,18 +102,19 @@ def tfidf_section(n: int) -> dict[str, Any]:
     return out
 
 
-def robust_section(n: int, n_train: int) -> dict[str, Any]:
-    """Robust training with attack-generated augmentations: attack ``n_train`` training spam messages with every
-    character edit kind, add the successful adversarial messages (labelled spam) to the training set, refit the
-    same recipe, and attack the test spam again (the attacks re-run against the new model: adaptive)."""
+def robust_section(n: int, n_train: int, rounds: int = 1) -> dict[str, Any]:
+    """Robust training with attack-generated augmentations (``sparring.defenses.training.text.train_robust_text``):
+    each round attacks ``n_train`` training spam messages with every character edit kind, adds the successful
+    adversarial messages (labelled spam) to the training set and refits the same recipe; then the test spam is
+    attacked again (the attacks re-run against the new model: adaptive)."""
     ds = load_sms_spam()
     base = load_text_model("spam-tfidf-logreg")
-    train_spam = [t for t, y in zip(ds.x_train, ds.y_train.tolist(), strict=True) if y == 1][:n_train]
     t0 = time.perf_counter()
-    gen = CharAttack(ALL_KINDS, constraints=Constraints())(base, train_spam, [1] * len(train_spam))
-    extra = [a for a, b in zip(gen.adv_texts, gen.broken.tolist(), strict=True) if b]
-    robust = fit_tfidf_logreg(ds.x_train + extra, ds.y_train.tolist() + [1] * len(extra))
+    trained = train_robust_text(ds.x_train, ds.y_train, attack=CharAttack(ALL_KINDS, constraints=Constraints()),
+                                n_attacked=n_train, rounds=rounds, initial=base)
+    robust, extra = trained.target, trained.augmented_texts
     out: dict[str, Any] = {"augmented_messages": len(extra), "augment_seconds": round(time.perf_counter() - t0, 1),
+                           "rounds": [r.to_dict() for r in trained.history],
                            "clean_accuracy": round(robust.accuracy(ds.x_test, ds.y_test), 4)}
     print(f"robust training: +{len(extra)} messages, clean accuracy {out['clean_accuracy']}", flush=True)
     texts = caught_spam(robust, n)
@@ -145,6 +147,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="caught spam messages to attack (tfidf section)")
     ap.add_argument("--n-minilm", type=int, default=40, help="caught spam messages to attack (minilm section)")
     ap.add_argument("--n-train", type=int, default=200, help="training spam attacked for augmentation (robust)")
+    ap.add_argument("--rounds", type=int, default=1, help="attack-and-refit rounds of robust training (robust)")
     ap.add_argument("--sections", default="tfidf,robust,minilm")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -156,7 +159,7 @@ def main() -> None:
     if "tfidf" in sections:
         results["tfidf"] = tfidf_section(args.n)
     if "robust" in sections:
-        results["robust"] = robust_section(args.n, args.n_train)
+        results["robust"] = robust_section(args.n, args.n_train, args.rounds)
     if "minilm" in sections:
         results["minilm"] = minilm_section(args.n_minilm)
     if args.json:

@@ -68,7 +68,11 @@ def load_system(
     """The target (full access), the target as the attacker sees it, and the audit data ``(x, y)``.
 
     ``target`` and ``data`` replace ``tm.system.model`` and ``tm.system.data`` (an in-memory model under audit).
+    A text model (``spam-tfidf-logreg``, ``spam-minilm``, or an in-memory
+    :class:`~sparring.targets.text.TextTarget`) gives a text target and ``x`` as a list of messages.
     """
+    if _is_text(target) or (target is None and tm.system.model in TEXT_MODELS):
+        return _load_text(tm, target, data)  # type: ignore[return-value]
     exp = tm.exposure
     view: dict[str, Any] = {}
     if exp.output == "top-k":
@@ -90,6 +94,35 @@ def load_system(
         assert y_ is not None
         y = y_
     return target, attacker, x, y
+
+
+TEXT_MODELS = ("spam-tfidf-logreg", "spam-minilm")
+"""Zoo text models an audit loads by name (``sparring.data.text.load_text_model``)."""
+
+
+def _is_text(target: Any) -> bool:
+    from sparring.targets.text import TextTarget
+
+    return isinstance(target, TextTarget)
+
+
+def _load_text(tm: ThreatModel, target: Any, data: tuple[Any, Any] | None) -> tuple[Any, Any, list[str], torch.Tensor]:
+    """A text system: the target (also the attacker's view: text targets return scores), messages and labels."""
+    from sparring.data.text import load_sms_spam, load_text_model
+    from sparring.targets.text import _validate_labels, validate_texts
+
+    d = tm.system.data
+    if target is None:
+        target = load_text_model(tm.system.model, batch_size=min(tm.system.batch_size, 256))
+    if data is None:
+        if d.source != "zoo":
+            raise ParameterError(f"system.data.source {d.source!r}: text models are audited on the zoo's messages "
+                                 "only (source: zoo, the SMS Spam Collection); pass data=(texts, labels) to "
+                                 "run_audit for your own messages.")
+        ds = load_sms_spam()
+        data = (ds.x_test, ds.y_test) if d.split == "test" else (ds.x_train, ds.y_train)
+    texts = validate_texts(data[0][: d.n])  # a bare string stays a string: refused with a clear message
+    return target, target, texts, _validate_labels(data[1][: d.n], len(texts), target.n_classes)
 
 
 def _view(target: Target, view: dict[str, Any]) -> Target:
@@ -150,7 +183,11 @@ def plan_audit(tm: ThreatModel, target: Target) -> Plan:
     ctx = PlanContext(tm, target)
     steps: list[Step] = []
     skipped: list[Skip] = []
+    text = _is_text(target)
     for check in CHECKS.values():
+        if not _takes(check, text):
+            skipped.append(Skip(check.name, check.threat, _why_not(check, text, type(target).__name__)))
+            continue
         out = check.plan(ctx)
         if isinstance(out, Skip):
             skipped.append(out)
@@ -160,6 +197,18 @@ def plan_audit(tm: ThreatModel, target: Target) -> Plan:
     if len(set(ids)) != len(ids):  # pragma: no cover - a registry bug
         raise RuntimeError(f"duplicate step ids in the plan: {ids}")
     return Plan(steps, skipped)
+
+
+def _takes(check: Any, text: bool) -> bool:
+    """Whether a check runs on this kind of system: checks declare ``inputs`` (default: tensors only)."""
+    return ("text" if text else "tensor") in getattr(check, "inputs", ("tensor",))
+
+
+def _why_not(check: Any, text: bool, kind: str) -> str:
+    if text:
+        return (f"works on tensor inputs (images, feature vectors); this is a text model ({kind}): the text-evasion "
+                "check covers it")
+    return f"works on text models only; this system is a {kind}"
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -215,7 +264,7 @@ def run_audit(
     try:
         run(list(plan.steps))
         # Follow-up checks (e.g. the BPDA/EOT retry) decide from the results whether more steps are needed.
-        extra = [s for c in CHECKS.values() if hasattr(c, "follow_up")
+        extra = [s for c in CHECKS.values() if hasattr(c, "follow_up") and _takes(c, _is_text(target))
                  for s in c.follow_up(PlanContext(tm, target), results)]
         if extra:
             plan.steps.extend(extra)

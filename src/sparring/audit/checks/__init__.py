@@ -13,3 +13,4 @@ from sparring.audit.checks import poisoning  # noqa: F401
 from sparring.audit.checks import extraction  # noqa: F401
 from sparring.audit.checks import tabular  # noqa: F401
 from sparring.audit.checks import layered  # noqa: F401
+from sparring.audit.checks import text  # noqa: F401

@@ -15,6 +15,7 @@ class CleanAccuracy:
     name = "clean-accuracy"
     threat = "baseline"
     needs = Access.LABELS
+    inputs = ("tensor", "text")
 
     def plan(self, ctx: PlanContext) -> list[Step] | Skip:
         return [Step(id="baseline/clean", check=self.name, threat="baseline", params={},
@@ -23,7 +24,8 @@ class CleanAccuracy:
     def run(self, step: Step, ctx: RunContext) -> StepResult:
         t0 = time.perf_counter()
         q0 = ctx.target.counter.used
-        pred = ctx.target.query_labels(ctx.x).cpu()
+        labels = getattr(ctx.target, "query_labels", None)  # text targets: the argmax of their scores
+        pred = (labels(ctx.x) if labels is not None else ctx.target.query(ctx.x).argmax(dim=1)).cpu()
         correct = pred == ctx.y.cpu()
         return StepResult(
             step_id=step.id, check=self.name, threat="baseline", params={},
