@@ -141,6 +141,19 @@ def test_same_seed_gives_identical_weights_and_leaves_the_global_rng_alone(
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_a_dataloader_trains_exactly_like_the_tensors_it_holds(spec8: InputSpec, small8: Pair) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(*small8), batch_size=50, shuffle=False)
+    a, _ = _train(spec8, loader, epochs=1, steps=2)
+    b, _ = _train(spec8, small8, epochs=1, steps=2)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(ParameterError, match="no batches"):
+        adversarial_train(TorchTarget(_mlp(), spec8), DataLoader(TensorDataset(small8[0][:0], small8[1][:0])),
+                          eps=0.1)
+
+
 class _Stop(Exception):
     """Stands for the process being killed after an epoch."""
 

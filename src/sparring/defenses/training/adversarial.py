@@ -262,8 +262,10 @@ def adversarial_train(
     Args:
         target: the model to train (a :class:`~sparring.targets.TorchTarget`); trained in place, on its device,
             and left in eval mode.
-        data: training data: ``(x, y)``, a :class:`~sparring.data.Dataset` (its training split) or ``LabelledData``,
-            in raw space within ``target.spec.bounds``. Held in memory (on the model's device) for the whole run.
+        data: training data: ``(x, y)``, a :class:`~sparring.data.Dataset` (its training split), ``LabelledData`` or
+            a torch ``DataLoader`` of ``(x, y)`` batches (read once; batching and shuffling then follow ``batch_size``
+            and ``seed``), in raw space within ``target.spec.bounds``. Held in memory (on the model's device) for
+            the whole run.
         eps: radius of the training ball in raw input units (e.g. ``0.1`` or ``8/255`` for 0-1 pixels).
         method: ``"pgd"``, ``"trades"`` or ``"fast-fgsm"``.
         norm: ``"linf"`` or ``"l2"`` (``"fast-fgsm"``: L∞ only).
