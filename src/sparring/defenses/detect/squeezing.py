@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from sparring.defenses.detect.evaluate import evaluate
-from sparring.defenses.preprocess.image import BitDepth, MedianSmoothing, Preprocessor, image_bounds
+from sparring.defenses.preprocess.image import (
+    BitDepth,
+    MedianSmoothing,
+    Preprocessor,
+    check_transforms,
+    image_bounds,
+)
 from sparring.errors import ParameterError
 from sparring.targets.base import Target, _like
 from sparring.targets.spec import Access
@@ -79,16 +85,7 @@ class FeatureSqueezingDetector:
         squeeze = (BitDepth(1, bounds=bounds), MedianSmoothing(2)) if squeezers is None else tuple(squeezers)
         if not squeeze:
             raise ParameterError("squeezers must hold at least one transform, e.g. (BitDepth(1), MedianSmoothing(2)).")
-        for i, s in enumerate(squeeze):
-            if not isinstance(s, nn.Module):
-                raise ParameterError(f"squeezer {i} must be a torch.nn.Module (e.g. BitDepth(1)); got {s!r}.")
-            own = getattr(s, "bounds", None)
-            if own is not None and not all(math.isclose(a, b) for a, b in zip(own, bounds, strict=True)):
-                raise ParameterError(
-                    f"squeezer {i} ({type(s).__name__}) has bounds {tuple(own)} but the target's inputs lie in "
-                    f"{bounds}; build it with bounds={bounds}."
-                )
-            s.to(device=target.device)
+        check_transforms(squeeze, bounds, target.device, noun="squeezer", example="BitDepth(1)")
         if threshold is not None and not (isinstance(threshold, int | float) and math.isfinite(threshold)):
             raise ParameterError(f"threshold must be a finite number or None (then call fit); got {threshold!r}.")
         self.target = target

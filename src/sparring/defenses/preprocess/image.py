@@ -470,6 +470,24 @@ def image_bounds(spec: InputSpec, what: str, who: str) -> Bounds:
     return (float(lo), float(hi))
 
 
+def check_transforms(transforms: Sequence[object], bounds: Bounds, device: torch.device, *, noun: str,
+                     example: str) -> None:
+    """Every transform is an ``nn.Module`` whose own ``bounds`` (if any) match the target's; move them to ``device``.
+
+    ``noun`` names an item in messages (``"transform"``, ``"squeezer"``), ``example`` shows a valid one.
+    """
+    for i, t in enumerate(transforms):
+        if not isinstance(t, nn.Module):
+            raise ParameterError(f"{noun} {i} must be a torch.nn.Module (e.g. {example}); got {type(t).__name__}.")
+        own = getattr(t, "bounds", None)
+        if own is not None and not all(math.isclose(a, b) for a, b in zip(own, bounds, strict=True)):
+            raise ParameterError(
+                f"{noun} {i} ({type(t).__name__}) has bounds {tuple(own)} but the target's inputs lie in "
+                f"{bounds}; build it with bounds={bounds}."
+            )
+        t.to(device=device)
+
+
 def defend(target: TorchTarget, *transforms: nn.Module) -> TorchTarget:
     """The defended system: ``transforms`` applied, in order, to raw inputs in front of ``target``'s model.
 
@@ -513,16 +531,7 @@ def defend(target: TorchTarget, *transforms: nn.Module) -> TorchTarget:
         raise ParameterError("defend needs at least one transform, e.g. defend(target, BitDepth(3)).")
     spec = target.spec
     spec_bounds = image_bounds(spec, "input preprocessing", "defend")
-    for i, t in enumerate(transforms):
-        if not isinstance(t, nn.Module):
-            raise ParameterError(f"transform {i} must be a torch.nn.Module (e.g. BitDepth(3)); got {type(t).__name__}.")
-        own = getattr(t, "bounds", None)
-        if own is not None and not all(math.isclose(a, b) for a, b in zip(own, spec_bounds, strict=True)):
-            raise ParameterError(
-                f"transform {i} ({type(t).__name__}) has bounds {tuple(own)} but the target's inputs lie in "
-                f"{spec_bounds}; build it with bounds={spec_bounds}."
-            )
-        t.to(device=target.device)
+    check_transforms(transforms, spec_bounds, target.device, noun="transform", example="BitDepth(3)")
     inner, chain = target.model, list(transforms)
     if isinstance(target, _DefendedTarget) and isinstance(inner, _Defended):  # defended again: one flat chain
         earlier: list[nn.Module] = list(inner.transforms.children())
