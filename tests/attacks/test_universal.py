@@ -144,6 +144,8 @@ def test_patch_on_channels_last_images(digits_cnn: TorchTarget, digits: Dataset)
         ({"steps": 0}, "steps"),
         ({"batch_size": 0}, "batch_size"),
         ({"lr": 0.0}, "lr"),
+        ({"region": 1.5}, "region"),
+        ({"region": -0.1}, "region"),
     ],
 )
 def test_patch_rejects_bad_parameters(
@@ -152,6 +154,20 @@ def test_patch_rejects_bad_parameters(
     params: dict[str, object] = {"target_class": 3, **kwargs}
     with pytest.raises(ParameterError, match=match):
         UniversalPatch(**params).fit(digits_cnn, digits.x_train[:8])  # type: ignore[arg-type]
+
+
+def test_region_zero_always_pastes_at_the_centre(small_patch: PatchResult, digits: Dataset) -> None:
+    x = torch.zeros(2, 1, 28, 28)
+    fixed = {"scale": (1.0, 1.0), "rotation": 0.0, "brightness": 0.0, "region": 0.0}
+    a = small_patch.apply(x, generator=torch.Generator().manual_seed(1), **fixed)
+    b = small_patch.apply(x, generator=torch.Generator().manual_seed(2), **fixed)
+    assert torch.equal(a, b)  # position no longer random
+    anywhere = {**fixed, "region": 1.0}
+    c = small_patch.apply(x, generator=torch.Generator().manual_seed(1), **anywhere)
+    d = small_patch.apply(x, generator=torch.Generator().manual_seed(2), **anywhere)
+    assert not torch.equal(c, d)
+    with pytest.raises(ParameterError, match="region"):
+        small_patch.apply(x, region=2.0)
 
 
 def test_patch_needs_images() -> None:
