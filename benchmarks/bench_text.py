@@ -14,6 +14,11 @@ Sections (``--sections``):
 * ``robust``: robust training with augmentations (``sparring.defenses.training.text.train_robust_text``: per round
   (``--rounds``), ``--n-train`` training spam attacked with every character edit kind, the adversarial messages
   added as spam, the recipe refitted with ``fit_tfidf_logreg``), then the attacks re-run against the robust model.
+* ``reorder``: bidi reordering (Boucher et al. 2022, Sec. III-C) alone and followed by Bad Characters, at 3, 6 and
+  unlimited characters, against the model and against normalisation (plain and adaptive); run it with
+  ``--sections reorder,bound --json benchmarks/results/text-reorder-cpu-1thread.json``.
+* ``bound``: how much evidence must go before the model lets caught spam through (greedy whole-token deletions,
+  whole-message reversal): why a few imperceptible characters cannot reach 90% on this model.
 * ``minilm``: ``spam-minilm`` against TextFooler (Jin et al. 2020) at MiniLM similarity >= 0.8 (with side-by-side
   examples) and against Bad Characters. Needs the text extra; the first run embeds the dataset (minutes on a CPU;
   cached under ``$SPARRING_CACHE_DIR``).
@@ -34,13 +39,17 @@ from typing import Any
 import torch
 
 from sparring.attacks.text import (
+    BidiReorder,
     CharAttack,
     Constraints,
     TextAttack,
+    TextAttackResult,
     TextFooler,
     bad_characters,
     deepwordbug,
     leetspeak,
+    logical_distance,
+    reverse_stretch,
 )
 from sparring.data.text import load_sms_spam, load_text_model
 from sparring.defenses.preprocess.text import DefendedTextTarget, SpellingCorrector, normalize
@@ -60,6 +69,12 @@ def caught_spam(target: TextTarget, n: int) -> list[str]:
 def run(attack: TextAttack, target: TextTarget, texts: list[str], examples: int = 0, label: str = "") -> dict[str, Any]:
     t0 = time.perf_counter()
     res = attack(target, texts, [1] * len(texts))
+    out = run_summary(res, t0, examples)
+    print(f"  {label or attack.name:24s} {json.dumps({k: v for k, v in out.items() if k != 'examples'})}", flush=True)
+    return out
+
+
+def run_summary(res: TextAttackResult, t0: float, examples: int = 0) -> dict[str, Any]:
     s = res.summary()
     out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()
            if k in ("n", "attack_success_rate", "mean_edited_chars", "mean_edited_words", "mean_similarity",
@@ -67,7 +82,6 @@ def run(attack: TextAttack, target: TextTarget, texts: list[str], examples: int 
     out["seconds"] = round(time.perf_counter() - t0, 1)
     if examples:
         out["examples"] = res.examples(examples)
-    print(f"  {label or attack.name:24s} {json.dumps({k: v for k, v in out.items() if k != 'examples'})}", flush=True)
     return out
 
 
@@ -128,6 +142,71 @@ def robust_section(n: int, n_train: int, rounds: int = 1) -> dict[str, Any]:
     return out
 
 
+def reorder_section(n: int) -> dict[str, Any]:
+    """Bidi reordering (Boucher et al. 2022, Sec. III-C) alone and followed by Bad Characters, against
+    ``spam-tfidf-logreg`` with and without normalisation (which puts messages in display order), and adaptive to it.
+    Also the Levenshtein distance of what is stored (``logical_distance``) beside the charged characters."""
+    base = load_text_model("spam-tfidf-logreg")
+    texts = caught_spam(base, n)
+    defended = DefendedTextTarget(base, normalize)
+    out: dict[str, Any] = {"n_caught_spam": len(texts)}
+    attacks: dict[str, Callable[[], TextAttack]] = {
+        "reorder<=3": lambda: BidiReorder(constraints=Constraints(max_chars=3)),
+        "reorder+bad-characters<=3": lambda: BidiReorder(constraints=Constraints(max_chars=3),
+                                                         then=bad_characters(max_chars=None)),
+        "reorder+bad-characters<=6": lambda: BidiReorder(constraints=Constraints(max_chars=6),
+                                                         then=bad_characters(max_chars=None)),
+        "reorder": lambda: BidiReorder(),
+    }
+    for dname, target in (("none", base), ("normalize", defended)):
+        out[dname] = {}
+        for name, make in attacks.items():
+            t0 = time.perf_counter()
+            res = make()(target, texts, [1] * len(texts))
+            row = run_summary(res, t0, examples=2 if dname == "none" else 0)
+            broken = [i for i in range(res.n) if bool(res.broken[i])]
+            row["mean_logical_distance"] = (round(sum(logical_distance(res, i) for i in broken) / len(broken), 1)
+                                            if broken else None)
+            print(f"  {dname:9s} {name:26s} {json.dumps({k: v for k, v in row.items() if k != 'examples'})}",
+                  flush=True)
+            out[dname][name] = row
+    out["normalize"]["adaptive-reorder<=3"] = run(
+        BidiReorder(constraints=Constraints(max_chars=3), adaptive_to=normalize), defended, texts,
+        label="normalize adaptive-reorder<=3")
+    return out
+
+
+def bound_section(n: int, ks: tuple[int, ...] = (1, 2, 3, 6)) -> dict[str, Any]:
+    """How much evidence must go before ``spam-tfidf-logreg`` lets caught spam through: greedily delete up to k
+    whole whitespace-separated tokens (each step deletes the token whose removal lowers the spam score most, all
+    candidates scored), and reverse the whole stored message (``RLO`` + reversed + ``PDF``, protected tokens
+    included). A character edit inside one token can at most destroy that token's n-grams (its replacement
+    n-grams are new, unweighted features), so deleting k tokens is a generous stand-in for k edited characters."""
+    base = load_text_model("spam-tfidf-logreg")
+    texts = caught_spam(base, n)
+    first_k: list[int | None] = []
+    for text in texts:
+        toks, hit = text.split(), None
+        for k in range(1, max(ks) + 1):
+            if not toks:
+                break
+            cands = [" ".join(toks[:i] + toks[i + 1:]) or "." for i in range(len(toks))]
+            p = base.query_proba(cands)[:, 1]
+            j = int(p.argmin())
+            toks = toks[:j] + toks[j + 1:]
+            if float(p[j]) < 0.5:
+                hit = k
+                break
+        first_k.append(hit)
+    whole = base.predict([reverse_stretch(t) for t in texts]).tolist()
+    out = {"n_caught_spam": len(texts),
+           "passes_after_deleting_k_tokens": {str(k): round(sum(1 for h in first_k if h is not None and h <= k)
+                                                            / len(texts), 4) for k in ks},
+           "passes_after_reversing_whole_message": round(whole.count(0) / len(texts), 4)}
+    print(f"  bound {json.dumps(out)}", flush=True)
+    return out
+
+
 def minilm_section(n: int) -> dict[str, Any]:
     target = load_text_model("spam-minilm")
     ds = load_sms_spam()
@@ -160,6 +239,10 @@ def main() -> None:
         results["tfidf"] = tfidf_section(args.n)
     if "robust" in sections:
         results["robust"] = robust_section(args.n, args.n_train, args.rounds)
+    if "reorder" in sections:
+        results["reorder"] = reorder_section(args.n)
+    if "bound" in sections:
+        results["bound"] = bound_section(args.n)
     if "minilm" in sections:
         results["minilm"] = minilm_section(args.n_minilm)
     if args.json:

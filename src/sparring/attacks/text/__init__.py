@@ -7,6 +7,7 @@ MiniLM embeddings import them on first use and otherwise raise :class:`~sparring
 
 from sparring.attacks.text.base import CharAttack, TextAttack, bad_characters, deepwordbug, leetspeak
 from sparring.attacks.text.constraints import DEFAULT_PROTECTED, Constraints, minilm_similarity, split_words
+from sparring.attacks.text.reorder import REVERSED_STRETCH, BidiReorder, logical_distance, reverse_stretch
 from sparring.attacks.text.result import TextAttackResult, TextEdit, visible
 from sparring.attacks.text.search import Goal
 from sparring.attacks.text.transforms import KINDS, confusables_to_ascii, homoglyphs, levenshtein
@@ -15,6 +16,8 @@ from sparring.attacks.text.word import TextFooler, WordNeighbours, sms_vocabular
 __all__ = [
     "DEFAULT_PROTECTED",
     "KINDS",
+    "REVERSED_STRETCH",
+    "BidiReorder",
     "CharAttack",
     "Constraints",
     "Goal",
@@ -29,7 +32,9 @@ __all__ = [
     "homoglyphs",
     "leetspeak",
     "levenshtein",
+    "logical_distance",
     "minilm_similarity",
+    "reverse_stretch",
     "sms_vocabulary",
     "split_words",
     "visible",

@@ -1,9 +1,11 @@
 """Input-preprocessing defences. Images: :mod:`.image` (bit depth, median, JPEG, smoothing, TV; defend, bpda).
-Text: :mod:`.text` (Unicode normalisation, confusables, invisible/bidi stripping, spelling and de-leet).
+Text: :mod:`.text` (Unicode normalisation, confusables, invisible/bidi stripping, spelling and de-leet) and
+:mod:`.bidi` (display order under the Unicode Bidirectional Algorithm).
 
 Each input kind has its own module; import from here.
 """
 
+from sparring.defenses.preprocess.bidi import display_order
 from sparring.defenses.preprocess.image import (
     BitDepth,
     JpegCompression,
@@ -28,6 +30,7 @@ __all__ = [
     "TotalVariation",
     "bpda",
     "defend",
+    "display_order",
     "image_bounds",
     "normalize",
     "resolve_bidi",

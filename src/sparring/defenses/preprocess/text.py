@@ -1,6 +1,7 @@
 """Text input normalisation: undo Unicode tricks and spammer spelling before the classifier sees the message.
 
-* :func:`normalize` — resolves bidi overrides to display order (then strips every bidi control), resolves
+* :func:`normalize` — puts the message in display order (the Unicode Bidirectional Algorithm, so bidi
+  reorderings are undone; :mod:`sparring.defenses.preprocess.bidi`), then strips every bidi control, resolves
   BACKSPACE deletions, strips invisible characters (zero-width, soft hyphen, word joiner, ...), applies NFKC
   (Unicode Standard Annex #15) and maps every remaining Unicode confusable of an ASCII character to it (the
   TR39 confusables data from the ``confusable-homoglyphs`` package). This closes the imperceptible perturbations
@@ -11,8 +12,8 @@
 * :class:`DefendedTextTarget` — a target wrapper that applies such a transform to every query.
 
 Limits: confusables mapping folds legitimate non-Latin letters that look like ASCII (Cyrillic, Greek) into ASCII;
-use ``mixed_script_only=True`` to touch only words that also hold ASCII letters. Bidi embeddings and isolates are
-stripped, not reordered (only the explicit overrides LRO/RLO reorder characters).
+use ``mixed_script_only=True`` to touch only words that also hold ASCII letters. Display order puts right-to-left
+scripts (Hebrew, Arabic) left to right as shown, which a model trained on their stored order may not expect.
 """
 
 from __future__ import annotations
@@ -26,38 +27,22 @@ from typing import Any
 import torch
 
 from sparring.attacks.text.transforms import INVISIBLE, confusables_to_ascii
+from sparring.defenses.preprocess.bidi import display_order
 from sparring.errors import ParameterError
 from sparring.targets.text import TextTarget
 
 __all__ = ["DefendedTextTarget", "SpellingCorrector", "normalize", "resolve_bidi"]
 
-_RLO, _LRO, _PDF = "\u202e", "\u202d", "\u202c"
-_MIRROR = str.maketrans("()[]{}<>", ")(][}{><")
 _LEET_BACK = {"4": "a", "@": "a", "8": "b", "3": "e", "9": "g", "1": "il", "!": "i", "|": "l", "0": "o",
               "5": "s", "$": "s", "7": "t", "+": "t", "2": "z"}
 _TOKEN = re.compile(r"\S+")
 
 
 def resolve_bidi(text: str) -> str:
-    """``text`` in display order for explicit overrides: an RLO…PDF run is reversed (with mirrored brackets),
-    nested runs included; LRO runs keep their order. The override characters themselves are removed."""
-    out: list[list[str]] = [[]]
-    modes: list[str] = []
-    for c in text:
-        if c in (_RLO, _LRO):
-            modes.append(c)
-            out.append([])
-        elif c == _PDF and modes:
-            run = "".join(out.pop())
-            if modes.pop() == _RLO:
-                run = run[::-1].translate(_MIRROR)
-            out[-1].append(run)
-        else:
-            out[-1].append(c)
-    while modes:  # unterminated overrides end at the end of the paragraph
-        run = "".join(out.pop())
-        out[-1].append(run[::-1].translate(_MIRROR) if modes.pop() == _RLO else run)
-    return "".join(out[0])
+    """``text`` in display order under the Unicode Bidirectional Algorithm (overrides, embeddings and isolates
+    resolved, brackets mirrored at right-to-left levels; the explicit controls removed): what a reader sees. See
+    :func:`sparring.defenses.preprocess.bidi.display_order`."""
+    return display_order(text)
 
 
 def _backspaces(text: str) -> str:
@@ -79,7 +64,8 @@ def normalize(text: str, *, nfkc: bool = True, confusables: bool = True, strip_i
         text: the message.
         nfkc: apply Unicode NFKC (fullwidth, mathematical and compatibility forms fold to their base letters).
         confusables: map TR39 confusables of ASCII characters to ASCII (needs the text extra).
-        strip_invisible: resolve bidi overrides and backspaces, then remove invisible and bidi-control characters.
+        strip_invisible: put the message in display order (bidi algorithm) and resolve backspaces, then
+            remove invisible and bidi-control characters.
         mixed_script_only: map confusables only inside words that also contain an ASCII letter.
 
     Example:
