@@ -15,7 +15,7 @@ from sparring.audit.report import write_reports
 from sparring.audit.runner import load_system, plan_audit
 from sparring.cli import EXIT_GATE, EXIT_OK, build_cli
 from sparring.data.text import load_sms_spam
-from sparring.errors import InputSpecError, ParameterError
+from sparring.errors import InputSpecError, ParameterError, ThreatModelError
 from sparring.targets.text import TextTarget
 
 TEXT_TM: dict[str, Any] = {
@@ -27,6 +27,9 @@ TEXT_TM: dict[str, Any] = {
     "gates": [{"metric": "clean_accuracy", "min": 0.9}],
     "seed": 0,
 }
+TEXT_GATES = [{"metric": "clean_accuracy", "min": 0.9},
+              {"metric": "text_evasion_rate", "max_chars": 12, "max": 0.2},  # the filter as it is: fails
+              {"metric": "text_evasion_rate", "max_chars": 3, "method": "normalize", "max": 0.2}]  # passes
 
 
 def test_load_system_gives_a_text_target_and_messages() -> None:
@@ -43,7 +46,7 @@ def test_plan_has_baseline_and_text_evasion_and_skips_tensor_checks_with_reasons
     checks = {s.check for s in plan.steps}
     assert checks == {"clean-accuracy", "text-evasion"}
     text_steps = [s for s in plan.steps if s.check == "text-evasion"]
-    assert len(text_steps) == 2 * 2 * 2  # {bad-characters, typos} x {none, normalize} x budgets {3, 12}
+    assert len(text_steps) == 3 * 2 * 2  # {bad-characters, typos, reorder} x {none, normalize} x budgets {3, 12}
     assert all(s.reason and s.params["max_queries"] == 300 for s in text_steps)
     skipped = {s.check: s.reason for s in plan.skipped}
     for name in ("evasion-gradient", "evasion-scores", "certify-bounds", "certify-smoothing", "tabular-constrained"):
@@ -51,7 +54,7 @@ def test_plan_has_baseline_and_text_evasion_and_skips_tensor_checks_with_reasons
 
 
 def test_text_audit_reports_section_findings_and_measurements(tmp_path: Path) -> None:
-    tm = parse_threat_model(TEXT_TM)
+    tm = parse_threat_model({**TEXT_TM, "gates": TEXT_GATES})
     audit = run_audit(tm, tmp_path / "out")
     assert audit.status == "complete" and all(r.status == "done" for r in audit.results), \
         [r.error for r in audit.results]
@@ -60,14 +63,18 @@ def test_text_audit_reports_section_findings_and_measurements(tmp_path: Path) ->
     assert rates[("bad-characters", "none", 12)] >= 0.5  # homoglyphs get through the unprotected filter ...
     assert rates[("bad-characters", "normalize", 12)] <= 0.2  # ... but not through normalisation
     assert rates[("bad-characters", "none", 3)] <= rates[("bad-characters", "none", 12)]
-    assert audit.verdict == "pass"  # the clean-accuracy gate
+    assert rates[("reorder", "none", 12)] >= rates[("reorder", "normalize", 12)]  # display order undoes it
+    assert [g.status for g in audit.gates] == ["pass", "fail", "pass"] and audit.verdict == "fail"
+    worst = max(v for (a, d, b), v in rates.items() if d == "none" and b == 12)
+    assert audit.gates[1].value == pytest.approx(worst)  # the worst attack at that budget
+    assert any(f.id.startswith("gate:text_evasion_rate") and "normalize" in f.recommendation for f in audit.findings)
     finding = next(f for f in audit.findings if f.id == "text:bad-characters:none")
     assert "homoglyph" in finding.title and "normalize" in finding.recommendation
     paths = write_reports(audit, tmp_path / "out")  # all four formats
     assert "clean_accuracy" in paths["junit"].read_text(encoding="utf-8")  # JUnit lists the gates
     assert "homoglyph" in paths["markdown"].read_text(encoding="utf-8")
     html = paths["html"].read_text(encoding="utf-8")
-    assert "Text evasion: homoglyphs, invisible characters and typos" in html
+    assert "Text evasion: homoglyphs, invisible characters, reordering and typos" in html
     assert "success rate vs edit budget" in html and "[[" in html and "&lt;U+" in html  # escaped, marked edits
     data = json.loads(paths["json"].read_text(encoding="utf-8"))
     metrics = {m["metric"] for s in data["steps"] for m in s["measurements"]}
@@ -88,6 +95,17 @@ def test_cli_audits_a_text_model(tmp_path: Path, gate: dict[str, Any], code: int
                                          "--no-progress"])
     assert r.exit_code == code, r.output
     assert (tmp_path / "o" / "report.json").exists()
+
+
+def test_text_gate_needs_a_budget_and_a_known_defence() -> None:
+    with pytest.raises(ThreatModelError, match="max_chars"):
+        parse_threat_model({**TEXT_TM, "gates": [{"metric": "text_evasion_rate", "max": 0.1}]})
+    with pytest.raises(ThreatModelError, match="none or normalize"):
+        parse_threat_model({**TEXT_TM, "gates": [{"metric": "text_evasion_rate", "max_chars": 3, "max": 0.1,
+                                                 "method": "jpeg"}]})
+    tm = parse_threat_model({**TEXT_TM, "gates": [{"metric": "text_evasion_rate", "max_chars": 5, "max": 0.1}]})
+    plan = plan_audit(tm, load_system(tm)[0])
+    assert {s.params["max_chars"] for s in plan.steps if s.check == "text-evasion"} == {3, 5, 12}
 
 
 def test_text_system_errors_are_typed() -> None:

@@ -38,6 +38,9 @@ RECOMMEND_L2 = (
     "Train with Gaussian noise (sparring.defenses.training.train_with_noise) and serve the smoothed classifier "
     "(sparring.defenses.certify.SmoothedClassifier), which comes with a certified L2 radius."
 )
+RECOMMEND_TEXT = ("Put sparring.defenses.preprocess.text.normalize in front of the model (display order, NFKC, "
+                  "confusables, invisible characters stripped) and train on attack outputs "
+                  "(sparring.defenses.training.text.train_robust_text); see the text-evasion findings.")
 RECOMMEND_UNMEASURED = (
     "Make the gate measurable or remove it: the plan's skipped checks say what was missing (e.g. bound propagation "
     "needs Linear/Conv2d/ReLU/AvgPool layers; gradient attacks need a white-box model)."
@@ -157,6 +160,14 @@ def _gate(g: Gate, results: list[StepResult], skipped: list[Skip]) -> GateResult
                         and _same(m.params.get(key), want) and g.method in (None, m.params.get("method"))):
                     value = m.value if value is None else max(value, m.value)
                     steps.append(r.step_id)
+    elif g.metric == "text_evasion_rate":
+        defence = g.method or "none"
+        for r in results:
+            for m in r.measurements:
+                if (m.metric == "text_evasion_rate" and m.params.get("max_chars") == g.max_chars
+                        and m.params.get("defence") == defence):
+                    value = m.value if value is None else max(value, m.value)
+                    steps.append(r.step_id)
     op: Literal[">=", "<="] = ">=" if g.min is not None else "<="
     threshold = float(g.min if g.min is not None else g.max)  # type: ignore[arg-type]
     if value is None:
@@ -179,6 +190,7 @@ def find(tm: ThreatModel, results: list[StepResult], gates: list[GateResult]) ->
                 id=f"gate:{g.gate}", title=f"Gate not met: {g.gate}", severity="high", threat=_gate_threat(g.metric),
                 evidence={"value": g.value, "threshold": g.threshold, "status": g.status, "message": g.message},
                 recommendation=(RECOMMEND_UNMEASURED if g.status == "not-evaluated"
+                                else RECOMMEND_TEXT if g.metric == "text_evasion_rate"
                                 else RECOMMEND_L2 if "l2" in g.gate else RECOMMEND_LINF), steps=g.steps,
             ))
     out += _evasion_findings(results)
@@ -209,7 +221,8 @@ def family_findings(tm: ThreatModel, results: list[StepResult]) -> list[Finding]
 
 
 def _gate_threat(metric: str) -> Threat:
-    return {"certified_accuracy": "certification", "clean_accuracy": "baseline"}.get(metric, "evasion")  # type: ignore[return-value]
+    return {"certified_accuracy": "certification", "clean_accuracy": "baseline",  # type: ignore[return-value]
+            "text_evasion_rate": "text"}.get(metric, "evasion")  # type: ignore[return-value]
 
 
 def _evasion_findings(results: list[StepResult]) -> list[Finding]:

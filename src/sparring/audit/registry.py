@@ -67,6 +67,11 @@ METRICS: dict[str, MetricDef] = {
         "an L2 radius (norm: l2)",
         ("norm",), "metric: certified_accuracy, norm: l2, radius: 0.25, min: 0.5",
     ),
+    "text_evasion_rate": MetricDef(
+        "text models: share of attacked messages the worst text attack gets through with at most max_chars edited "
+        "characters; method: none (the model as it is, default) or normalize (behind Unicode normalisation)",
+        ("max_chars",), "metric: text_evasion_rate, max_chars: 3, max: 0.1",
+    ),
 }
 
 

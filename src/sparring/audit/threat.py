@@ -17,7 +17,7 @@ The keys, in short::
     defence:   {preprocess: [{name: bit-depth|median|spatial|jpeg|tv, ...}], detector: {kind, fpr},
                 robust_model}
     effort:    quick|standard|thorough
-    gates:     [{metric, min|max, norm, eps, radius, method}]
+    gates:     [{metric, min|max, norm, eps, radius, method, max_chars}]
     seed: 0
 """
 
@@ -220,6 +220,7 @@ class Gate(_Strict):
     eps: float | None = Field(None, gt=0)
     radius: float | None = Field(None, ge=0)
     method: str | None = None
+    max_chars: int | None = Field(None, ge=1)
 
     @field_validator("metric")
     @classmethod
@@ -242,10 +243,13 @@ class Gate(_Strict):
         for key in needs:
             if getattr(self, key) is None:
                 raise ValueError(f"metric {self.metric!r} needs {key!r} (e.g. {METRICS[self.metric].example})")
+        if self.metric == "text_evasion_rate" and self.method not in (None, "none", "normalize"):
+            raise ValueError(f"text_evasion_rate's method is the defence: none or normalize; got {self.method!r}")
         return self
 
     def describe(self) -> str:
-        where = ", ".join(f"{k}={getattr(self, k)}" for k in ("norm", "eps", "radius", "method") if getattr(self, k))
+        where = ", ".join(f"{k}={getattr(self, k)}" for k in ("norm", "eps", "radius", "method", "max_chars")
+                          if getattr(self, k))
         op, value = (">=", self.min) if self.min is not None else ("<=", self.max)
         return f"{self.metric}{f' ({where})' if where else ''} {op} {value}"
 

@@ -7,10 +7,14 @@ class 1 for a binary model (spam: the class whose senders want to pass), of ever
 
 * Bad Characters — homoglyphs and invisible characters (Boucher, Shumailov, Anderson and Papernot 2022);
 * typos — DeepWordBug's swaps, keyboard-neighbour substitutions, deletions, insertions (Gao et al. 2018);
+* reorder — stretches stored backwards behind bidi overrides, displayed unchanged (Boucher et al. 2022,
+  "Reorderings"), then Bad Characters with the characters left;
 
 each at the effort's edit budgets (edited characters per message), against the model as it is and behind
-:func:`sparring.defenses.preprocess.text.normalize` (NFKC, confusables to ASCII, invisible and bidi characters
-stripped). ``attacker.query_budget`` bounds the queries per message. Each (attack, defence, budget) is one step.
+:func:`sparring.defenses.preprocess.text.normalize` (display order, NFKC, confusables to ASCII,
+invisible and bidi characters stripped). ``attacker.query_budget`` bounds the queries per message. Each (attack,
+defence, budget) is one step. Gate metric ``text_evasion_rate``: the worst attack at a ``max_chars`` budget
+(``method: none``, the default, or ``normalize`` picks the defence); a gate's budget is added to the effort's.
 """
 
 from __future__ import annotations
@@ -41,11 +45,12 @@ BUDGETS: dict[str, list[int | None]] = {"quick": [3, 12], "standard": [1, 3, 6, 
 QUERIES = {"quick": 300, "standard": 1000, "thorough": 3000}
 """Default queries per attacked message, by effort (``attacker.query_budget`` overrides)."""
 
-ATTACKS = ("bad-characters", "typos")
+ATTACKS = ("bad-characters", "typos", "reorder")
 DEFENCES = ("none", "normalize")
 
 RECOMMEND_UNICODE = ("Normalise every input before the model sees it: sparring.defenses.preprocess.text.normalize "
-                     "(NFKC, Unicode confusables to ASCII, invisible and bidi-control characters stripped), e.g. "
+                     "(display order, NFKC, Unicode confusables to ASCII, invisible and bidi-control characters "
+                     "stripped), e.g. "
                      "DefendedTextTarget(target, normalize) or the same function in your serving code.")
 RECOMMEND_TYPOS = ("Train on attack outputs (sparring.defenses.training.text.train_robust_text) and add a spelling "
                    "/ de-leet step (sparring.defenses.preprocess.text.SpellingCorrector); typos survive Unicode "
@@ -68,14 +73,17 @@ class TextEvasion:
         if tm.exposure.output == "labels":
             return Skip(self.name, "text", "the API returns labels only; the text attacks here search by scores")
         q = tm.attacker.query_budget or QUERIES[tm.effort]
+        budgets = list(BUDGETS[tm.effort])
+        budgets += sorted({g.max_chars for g in tm.gates if g.metric == "text_evasion_rate"
+                           and g.max_chars is not None and g.max_chars not in budgets})
         return [Step(id=f"text/{attack}/{defence}/{_budget_name(b)}", check=self.name, threat="text",
                      params={"attack": attack, "defence": defence, "max_chars": b, "max_queries": q},
                      reason=f"text model: {attack} with at most {_budget_name(b)} edited characters and {q} queries "
                             f"per message, {'as it is' if defence == 'none' else 'behind ' + defence}")
-                for attack in ATTACKS for defence in DEFENCES for b in BUDGETS[tm.effort]]
+                for attack in ATTACKS for defence in DEFENCES for b in budgets]
 
     def run(self, step: Step, ctx: RunContext) -> StepResult:
-        from sparring.attacks.text import bad_characters, deepwordbug
+        from sparring.attacks.text import BidiReorder, Constraints, TextAttack, bad_characters, deepwordbug
         from sparring.defenses.preprocess.text import DefendedTextTarget, normalize
         from sparring.targets.text import TextTarget, validate_texts
 
@@ -85,7 +93,13 @@ class TextEvasion:
         texts, y = validate_texts(ctx.x), ctx.y.cpu()
         if p["defence"] == "normalize":
             target = DefendedTextTarget(target, normalize)
-        make = bad_characters if p["attack"] == "bad-characters" else deepwordbug
+        attack: TextAttack
+        if p["attack"] == "reorder":
+            attack = BidiReorder(constraints=Constraints(max_chars=p["max_chars"]), max_queries=p["max_queries"],
+                                 then=bad_characters(max_chars=None, max_queries=p["max_queries"]))
+        else:
+            make = bad_characters if p["attack"] == "bad-characters" else deepwordbug
+            attack = make(max_chars=p["max_chars"], max_queries=p["max_queries"])
         chosen = torch.ones_like(y, dtype=torch.bool) if target.n_classes != 2 else y == 1
         idx = chosen.nonzero().flatten().tolist()
         common = {"attack": p["attack"], "defence": p["defence"], "max_chars": p["max_chars"]}
@@ -93,7 +107,7 @@ class TextEvasion:
         if not idx:
             result.notes.append("no audit message of class 1 to attack (raise system.data.n)")
             return result
-        res = make(max_chars=p["max_chars"], max_queries=p["max_queries"])(target, [texts[i] for i in idx], y[idx])
+        res = attack(target, [texts[i] for i in idx], y[idx])
         s = res.summary()
         result.measurements = [
             Measurement("text_evasion_rate", res.attack_success_rate, common),
@@ -114,7 +128,9 @@ class TextEvasion:
         for attack, title, rec in (("bad-characters", "Unicode homoglyphs and invisible characters evade the filter",
                                     RECOMMEND_UNICODE),
                                    ("typos", "Typos (character swaps, deletions, insertions) evade the filter",
-                                    RECOMMEND_TYPOS)):
+                                    RECOMMEND_TYPOS),
+                                   ("reorder", "Bidi reordering (text stored backwards, displayed unchanged) evades "
+                                    "the filter", RECOMMEND_UNICODE)):
             for defence in DEFENCES:
                 rows = [r for r in results if r.params.get("attack") == attack and r.params.get("defence") == defence
                         and r.value("text_evasion_rate") is not None]
@@ -136,7 +152,7 @@ class TextEvasion:
                               "mean_edited_chars": worst.value("mean_edited_chars"),
                               "n_attacked": worst.examples.get("n_attacked"),
                               "example": (worst.examples.get("side_by_side") or [None])[0]},
-                    recommendation=RECOMMEND_TYPOS if defence == "normalize" and attack == "bad-characters" else rec,
+                    recommendation=RECOMMEND_TYPOS if defence == "normalize" and attack != "typos" else rec,
                     steps=[r.step_id for r in rows]))
         return out
 
@@ -154,7 +170,7 @@ class TextEvasion:
         if not rows:
             return None
         return ReportSection(
-            title="Text evasion: homoglyphs, invisible characters and typos",
+            title="Text evasion: homoglyphs, invisible characters, reordering and typos",
             text="Correctly classified messages of the attacked class (spam for a binary filter) were edited until "
                  "the model changed its decision, within each budget of edited characters, against the model as "
                  "it is and behind Unicode normalisation. Examples: edited words in [[double brackets]], non-ASCII "
