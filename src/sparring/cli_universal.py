@@ -15,7 +15,8 @@ __all__ = ["add_commands", "run_universal"]
 
 def run_universal(kind: str, target: Any, x_train: Any, x_test: Any, y_test: Any, *, target_class: int | None,
                   size: float, steps: int | None, eps: float, norm: str, method: str, seed: int,
-                  progress: bool) -> tuple[dict[str, Any], Any]:
+                  progress: bool, region: float = 1.0,
+                  scale: tuple[float, float] = (0.8, 1.2)) -> tuple[dict[str, Any], Any]:
     """Train and evaluate; return a JSON-ready summary and the result object."""
     from sparring.errors import ParameterError
 
@@ -24,7 +25,7 @@ def run_universal(kind: str, target: Any, x_train: Any, x_test: Any, y_test: Any
 
         if target_class is None:
             raise ParameterError("a patch is targeted: give --target-class (a class index).")
-        patch = UniversalPatch(target_class, size=size, steps=steps or 500, seed=seed)
+        patch = UniversalPatch(target_class, size=size, steps=steps or 500, seed=seed, region=region, scale=scale)
         result: Any = patch.fit(target, x_train, progress=progress)
         metrics = result.evaluate(target, x_test, y_test)
         params = patch.get_params()
@@ -81,6 +82,11 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--target-class", type=int, help="Patch: the class it should cause.")
     @click.option("--size", type=float, default=0.1, show_default=True, help="Patch: fraction of the image area.")
     @click.option("--steps", type=click.IntRange(min=1), help="Patch: optimisation steps (default 500).")
+    @click.option("--region", type=float, default=1.0, show_default=True,
+                  help="Patch: share of the feasible positions (around the centre) it is placed in; 0.3 = on the "
+                       "object.")
+    @click.option("--max-scale", type=float, default=1.2, show_default=True,
+                  help="Patch: largest scale of its side (scale is drawn in [0.8, max]); 1.0 keeps the area <= --size.")
     @click.option("--eps", type=float, default=0.2, show_default=True, help="Perturbation: budget in raw units.")
     @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
     @click.option("--method", type=click.Choice(["sgd", "deepfool"]), default="sgd", show_default=True,
@@ -92,13 +98,14 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
     def universal(kind: str, model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool,
                   train_data: str | None, data: str | None, n_train: int, n: int, target_class: int | None,
-                  size: float, steps: int | None, eps: float, norm: str, method: str, seed: int, device: str,
-                  save: str | None, as_json: bool, no_progress: bool) -> None:
+                  size: float, steps: int | None, region: float, max_scale: float, eps: float, norm: str,
+                  method: str, seed: int, device: str, save: str | None, as_json: bool, no_progress: bool) -> None:
         """Train a universal adversarial PATCH or PERTURBATION on training images; evaluate it on held-out ones.
 
         \b
         Examples:
-          sparring universal patch --model signs-cnn --target-class 4 --size 0.1 --save patch.npz
+          sparring universal patch --model signs-cnn --target-class 5 --size 0.1 --max-scale 1.0 \\
+              --region 0.3 --steps 400 --n-train 2400 --n 800 --save patch.npz
           sparring universal perturbation --model digits-cnn --eps 0.2 --json
         """
         try:
@@ -107,7 +114,8 @@ def add_commands(cli: click.Group) -> None:
             x_te, y_te = _load_data(model, data, n, "test")
             summary, result = run_universal(kind, target, x_tr, x_te, y_te, target_class=target_class, size=size,
                                             steps=steps, eps=eps, norm=norm, method=method, seed=seed,
-                                            progress=not (no_progress or as_json) and sys.stderr.isatty())
+                                            progress=not (no_progress or as_json) and sys.stderr.isatty(),
+                                            region=region, scale=(0.8, max_scale))
         except errors.SparringError as exc:
             _fail(exc)
         summary["model"] = model

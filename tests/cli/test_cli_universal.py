@@ -41,3 +41,11 @@ def test_universal_patch_table_and_errors() -> None:
     assert code == EXIT_INPUT and "untargeted" in err
     code, _, err = _run("universal", "patch", "--target-class", "12", "--steps", "1", "--n-train", "8", "--n", "8")
     assert code == EXIT_INPUT and "target_class" in err
+    code, stdout, _ = _run("universal", "patch", "--target-class", "3", "--steps", "2", "--n-train", "16", "--n", "16",
+                           "--region", "0.3", "--max-scale", "1.0", "--json")
+    d = json.loads(stdout)
+    assert code == 0 and d["params"]["region"] == 0.3 and list(d["params"]["scale"]) == [0.8, 1.0]
+    assert d["metrics"]["area_fraction"] <= 0.1 + 1e-6  # never above --size at --max-scale 1.0
+    code, _, err = _run("universal", "patch", "--target-class", "3", "--steps", "1", "--n-train", "8", "--n", "8",
+                        "--region", "1.5")
+    assert code == EXIT_INPUT and "region" in err
