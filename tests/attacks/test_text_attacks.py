@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
 
 from sparring.attacks.text import (
@@ -21,23 +20,12 @@ from sparring.attacks.text import (
 from sparring.data.text import load_sms_spam, load_text_model
 from sparring.errors import InputSpecError, LabelError, ParameterError
 from sparring.targets.text import CallableTextTarget, TextTarget
-
-SPAM_WORDS = ("free", "win", "prize", "claim", "call", "txt", "cash")
-
-
-def _spam_score(texts: list[str]) -> np.ndarray:
-    """A keyword filter: spam probability grows with the number of spam words (0.2 with none, 0.6 with one)."""
-    out = []
-    for t in texts:
-        k = sum(w in SPAM_WORDS for w in re.findall(r"\w+", t.lower()))
-        p = 1 - 0.8 * 0.5**k
-        out.append([1 - p, p])
-    return np.array(out)
+from tests.text_helpers import spam_score
 
 
 @pytest.fixture
 def keyword_filter() -> CallableTextTarget:
-    return CallableTextTarget(_spam_score, class_names=("ham", "spam"))
+    return CallableTextTarget(spam_score, class_names=("ham", "spam"))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +88,7 @@ def test_goals_targeted_and_threshold(keyword_filter: CallableTextTarget) -> Non
 
 
 def test_the_attack_stops_at_the_query_budget_with_a_partial_result() -> None:
-    target = CallableTextTarget(_spam_score, query_budget=40)
+    target = CallableTextTarget(spam_score, query_budget=40)
     texts = ["WIN a FREE prize, call to claim your cash now"] * 4
     res = bad_characters(max_chars=None)(target, texts, [1] * 4)
     assert res.budget_exhausted

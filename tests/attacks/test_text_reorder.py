@@ -3,9 +3,6 @@ normalisation, budgets and errors as for every text attack."""
 
 from __future__ import annotations
 
-import re
-
-import numpy as np
 import pytest
 
 from sparring.attacks.text import BidiReorder, Constraints, bad_characters, logical_distance
@@ -13,22 +10,12 @@ from sparring.data.text import load_sms_spam, load_text_model
 from sparring.defenses.preprocess import DefendedTextTarget, display_order, normalize
 from sparring.errors import InputSpecError, ParameterError
 from sparring.targets.text import CallableTextTarget, TextTarget
-
-SPAM_WORDS = ("free", "win", "prize", "claim", "call", "txt", "cash")
-
-
-def _spam_score(texts: list[str]) -> np.ndarray:
-    out = []
-    for t in texts:
-        k = sum(w in SPAM_WORDS for w in re.findall(r"\w+", t.lower()))
-        p = 1 - 0.8 * 0.5**k
-        out.append([1 - p, p])
-    return np.array(out)
+from tests.text_helpers import spam_score
 
 
 @pytest.fixture
 def keyword_filter() -> CallableTextTarget:
-    return CallableTextTarget(_spam_score, class_names=("ham", "spam"))
+    return CallableTextTarget(spam_score, class_names=("ham", "spam"))
 
 
 def test_one_reversed_stretch_hides_every_keyword_and_displays_unchanged(keyword_filter: CallableTextTarget) -> None:
@@ -65,12 +52,12 @@ def test_reordering_breaks_the_tfidf_filter_where_edits_do_not_and_normalisation
 
 
 def test_query_budget_gives_a_partial_result_and_bad_input_typed_errors() -> None:
-    target = CallableTextTarget(_spam_score, class_names=("ham", "spam"), query_budget=6)
+    target = CallableTextTarget(spam_score, class_names=("ham", "spam"), query_budget=6)
     msgs = ["free prize claim now today", "win cash call txt free"]
     res = BidiReorder()(target, msgs, [1, 1])
     assert res.budget_exhausted and res.cost.queries <= 6
     assert not bool(res.attacked[1])
-    keyword = CallableTextTarget(_spam_score, class_names=("ham", "spam"))
+    keyword = CallableTextTarget(spam_score, class_names=("ham", "spam"))
     with pytest.raises(InputSpecError):
         BidiReorder()(keyword, ["ok", ""], [0, 0])
     with pytest.raises(ParameterError, match="max_words_per_stretch"):
