@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["ATTACKS", "DEFENCES", "add_commands", "run_attack_text"]
 
-ATTACKS = ("bad-characters", "deepwordbug", "leetspeak", "textfooler", "all-chars")
+ATTACKS = ("bad-characters", "deepwordbug", "leetspeak", "textfooler", "all-chars", "reorder")
 DEFENCES = ("none", "normalize", "normalize+spelling")
 _ALL_KINDS = ("swap", "substitute", "delete", "insert", "leet", "spacing", "homoglyph", "invisible")
 
@@ -49,7 +49,7 @@ def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int 
                     query_budget: int | None = None, max_queries: int | None = None,
                     threshold: float | None = None, examples: int = 3, html: str | None = None) -> dict[str, Any]:
     """Attack ``n`` messages of ``model`` (a text zoo name or an http(s) URL) and summarise the result."""
-    from sparring.attacks.text import CharAttack, Constraints, TextAttack, TextFooler
+    from sparring.attacks.text import BidiReorder, CharAttack, Constraints, TextAttack, TextFooler, bad_characters
     from sparring.attacks.text.base import _preset
     from sparring.data.text import load_sms_spam, load_text_model
     from sparring.defenses.preprocess.text import DefendedTextTarget, SpellingCorrector, normalize
@@ -83,6 +83,9 @@ def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int 
         atk = TextFooler(min_similarity=min_similarity, constraints=cons, **common)
     elif attack == "all-chars":
         atk = CharAttack(_ALL_KINDS, constraints=cons, **common)
+    elif attack == "reorder":  # bidi reordering, then homoglyphs/invisibles with the characters left
+        atk = BidiReorder(constraints=cons, max_queries=max_queries, adaptive_to=common["adaptive_to"],
+                          then=bad_characters(max_chars=None, beam_width=beam_width))
     else:
         kinds = {"bad-characters": ("homoglyph", "invisible"), "deepwordbug": ("swap", "substitute", "delete",
                  "insert"), "leetspeak": ("leet", "spacing")}[attack]
@@ -138,6 +141,7 @@ def add_commands(cli: Any) -> None:
         Examples:
           sparring attack-text bad-characters --max-chars 3 --n 100
           sparring attack-text bad-characters --defence normalize
+          sparring attack-text reorder --max-chars 3 --n 50
           sparring attack-text all-chars --defence normalize --adaptive
           sparring attack-text textfooler --model spam-minilm --n 20
         """

@@ -87,6 +87,10 @@ def test_attack_text_cli_runs_and_reports_json(tmp_path: Path) -> None:
     assert d["attack"] == "bad-characters" and d["n"] == 3 and d["params"]["constraints"]["max_chars"] == 4
     code, out = _cli("attack-text", "bad-characters", "--n", "3", "--query-budget", "10", "--json")
     assert code == 0 and json.loads(out)["budget_exhausted"] is True
+    code, out = _cli("attack-text", "reorder", "--n", "3", "--max-chars", "3", "--max-queries", "60", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["attack"] == "bidi-reorder" and d["params"]["then"]["attack"] == "bad-characters"
+    assert d["params"]["constraints"]["max_chars"] == 3
 
 
 def test_attack_text_cli_errors_have_exit_codes() -> None:

@@ -65,8 +65,10 @@ class BidiReorder(TextAttack):
     Args:
         max_words_per_stretch: longest stretch tried, in words (``None``: whole lines).
         then: a :class:`CharAttack` for the remaining budget, or ``None``.
-        constraints, beam_width, max_queries, adaptive_to: as for :class:`TextAttack` (``beam_width`` is unused:
-            the stretch search is greedy; ``then`` has its own).
+        constraints: ``max_chars`` (2 per stretch) and ``protected`` apply; ``max_words`` and ``min_similarity``
+            do not (a reversal changes no visible word).
+        max_queries, adaptive_to: as for :class:`TextAttack` (the stretch search is greedy; ``then`` has its own
+            beam width).
 
     Example:
         >>> from sparring.targets.text import CallableTextTarget
