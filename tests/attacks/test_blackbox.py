@@ -37,14 +37,7 @@ TOL = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Black-box attacks send many small batches; on a busy 2-core machine intra-op threads only add waiting
-    (measured: Square L2 on 32 digits 45 s with 2 threads under load, 2.5 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: see conftest
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ Measured on the zoo digits CNN, first 32 test digits (30 classified correctly), 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,14 +28,7 @@ TOL = 1e-5
 N = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Many small sequential steps: on a busy 2-core machine a second intra-op thread only adds waiting
-    (measured: C&W on 32 digits 56 s with 2 threads under load, 3 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: see conftest
 
 
 @pytest.fixture(scope="module")

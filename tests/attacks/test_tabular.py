@@ -5,8 +5,6 @@ Every adversarial row is re-checked here with the constraint checker, separately
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -30,13 +28,7 @@ def _detected_fraud(target: Target, n: int) -> tuple[torch.Tensor, torch.Tensor]
     return ds.x_test[keep][:n], ds.y_test[keep][:n]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread (two threads spin and cost ~15x the CPU on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: see conftest
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from sparring.audit import parse_threat_model, run_audit
@@ -15,13 +13,7 @@ from sparring.audit.report import write_reports
 from sparring.cli import build_cli
 from sparring.data.transactions import transactions_constraints
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: see conftest
 
 
 def test_audit_runs_constrained_and_unconstrained_side_by_side(tmp_path: Path) -> None:

@@ -13,8 +13,6 @@ Measured on the zoo digits CNN (train 1,347 / test 450 digits, seed 0, 1 thread)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -29,13 +27,7 @@ from sparring.targets import InputSpec, TorchTarget
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Many small sequential steps: on a busy 2-core machine a second intra-op thread only adds waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: see conftest
 
 
 @pytest.fixture(scope="module")

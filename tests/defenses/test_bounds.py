@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,13 +24,7 @@ METHODS = {"ibp": interval_bounds, "crown": crown_bounds}
 NORMED = InputSpec(shape=(1, 8, 8), n_classes=10, bounds=(0.0, 1.0), mean=(0.3,), std=(0.4,))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: one thread is faster than two fighting over a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: see conftest
 
 
 def _mlp(seed: int = 0, hidden: int = 64) -> nn.Sequential:
