@@ -8,6 +8,7 @@ attack run at a budget: a point counts as robust only if no attack broke it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
@@ -141,6 +142,19 @@ def evaluate_gates(tm: ThreatModel, results: list[StepResult], skipped: list[Ski
     return [_gate(g, results, skipped or []) for g in tm.gates]
 
 
+def _max_measured(results: list[StepResult], metric: str,
+                  match: Callable[[dict[str, Any]], bool]) -> tuple[float | None, list[str]]:
+    """The largest value of ``metric`` over the measurements whose params ``match``, and the steps that had one."""
+    value: float | None = None
+    steps: list[str] = []
+    for r in results:
+        for m in r.measurements:
+            if m.metric == metric and match(m.params):
+                value = m.value if value is None else max(value, m.value)
+                steps.append(r.step_id)
+    return value, steps
+
+
 def _gate(g: Gate, results: list[StepResult], skipped: list[Skip]) -> GateResult:
     value: float | None = None
     steps: list[str] = []
@@ -154,20 +168,12 @@ def _gate(g: Gate, results: list[StepResult], skipped: list[Skip]) -> GateResult
     elif g.metric == "certified_accuracy":
         key, want = ("eps", g.eps) if g.norm == "linf" else ("radius", g.radius)
         assert want is not None
-        for r in results:
-            for m in r.measurements:
-                if (m.metric == "certified_accuracy" and m.params.get("norm") == g.norm
-                        and _same(m.params.get(key), want) and g.method in (None, m.params.get("method"))):
-                    value = m.value if value is None else max(value, m.value)
-                    steps.append(r.step_id)
+        value, steps = _max_measured(results, g.metric, lambda p: p.get("norm") == g.norm
+                                     and _same(p.get(key), want) and g.method in (None, p.get("method")))
     elif g.metric == "text_evasion_rate":
         defence = g.method or "none"
-        for r in results:
-            for m in r.measurements:
-                if (m.metric == "text_evasion_rate" and m.params.get("max_chars") == g.max_chars
-                        and m.params.get("defence") == defence):
-                    value = m.value if value is None else max(value, m.value)
-                    steps.append(r.step_id)
+        value, steps = _max_measured(results, g.metric, lambda p: p.get("max_chars") == g.max_chars
+                                     and p.get("defence") == defence)
     op: Literal[">=", "<="] = ">=" if g.min is not None else "<="
     threshold = float(g.min if g.min is not None else g.max)  # type: ignore[arg-type]
     if value is None:
