@@ -17,6 +17,7 @@ a copy-paste still gets the right number).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import unicodedata
@@ -187,9 +188,9 @@ class BidiReorder(TextAttack):
         if room is not None and room < 2:
             return
         caps = [q for q in (room, self.then.max_queries) if q is not None]
-        follow = CharAttack(self.then.kinds, max_per_kind=self.then.max_per_kind, constraints=cons,
-                            beam_width=self.then.beam_width, max_queries=min(caps) if caps else None,
-                            adaptive_to=self.adaptive_to)
+        follow = copy.copy(self.then)  # the same attack (kinds, beam, name), on this budget and defence
+        follow.constraints, follow.adaptive_to = cons, self.adaptive_to
+        follow.max_queries = min(caps) if caps else None
         sub = follow(target, [base], [int(res.y[i])], target_class=goal.target_class, threshold=goal.threshold)
         res.queries[i] += sub.queries[0]
         res.budget_exhausted = res.budget_exhausted or sub.budget_exhausted  # the next message's query stops the run

@@ -152,17 +152,9 @@ def _resolve_run(types: list[str], sos: str, eos: str) -> list[str]:
             t[i] = "EN"
         elif t[i] == "CS" and t[i - 1] == t[i + 1] and t[i - 1] in ("EN", "AN"):
             t[i] = t[i - 1]
-    i = 0
-    while i < n:  # W5
-        if t[i] == "ET":
-            j = i
-            while j < n and t[j] == "ET":
-                j += 1
-            if (i > 0 and t[i - 1] == "EN") or (j < n and t[j] == "EN"):
-                t[i:j] = ["EN"] * (j - i)
-            i = j
-        else:
-            i += 1
+    for i, j in _spans([x == "ET" for x in t]):  # W5
+        if (i > 0 and t[i - 1] == "EN") or (j < n and t[j] == "EN"):
+            t[i:j] = ["EN"] * (j - i)
     t = ["ON" if x in ("ES", "ET", "CS") else x for x in t]  # W6
     strong = sos
     for i in range(n):  # W7
@@ -170,20 +162,24 @@ def _resolve_run(types: list[str], sos: str, eos: str) -> list[str]:
             strong = t[i]
         elif t[i] == "EN" and strong == "L":
             t[i] = "L"
-    i = 0
-    while i < n:  # N1 (N2 is left to the caller: whatever is still neutral takes the embedding direction)
-        if t[i] in _NEUTRAL:
-            j = i
-            while j < n and t[j] in _NEUTRAL:
-                j += 1
-            before = sos if i == 0 else ("R" if t[i - 1] in ("R", "EN", "AN") else "L")
-            after = eos if j == n else ("R" if t[j] in ("R", "EN", "AN") else "L")
-            if before == after:
-                t[i:j] = [before] * (j - i)
-            i = j
-        else:
-            i += 1
+    for i, j in _spans([x in _NEUTRAL for x in t]):  # N1 (N2, for what stays neutral, is the caller's)
+        before = sos if i == 0 else ("R" if t[i - 1] in ("R", "EN", "AN") else "L")
+        after = eos if j == n else ("R" if t[j] in ("R", "EN", "AN") else "L")
+        if before == after:
+            t[i:j] = [before] * (j - i)
     return t
+
+
+def _spans(flags: list[bool]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of every maximal run of True in ``flags``."""
+    out, start = [], None
+    for k, f in enumerate([*flags, False]):
+        if f and start is None:
+            start = k
+        elif not f and start is not None:
+            out.append((start, k))
+            start = None
+    return out
 
 
 def _sequences(runs: list[list[int]], types: list[str]) -> list[list[int]]:
@@ -276,14 +272,6 @@ def _reorder(chars: list[tuple[str, int]]) -> str:
     top = max(lv for _, lv in seq)
     low_odd = min((lv for _, lv in seq if lv % 2), default=top + 1)
     for level in range(top, low_odd - 1, -1):
-        i = 0
-        while i < len(seq):
-            if seq[i][1] >= level:
-                j = i
-                while j < len(seq) and seq[j][1] >= level:
-                    j += 1
-                seq[i:j] = seq[i:j][::-1]
-                i = j
-            else:
-                i += 1
+        for i, j in _spans([lv >= level for _, lv in seq]):
+            seq[i:j] = seq[i:j][::-1]
     return "".join(c for c, _ in seq if c not in BIDI_CONTROLS)
