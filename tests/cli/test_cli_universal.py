@@ -49,3 +49,6 @@ def test_universal_patch_table_and_errors() -> None:
     code, _, err = _run("universal", "patch", "--target-class", "3", "--steps", "1", "--n-train", "8", "--n", "8",
                         "--region", "1.5")
     assert code == EXIT_INPUT and "region" in err
+    code, _, err = _run("universal", "patch", "--target-class", "3", "--steps", "1", "--n-train", "8", "--n", "8",
+                        "--max-scale", "0.5")  # below the smallest scale, 0.8
+    assert code == EXIT_INPUT and "scale" in err
