@@ -139,8 +139,11 @@ def test_result_records_params_and_cost(digits_cnn: TorchTarget, digits_batch: t
     x, y = digits_batch[0][:16], digits_batch[1][:16]
     r = PGD(eps=0.1, steps=4, early_stop=False)(digits_cnn, x, y)
     assert r.params["steps"] == 4 and r.params["eps"] == 0.1 and r.params["norm"] == "linf"
-    # one clean pass + 4 steps + one final pass over the examples still in play
-    assert r.cost.gradients <= 4 * 16 and r.cost.queries <= 6 * 16 and r.cost.seconds > 0
+    # the randomness probe (16 inputs twice) + one clean pass + 4 steps + one final pass over those still in play
+    assert r.cost.gradients <= 4 * 16 and r.cost.queries <= 2 * 16 + 6 * 16 and r.cost.seconds > 0
+    assert r.draws == 1 and "randomized" not in r.extras
+    # a deterministic model declared as such is not probed
+    assert PGD(eps=0.1, steps=4, early_stop=False)(digits_cnn, x, y, draws=1).cost.queries <= 6 * 16
     s = r.summary()
     assert {"clean_accuracy", "robust_accuracy", "cost", "params"} <= set(s)
 

@@ -22,8 +22,9 @@ import torch
 
 from sparring._progress import progress_bar
 from sparring.attacks.norms import Norm, norm_of
+from sparring.attacks.rescore import DEFAULT_DRAWS, chunk_size, detect_randomized, judge_target, majority_votes, vote
 from sparring.attacks.result import Cost, EvasionResult
-from sparring.errors import ParameterError
+from sparring.errors import ParameterError, QueryBudgetExceeded
 from sparring.targets.base import Target, register_attack_access
 from sparring.targets.spec import Access
 
@@ -43,6 +44,16 @@ class BatchContext:
     gradients: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
     """Facts an attack wants in the result (e.g. ``{"budget_exhausted": True}``); copied to ``result.extras``."""
+    randomized: bool = False
+    """The model is randomized: one draw's prediction decides nothing. Attacks then neither stop early nor keep an
+    iterate because one draw misclassified it; they return their final iterate, which the base re-scores."""
+    unknown: torch.Tensor | None = None
+    """Set by an attack for the current batch: per example, True where it could not finish (query budget)."""
+
+    def mark_unknown(self, mask: torch.Tensor) -> None:
+        """Record the examples of the current batch the attack could not finish (the query budget ran out)."""
+        self.unknown = mask if self.unknown is None else self.unknown | mask
+        self.notes["budget_exhausted"] = True
 
 
 class EvasionAttack(ABC):
@@ -96,6 +107,7 @@ class EvasionAttack(ABC):
         target_labels: torch.Tensor | np.ndarray | Any | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        draws: int | None = None,
     ) -> EvasionResult:
         """Attack ``x`` (true labels ``y``) on ``target``.
 
@@ -106,9 +118,16 @@ class EvasionAttack(ABC):
             target_labels: for a targeted attack, the class each example should be pushed to.
             generator: source of randomness; default a fresh generator seeded with the attack's ``seed``.
             progress: show a progress bar over batches.
+            draws: fresh draws per prediction for a randomized model (declares it randomized when >= 2; 1 declares
+                it deterministic). Default: detected by querying the first 16 inputs twice (targets without a
+                query budget), and then :data:`~sparring.attacks.rescore.DEFAULT_DRAWS` (100).
 
         Returns:
             An :class:`EvasionResult`; ``x_adv`` is the same kind (numpy/tensor) and on the same device as ``x``.
+            On a randomized model every prediction in it is the majority over ``result.draws`` fresh draws of the
+            clean input and of the attack's final candidate (:mod:`sparring.attacks.rescore`); the attack itself
+            neither stops early nor keeps an iterate because one draw misclassified it. Examples the attack could
+            not finish because the target's query budget ran out are ``result.unknown``, never robust.
         """
         self._check_params(target)
         target.require(self.needs, type(self).__name__)
@@ -124,13 +143,17 @@ class EvasionAttack(ABC):
                     f"{int((tl == yt).sum())} target label(s) equal the true label; a targeted attack needs a "
                     "different class for every example."
                 )
+        if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+            raise ParameterError(f"draws must be a positive integer (1: deterministic model; 100 is the default for "
+                                 f"a randomized one); got {draws!r}.")
         dev = target.device
         dtype = getattr(target, "dtype", torch.float32)
         gen = _generator(generator, getattr(self, "seed", 0), dev)
         lower, upper = target.spec.bounds_tensors(dev, dtype)
-        ctx = BatchContext(target=target, lower=lower, upper=upper, generator=gen)
         q0, t0 = target.counter.used, time.perf_counter()
-        xs, clean, advp = [], [], []
+        how, n_draws = _randomness(target, xt.to(dev, dtype), draws)
+        ctx = BatchContext(target=target, lower=lower, upper=upper, generator=gen, randomized=n_draws > 1)
+        xs, clean, advp, unk = [], [], [], []
         for xb, yb, tb in progress_bar(
             _batches(xt, yt, tl, target.batch_size, dev, dtype),
             total=-(-xt.shape[0] // target.batch_size), description=self.name, enabled=progress,
@@ -139,12 +162,25 @@ class EvasionAttack(ABC):
             xs.append(xa)
             clean.append(cp)
             advp.append(ap)
+            unk.append(torch.zeros(xb.shape[0], dtype=torch.bool, device=dev) if ctx.unknown is None
+                       else ctx.unknown.to(dev))
+            ctx.unknown = None
         x_adv = torch.cat(xs)
-        clean_pred, adv_pred = torch.cat(clean), torch.cat(advp)
+        clean_pred, adv_pred, unknown = torch.cat(clean), torch.cat(advp), torch.cat(unk)
         y_dev = yt.to(dev)
-        success = adv_pred != y_dev if tl is None else adv_pred == tl.to(dev)
+        tl_dev = None if tl is None else tl.to(dev)
+        x_dev = xt.to(dev, dtype)
+        success = adv_pred != y_dev if tl_dev is None else adv_pred == tl_dev
+        goal_fraction = None
+        if n_draws > 1:
+            ctx.notes["randomized"] = how
+            ctx.notes["single_draw_success"] = float(success.float().mean())
+            x_adv, clean_pred, adv_pred, goal_fraction, unknown = _rescore(
+                ctx, x_dev, x_adv, y_dev, tl_dev, n_draws, unknown)
+            success = adv_pred != y_dev if tl_dev is None else adv_pred == tl_dev
+        unknown = unknown & ~success
         norm = self.norms[0] if not hasattr(self, "norm") else Norm.parse(self.norm)
-        norms = norm_of(x_adv - xt.to(dev, dtype), norm)
+        norms = norm_of(x_adv - x_dev, norm)
         cost = Cost(queries=target.counter.used - q0, gradients=ctx.gradients, seconds=time.perf_counter() - t0)
         return EvasionResult(
             attack=self.name, params=self.get_params(), cost=cost,
@@ -152,6 +188,8 @@ class EvasionAttack(ABC):
             success=_as_input_kind(success, x), clean_correct=_as_input_kind(clean_pred == y_dev, x),
             adv_pred=_as_input_kind(adv_pred, x), norms=_as_input_kind(norms, x),
             target_labels=None if tl is None else _as_input_kind(tl, x), norm=norm.value, extras=dict(ctx.notes),
+            unknown=_as_input_kind(unknown, x), draws=n_draws,
+            goal_fraction=None if goal_fraction is None else _as_input_kind(goal_fraction, x),
         )
 
     @abstractmethod
@@ -159,6 +197,55 @@ class EvasionAttack(ABC):
         self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Attack one batch. Returns ``(x_adv, clean_pred, adv_pred)``, all on the model's device."""
+
+
+def _randomness(target: Target, x: torch.Tensor, draws: int | None) -> tuple[str | None, int]:
+    """How the model's randomness is known (``"declared"``, ``"detected"`` or None) and the draws per prediction."""
+    if draws is not None:
+        return ("declared", draws) if draws > 1 else (None, 1)
+    try:
+        found = detect_randomized(judge_target(target), x)
+    except QueryBudgetExceeded:
+        found = False
+    return ("detected", DEFAULT_DRAWS) if found else (None, 1)
+
+
+def _rescore(
+    ctx: BatchContext, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, tl: torch.Tensor | None, draws: int,
+    unknown: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Majority predictions over ``draws`` fresh draws of the clean inputs and the final candidates.
+
+    Where the clean majority already meets the goal the clean input is the adversarial example (zero perturbation).
+    Examples the budget leaves unscored stay at the true class and become unknown.
+    """
+    judge = judge_target(ctx.target)
+    n = x.shape[0]
+    clean_pred, adv_pred = y.clone(), y.clone()
+    frac = torch.zeros(n, dtype=torch.float32, device=x.device)
+    step = chunk_size(x, draws)
+    for s in range(0, n, step):
+        sl = slice(s, s + step)
+        try:
+            cv = majority_votes(judge, x[sl], draws)
+            av = majority_votes(judge, x_adv[sl], draws)
+        except QueryBudgetExceeded:
+            unknown[s:] = True
+            ctx.notes["budget_exhausted"] = True
+            break
+        t = None if tl is None else tl[sl]
+        cp, ap = vote(cv, y[sl], t), vote(av, y[sl], t)
+        already = cp != y[sl] if t is None else cp == t
+
+        def share(c: torch.Tensor, t: torch.Tensor | None = t, sl: slice = sl) -> torch.Tensor:
+            hit = draws - c.gather(1, y[sl][:, None])[:, 0] if t is None else c.gather(1, t[:, None])[:, 0]
+            return hit.float() / draws
+
+        clean_pred[sl] = cp
+        adv_pred[sl] = torch.where(already, cp, ap)
+        frac[sl] = torch.where(already, share(cv), share(av))
+        x_adv[sl] = torch.where(already.view(-1, *[1] * (x.ndim - 1)), x[sl], x_adv[sl])
+    return x_adv, clean_pred, adv_pred, frac, unknown
 
 
 def _generator(gen: torch.Generator | None, seed: int | None, device: torch.device) -> torch.Generator:
