@@ -39,8 +39,38 @@ def test_spectral_signatures_flag_no_class_of_a_clean_model() -> None:
     ds = H.digits()
     scan = SpectralSignatures(expected_share=0.05)(representations(H.clean_model(), ds.x_train), ds.y_train)
     assert scan.flagged_classes == []
-    # with no class flagged, the paper's rule: 1.5 × 5% of every class
-    assert abs(scan.suspicious.numel() - 0.075 * len(ds.y_train)) <= 10
+    # with no class flagged, the paper's rule: 1.5 ε from every class, ε = 5% of the whole set (67 examples)
+    budget = round(1.5 * 0.05 * len(ds.y_train))
+    assert [c["removed"] for c in scan.classes] == [min(budget, c["n"] - 1) for c in scan.classes]
+    assert scan.suspicious.numel() == sum(c["removed"] for c in scan.classes)
+
+
+def _one_class_poisoned_features(shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gaussian class clusters (5,000 examples, class 0 of 750) where 250 poisons, all labelled 0, sit ``shift``
+    away from class 0 along an axis no class uses; returns features, labels and the poisons' indices."""
+    gen = torch.Generator().manual_seed(0)
+    d, xs, ys = 32, [], []
+    for c, n in enumerate([500] + [472] * 8 + [474, 250]):
+        mu = torch.zeros(d)
+        mu[c % 10] = 6.0
+        mu[-1] = shift if c == 10 else 0.0
+        xs.append(torch.randn(n, d, generator=gen) + mu)
+        ys.append(torch.full((n,), c % 10))
+    return torch.cat(xs), torch.cat(ys), torch.arange(4750, 5000)
+
+
+def test_spectral_signatures_with_no_class_flagged_remove_the_papers_budget_from_every_class() -> None:
+    feats, y, poison = _one_class_poisoned_features(6.0)
+    scan = SpectralSignatures(expected_share=0.05)(feats, y)
+    target = scan.classes[0]
+    assert scan.flagged_classes == [] and 0.85 < target["statistic"] < 0.9  # just under the flag
+    # Tran et al.: ε = 250 poisoned examples at most, 1.5 ε = 375 removed from each class (not 1.5 × 5% × 750 = 56)
+    assert [c["removed"] for c in scan.classes] == [375] * 10
+    caught = int(torch.isin(poison, scan.suspicious).sum())
+    assert caught >= 220  # measured 230 of 250 (53 with the old 1.5 × share × class size)
+    flagged = SpectralSignatures(expected_share=0.05)(*_one_class_poisoned_features(8.0)[:2])
+    assert flagged.flagged_classes == [0] and flagged.classes[0]["removed"] == 375  # the budget goes to class 0
+    assert all(c["removed"] == 0 for c in flagged.classes[1:])
 
 
 def test_activation_clustering_flags_the_target_class_only() -> None:
@@ -85,6 +115,19 @@ def test_strip_rejects_triggered_inputs_at_one_percent_false_rejection() -> None
     far = 1 - float(strip.detect(triggered[fired]).float().mean())
     assert frr <= 0.04
     assert far <= 0.1
+
+
+def test_strip_refuses_fewer_clean_inputs_than_its_false_rejection_rate_needs() -> None:
+    ds, model = H.digits(), H.clean_model()
+    strip = STRIP(model, ds.x_test[:50], n_overlays=8)
+    with pytest.raises(InputSpecError, match=r"got 50 clean inputs.*needs at least 100 \(1/frr\)"):
+        strip.fit(ds.x_test[50:100], frr=0.01)  # the 1% quantile of 50 values is just their minimum
+    assert strip.threshold is None
+    x_fit = ds.x_test[50:150]
+    strip.fit(x_fit, frr=0.01)  # 100 inputs: one of them below the threshold, as asked
+    assert int(strip.detect(x_fit).sum()) == 1
+    strip.fit(ds.x_test[50:100], frr=0.02)
+    assert int(strip.detect(ds.x_test[50:100]).sum()) == 1
 
 
 def test_neural_cleanse_flags_the_target_label_and_nothing_on_a_clean_model() -> None:

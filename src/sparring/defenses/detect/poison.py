@@ -147,15 +147,21 @@ class SpectralSignatures:
     """Spectral-signature scan (Tran, Li, Madry 2018, Algorithm 1).
 
     Per class, representations are centred and the outlier score of each example is its squared projection on the
-    top right singular vector. Tran et al. remove the ``1.5 ε n_c`` highest scores of every class; here a per-class
-    verdict comes first: a class is flagged when its projections split into two groups (:func:`separation` above
-    ``min_separation``). The ``n_remove`` highest-scoring examples are removed from the flagged classes (split by
-    class size); if no class is flagged, ``removal_factor * expected_share`` of every class, as in the paper.
+    top right singular vector. Algorithm 1 takes ``ε``, an upper bound on the *number* of poisoned examples, and
+    removes the ``1.5 ε`` highest scores of *every* class (any class may hold all of the poison). Here
+    ``ε = expected_share · N`` (``N``: the whole training set) and a per-class verdict comes first: a class is
+    flagged when its projections split into two groups (:func:`separation` above ``min_separation``).
+
+    * Some class flagged: the budget ``removal_factor · ε`` (or ``n_remove``) is removed from the flagged classes,
+      split by class size.
+    * No class flagged: the paper's rule, ``removal_factor · ε`` (or ``n_remove``) from every class, at most all
+      but one example of a class. On a clean set with small classes this removes much of the data (that is the
+      price of the paper's guarantee when the poison may sit in any class; ``classes[i]["removed"]`` says how much).
 
     Args:
-        expected_share: upper bound on the poisoned share of the training set (the paper's epsilon).
+        expected_share: upper bound on the poisoned share of the whole training set (``ε / N``).
         removal_factor: remove this many times the expected number of poisoned examples (1.5 in the paper).
-        n_remove: remove exactly this many (overrides the two above).
+        n_remove: the removal budget as a count (overrides the two above).
         min_separation: separation of a class's top-direction projections above which the class is flagged.
     """
 
@@ -197,8 +203,8 @@ class SpectralSignatures:
         flags = torch.tensor([c["flagged"] for c in classes], dtype=torch.float64)
         if bool(flags.any()):
             quota = (budget * sizes * flags / (sizes * flags).sum()).round().long()
-        else:
-            quota = (self.removal_factor * self.expected_share * sizes).round().long()
+        else:  # Tran et al.'s rule: the whole budget from every class (the poison may all sit in any one)
+            quota = torch.full_like(sizes, float(budget)).long()
         removed = []
         for info, q in zip(classes, quota.tolist(), strict=True):
             idx = torch.nonzero(yt == info["class"]).reshape(-1)

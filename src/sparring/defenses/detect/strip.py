@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparring.errors import ParameterError
+from sparring.errors import InputSpecError, ParameterError
 from sparring.targets.base import Target
 from sparring.targets.spec import Access
 
@@ -78,11 +78,25 @@ class STRIP:
         return torch.cat(out)
 
     def fit(self, x_clean: Any, frr: float = 0.01) -> STRIP:
-        """Set the threshold so that a share ``frr`` of the clean inputs ``x_clean`` is rejected."""
+        """Set the threshold so that a share ``frr`` of the clean inputs ``x_clean`` is rejected.
+
+        The threshold is the ``frr`` quantile of the clean entropies: at most ``floor(frr * n)`` of the ``n`` clean
+        inputs fall strictly below it. That needs ``n >= 1 / frr`` clean inputs (100 at 1%); with fewer, the
+        quantile would be the lowest clean entropy (no clean input rejected, the false-rejection rate unmeasured),
+        so :class:`~sparring.errors.InputSpecError` is raised instead, naming how many are needed.
+        """
         if not 0 < frr < 1:
             raise ParameterError(f"frr (false rejection rate) must be in (0, 1), e.g. 0.01; got {frr!r}.")
+        n = self.target.spec.validate(x_clean)[0].shape[0]
+        need = math.ceil(1 / frr - 1e-9)
+        if n < need:
+            raise InputSpecError(
+                f"STRIP.fit got {n} clean inputs; a false-rejection rate of {frr:g} needs at least {need} (1/frr), "
+                f"else the threshold is just the lowest clean entropy. Give at least {need} clean inputs, or ask for "
+                f"frr >= {1 / n:.3g} with these {n}."
+            )
         h = self.entropy(x_clean).double().cpu().sort().values
-        k = math.floor(frr * h.numel())  # at most k clean inputs fall strictly below the threshold
+        k = math.floor(frr * h.numel() + 1e-9)  # at most k >= 1 clean inputs fall strictly below the threshold
         self.threshold = float(h[k]) if k < h.numel() else float(h[-1])
         return self
 
