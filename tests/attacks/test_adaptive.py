@@ -209,7 +209,7 @@ def test_eot_pgd_beats_naive_pgd_on_a_randomized_model(digits_cnn: TorchTarget, 
 
     clean = robust(x)
     pgd = PGD(eps=EPS, steps=10)
-    naive = robust(pgd(noisy, x, y).x_adv)
+    naive = robust(pgd(noisy, x, y, draws=1).x_adv)  # declared deterministic: single-draw bookkeeping
     eot = pgd(with_eot(noisy, draws=10), x, y)
     assert clean > 0.85  # measured 0.94
     assert naive > 0.6  # measured 0.78: one draw's gradient, success declared on a lucky draw

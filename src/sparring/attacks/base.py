@@ -44,6 +44,8 @@ class BatchContext:
     gradients: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
     """Facts an attack wants in the result (e.g. ``{"budget_exhausted": True}``); copied to ``result.extras``."""
+    draws: int = 1
+    """Fresh draws per prediction when the model is randomized (the base re-scores with this many)."""
     randomized: bool = False
     """The model is randomized: one draw's prediction decides nothing. Attacks then neither stop early nor keep an
     iterate because one draw misclassified it; they return their final iterate, which the base re-scores."""
@@ -152,7 +154,8 @@ class EvasionAttack(ABC):
         lower, upper = target.spec.bounds_tensors(dev, dtype)
         q0, t0 = target.counter.used, time.perf_counter()
         how, n_draws = _randomness(target, xt.to(dev, dtype), draws)
-        ctx = BatchContext(target=target, lower=lower, upper=upper, generator=gen, randomized=n_draws > 1)
+        ctx = BatchContext(target=target, lower=lower, upper=upper, generator=gen, draws=n_draws,
+                           randomized=n_draws > 1)
         xs, clean, advp, unk = [], [], [], []
         for xb, yb, tb in progress_bar(
             _batches(xt, yt, tl, target.batch_size, dev, dtype),

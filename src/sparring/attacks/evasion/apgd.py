@@ -119,7 +119,7 @@ def _apgd(
         with torch.no_grad():
             pred = logits.argmax(dim=1)
             hit = (pred == s["t"]) if goal_is_target else (pred != s["y"])
-            hit &= ~out_broken[s["idx"]]
+            hit &= ~out_broken[s["idx"]] & (not ctx.randomized)  # randomized: one draw decides nothing
             out_x[s["idx"][hit]], out_pred[s["idx"][hit]] = xk[hit], pred[hit]
             out_broken[s["idx"][hit]] = True
             if k == 0:
@@ -154,9 +154,13 @@ def _apgd(
                 z = proj(xk + _MOMENTUM * (z - xk) + (1 - _MOMENTUM) * (xk - s["xprev"]), x0, lo_, hi_)
             s["xprev"], s["xk"] = xk, z
     idx = s["idx"]
-    out_loss[idx] = s["fmax"]
-    keep = ~out_broken[idx]  # still unbroken: return the highest-objective point
-    out_x[idx[keep]], out_pred[idx[keep]] = s["xmax"][keep], s["pmax"][keep]
+    keep = ~out_broken[idx]
+    if ctx.randomized:  # the last iterate, not the point one lucky draw scored highest; the base re-scores it
+        out_loss[idx] = f
+        out_x[idx[keep]], out_pred[idx[keep]] = s["xk"][keep], pred[keep]
+    else:  # still unbroken: return the highest-objective point
+        out_loss[idx] = s["fmax"]
+        out_x[idx[keep]], out_pred[idx[keep]] = s["xmax"][keep], s["pmax"][keep]
     return _Run(x=out_x, pred=out_pred, broken=out_broken, loss=out_loss, halvings=int(halvings))
 
 
@@ -193,7 +197,10 @@ class APGD(EvasionAttack):
 
     The first iterate that reaches the goal is returned; an example never broken returns its highest-loss point
     over all restarts. Each example's run is independent of the others, so ``early_stop`` (broken examples leave
-    the batch) changes the cost, not the outcome. ``result.extras["step_size_halvings"]`` counts the halvings.
+    the batch) changes the cost, not the outcome. On a randomized model (see :meth:`EvasionAttack.__call__`) no
+    iterate counts as broken on one draw: every example runs all steps and returns its last iterate (over restarts,
+    the one with the highest final objective), which the base judges by the majority over fresh draws.
+    ``result.extras["step_size_halvings"]`` counts the halvings.
 
     Building block: :meth:`attack_tensors` runs on tensors already validated and on the model's device (e.g. the
     still-robust subset in an AutoAttack cascade).
@@ -282,6 +289,7 @@ class APGD(EvasionAttack):
             with torch.no_grad():
                 clean_pred = target.differentiable(type(self).__name__)(x).argmax(dim=1)
             done = clean_pred == target_labels if target_labels is not None else clean_pred != y
+            done &= not ctx.randomized  # one clean draw decides nothing either
             x_adv, adv_pred = x.clone(), clean_pred.clone()
             best = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
             for _ in range(self.restarts):
@@ -393,7 +401,7 @@ class APGDT(EvasionAttack):
             clean_pred = logits.argmax(dim=1)
             n_t = min(self.n_target_classes, logits.shape[1] - 1)
             ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)[:, :n_t]
-            done, objective = clean_pred != y, _objective("dlr", True)
+            done, objective = (clean_pred != y) & (not ctx.randomized), _objective("dlr", True)
             x_adv, adv_pred = x.clone(), clean_pred.clone()
             best = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
             for j in range(n_t):

@@ -12,6 +12,7 @@ from sparring.attacks.evasion.apgd import APGD, APGDT
 from sparring.attacks.evasion.fab import FAB
 from sparring.attacks.evasion.square import Square
 from sparring.attacks.norms import Norm
+from sparring.attacks.rescore import DEFAULT_DRAWS, judge_target, majority_votes, vote
 from sparring.errors import ParameterError
 from sparring.targets.base import Target
 from sparring.targets.spec import Access
@@ -41,9 +42,11 @@ class AutoAttack(EvasionAttack):
 
     ``version="rand"`` (for randomized defences) runs APGD-CE and APGD-DLR with Expectation over Transformation:
     gradients and predictions are averaged over ``eot_draws=20`` forward passes
-    (:func:`sparring.attacks.adaptive.with_eot`). Note that torchattacks' "standard" uses fewer steps and ART's
-    default set differs; this class follows the reference (checked against torchattacks' AutoAttack in
-    benchmarks/bench_autoattack.py).
+    (:func:`sparring.attacks.adaptive.with_eot`), and the model counts as randomized (``draws`` defaults to 100):
+    no component stops or keeps an iterate on one draw, the cascade passes on the points that the majority over
+    fresh draws leaves robust, and the final verdict is that majority (see :meth:`EvasionAttack.__call__`). Note
+    that torchattacks' "standard" uses fewer steps and ART's default set differs; this class follows the reference
+    (checked against torchattacks' AutoAttack in benchmarks/bench_autoattack.py).
 
     ``result.extras["robust_after"]`` gives the robust accuracy after each component, so the report can show
     which attack did the work.
@@ -123,6 +126,8 @@ class AutoAttack(EvasionAttack):
         return Square(n_queries=self.square_queries, **kw)
 
     def __call__(self, target: Target, x: Any, y: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.version == "rand" and kwargs.get("draws") is None:  # the rand version is for randomized models
+            kwargs["draws"] = DEFAULT_DRAWS
         result = super().__call__(target, x, y, **kwargs)
         n = result.extras.pop("_n", 0)
         counts = result.extras.pop("robust_after", {})
@@ -139,7 +144,7 @@ class AutoAttack(EvasionAttack):
             from sparring.attacks.adaptive import with_eot
 
             sub = BatchContext(target=with_eot(target, draws=self.eot_draws), lower=ctx.lower, upper=ctx.upper,
-                               generator=ctx.generator)
+                               generator=ctx.generator, draws=ctx.draws, randomized=ctx.randomized)
         with torch.no_grad():
             clean_pred = sub.target.query(x).argmax(dim=1)
         x_adv, adv_pred = x.clone(), clean_pred.clone()
@@ -150,6 +155,8 @@ class AutoAttack(EvasionAttack):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() > 0:
                 xa, _, ap = self._component(name)._run_batch(sub, x[idx], y[idx], None)
+                if ctx.randomized:  # the cascade passes on what the majority over fresh draws leaves robust
+                    ap = vote(majority_votes(judge_target(target), xa, ctx.draws), y[idx], None)
                 broken = ap != y[idx]
                 x_adv[idx[broken]] = xa[broken]
                 adv_pred[idx[broken]] = ap[broken]

@@ -31,7 +31,11 @@ class PGD(EvasionAttack):
 
     The first iterate that reaches the goal is kept (best-iterate, never worse than the last iterate); with
     ``early_stop`` broken examples leave the batch at once, so later steps cost only what is still robust.
-    Where an example stays robust, ``x_adv`` holds the last iterate of the last restart.
+    Where an example stays robust, ``x_adv`` holds the last iterate of the last restart. On a randomized model
+    (detected or declared, see :meth:`EvasionAttack.__call__`) no iterate is kept because one draw misclassified
+    it: every example runs all steps, ``x_adv`` is the last iterate of the restart with the highest final loss,
+    and the base judges it by the majority over fresh draws. ``result.extras["zero_gradient_examples"]`` counts the
+    examples whose first gradient was exactly zero (a sign of gradient masking when robust equals clean accuracy).
 
     Args:
         eps: budget (radius of the norm ball), e.g. ``8/255`` for L∞ on 0-1 pixels.
@@ -111,10 +115,12 @@ class PGD(EvasionAttack):
                 clean_pred = fwd(x).argmax(dim=1)
             adv_pred = clean_pred.clone()
             x_adv = x.clone()
-            done = reached(clean_pred, goal)
+            done = reached(clean_pred, goal) & (not ctx.randomized)
             # L∞: the ball and the bounds intersect to one box, so projection is a single clamp.
             box_lo = torch.maximum(x - eps, ctx.lower) if norm is Norm.LINF else ctx.lower
             box_hi = torch.minimum(x + eps, ctx.upper) if norm is Norm.LINF else ctx.upper
+
+            best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
 
             def record(where: torch.Tensor, xs: torch.Tensor, preds: torch.Tensor) -> None:
                 x_adv[where] = xs
@@ -129,7 +135,7 @@ class PGD(EvasionAttack):
                 hi = box_hi[idx] if box_hi.shape[0] > 1 else box_hi
                 xa = x0 + ball_random(x0, norm, eps, ctx.generator) if self.random_start else x0.clone()
                 xa = torch.clamp(xa, lo, hi)
-                for _step in range(self.steps):
+                for step in range(self.steps):
                     xa.requires_grad_(True)
                     logits = fwd(xa)
                     loss = loss_fn(logits, g, targeted).sum()
@@ -137,8 +143,12 @@ class PGD(EvasionAttack):
                     ctx.gradients += xa.shape[0]
                     xa = xa.detach()
                     with torch.no_grad():
+                        if step == 0:  # a gradient that is exactly zero everywhere: masking, not robustness
+                            flat = int((grad.flatten(1).abs().amax(dim=1) == 0).sum())
+                            ctx.notes["zero_gradient_examples"] = ctx.notes.get("zero_gradient_examples", 0) + flat
                         pred = logits.argmax(dim=1)
-                        hit = reached(pred, g)
+                        # randomized model: one draw's misclassification decides nothing; run to the last iterate
+                        hit = torch.zeros_like(g, dtype=torch.bool) if ctx.randomized else reached(pred, g)
                         if bool(hit.any()):
                             record(idx[hit], xa[hit], pred[hit])
                             done[idx[hit]] = True
@@ -156,8 +166,15 @@ class PGD(EvasionAttack):
                 if idx.numel() == 0:
                     continue
                 with torch.no_grad():
-                    pred = fwd(xa).argmax(dim=1)
+                    logits = fwd(xa)
+                    pred = logits.argmax(dim=1)
                 hit = reached(pred, g)
+                if ctx.randomized:  # keep the restart whose last iterate has the highest loss; judged by the base
+                    final = loss_fn(logits, g, targeted)
+                    better = final > best_loss[idx]
+                    best_loss[idx[better]] = final[better]
+                    record(idx[better], xa[better], pred[better])
+                    continue
                 done[idx[hit]] = True
                 # The last iterate is kept for every example still in play: broken ones just succeeded, and
                 # robust ones return their final attempt (useful for adversarial training).
