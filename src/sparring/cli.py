@@ -137,7 +137,10 @@ def build_cli() -> Any:
                   "are left out).")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-    @click.option("--query-budget", type=click.IntRange(min=0), help="Stop with exit code 5 past this many queries.")
+    @click.option("--query-budget", type=click.IntRange(min=0), help="Stop past this many queries: the summary counts "
+                  "the points left unfinished as unknown (never robust) and the exit code is 5.")
+    @click.option("--draws", type=click.IntRange(min=1), help="Randomized model: judge every prediction by the "
+                  "majority over this many fresh draws (1: treat as deterministic). Default: detected, then 100.")
     @click.option("--device", default="cpu", show_default=True, help="Torch device for zoo/torch models.")
     @click.option("--save-adv", type=click.Path(dir_okay=False), help="Write x_adv, y, success to this .npz.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (machine output) instead of a table.")
@@ -148,7 +151,8 @@ def build_cli() -> Any:
                aa_version: str | None, square_queries: int | None, confidence: float | None,
                binary_steps: int | None, overshoot: float | None, n_queries: int | None, max_queries: int | None,
                max_iter: int | None, target_class: int | None, seed: int, batch_size: int,
-               query_budget: int | None, device: str, save_adv: str | None, as_json: bool, no_progress: bool) -> None:
+               query_budget: int | None, draws: int | None, device: str, save_adv: str | None, as_json: bool,
+               no_progress: bool) -> None:
         """Run an evasion ATTACK on a model and report clean vs robust accuracy.
 
         \b
@@ -186,7 +190,7 @@ def build_cli() -> Any:
                 x, y = x[keep], y[keep]
                 kwargs["target_labels"] = torch.full((len(y),), target_class, dtype=torch.long)
             result = cls(**params)(target, x, y, progress=not (no_progress or as_json) and sys.stderr.isatty(),
-                                   **kwargs)
+                                   draws=draws, **kwargs)
         except errors.SparringError as exc:
             _fail(exc)
         summary = result.summary()
@@ -194,10 +198,20 @@ def build_cli() -> Any:
         if save_adv:
             _save_adv(Path(save_adv), result)
             summary["saved"] = save_adv
+        masking = _masking_warning(cls, result)
+        if masking:
+            summary["warnings"] = [masking]
         if as_json:
             click.echo(json.dumps(summary, default=str))
         else:
             _print_summary(summary)
+        if masking:
+            click.echo(f"warning: {masking}", err=True)
+        if summary["budget_exhausted"]:
+            click.echo(f"error (QueryBudgetExceeded): the query budget ({query_budget}) ran out before the attack "
+                       f"finished: {summary['n_unknown']} of {summary['n']} points are unknown (neither robust nor "
+                       "broken; not counted as robust). Raise --query-budget or lower --n.", err=True)
+            sys.exit(EXIT_BUDGET)
 
     @cli.command(epilog=_EXIT_HELP)
     @click.argument("method", type=click.Choice(["smoothing", "bounds"]))
@@ -324,6 +338,21 @@ def _save_adv(path: Path, result: Any) -> None:
                         adv_pred=arr(result.adv_pred))
 
 
+def _masking_warning(cls: type, result: Any) -> str | None:
+    """A warning when a gradient attack broke nothing: robust = clean is what masked gradients look like."""
+    from sparring.targets.spec import Access
+
+    if getattr(cls, "needs", None) != Access.GRADIENTS or result.n_unknown or result.clean_accuracy == 0:
+        return None
+    if result.robust_accuracy < result.clean_accuracy:
+        return None
+    zero = int(result.extras.get("zero_gradient_examples", 0))
+    why = f"the loss gradient was exactly zero for {zero} of {result.n} inputs; " if zero else ""
+    return (f"robust accuracy equals clean accuracy ({result.clean_accuracy:.3f}): {why}this may be gradient "
+            "masking (zero, shattered or obfuscated gradients), not robustness. Check with a gradient-free attack "
+            "(sparring attack square / hopskipjump) or run sparring audit, whose checks retry with BPDA/EOT.")
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -334,11 +363,15 @@ def _print_summary(s: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     rows: list[tuple[str, Callable[[], str]]] = [
         ("clean accuracy", lambda: f"{s['clean_accuracy']:.3f}"),
-        ("robust accuracy", lambda: f"{s['robust_accuracy']:.3f}"),
+        ("robust accuracy", lambda: f"{s['robust_accuracy']:.3f}  (95% CI {s['robust_interval'][0]:.3f}–"
+                                    f"{s['robust_interval'][1]:.3f})"),
+        ("unknown (budget ran out)", lambda: f"{s['n_unknown']} of {s['n']}"),
         ("attack success rate (on correct)", lambda: f"{s['attack_success_rate']:.3f}"),
         ("median perturbation of successes",
          lambda: "-" if s["median_norm_of_successes"] is None else f"{s['median_norm_of_successes']:.4f}"),
         ("queries / gradients", lambda: f"{s['cost']['queries']} / {s['cost']['gradients']}"),
+        *([("randomized model: majority over draws", lambda: f"{s['draws']}"),
+           ("single-query fooling rate", lambda: f"{s['single_query_fooling_rate']:.3f}")] if s["draws"] > 1 else []),
         ("seconds", lambda: f"{s['cost']['seconds']:.2f}"),
     ]
     for name, fmt in rows:

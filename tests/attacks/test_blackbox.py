@@ -247,6 +247,11 @@ def test_exhausted_budget_gives_a_partial_result_not_an_exception(
     assert 0 < r.success_rate < 1  # some progress, and success only where it is real:
     lo, hi = local.spec.bounds_tensors()
     check_result(r, x, attack.eps, attack.norm, local, lo, hi)
+    # what the budget cut short is unknown, never robust
+    unknown = torch.as_tensor(r.unknown)
+    assert bool(unknown.any()) and not bool((unknown & torch.as_tensor(r.success)).any())
+    assert r.robust_accuracy == pytest.approx(1 - r.success_rate - r.unknown_rate)
+    assert r.summary()["n_unknown"] == int(unknown.sum()) and r.summary()["budget_exhausted"] is True
 
 
 @pytest.mark.parametrize("attack", [Square(eps=0.2), HopSkipJump()], ids=["square", "hopskipjump"])
@@ -259,6 +264,15 @@ def test_budget_below_one_batch_leaves_examples_unattacked(
     assert r.extras["budget_exhausted"] is True and r.extras["unattacked"] == 16
     assert target.counter.used == 0 and not bool(r.success.any())
     assert torch.equal(r.x_adv, x)
+    assert bool(torch.as_tensor(r.unknown).all()) and r.robust_accuracy == 0.0 and r.unknown_rate == 1.0
+
+
+def test_a_finished_run_within_budget_has_no_unknown_points(
+    prob_model: nn.Module, local: TorchTarget, digits_batch: tuple
+) -> None:
+    x, y = digits_batch[0][:8], digits_batch[1][:8]
+    r = HopSkipJump(eps=2.0, max_iter=2, max_queries=400)(scores_only(prob_model, local, query_budget=10**6), x, y)
+    assert "budget_exhausted" not in r.extras and r.n_unknown == 0  # its own per-example cap is a finished run
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -125,3 +125,53 @@ def test_certify_bounds_table_and_errors() -> None:
     assert code == EXIT_INPUT and "MaxPool2d" in err
     code, _, err = _run("certify", "smoothing", "--radii", "x")
     assert code == EXIT_INPUT and "--radii" in err
+
+
+@pytest.mark.parametrize("attack,extra", [("square", ["--eps", "0.05", "--n-queries", "1000"]),
+                                          ("hopskipjump", ["--norm", "l2", "--eps", "2"])])
+def test_black_box_attack_out_of_budget_exits_5_and_counts_unknown_points(attack: str, extra: list[str]) -> None:
+    code, out, err = _run("attack", attack, "--n", "16", "--query-budget", "300", *extra, "--json")
+    assert code == EXIT_BUDGET, err
+    d = json.loads(out)
+    assert d["budget_exhausted"] and d["n_unknown"] > 0 and d["robust_accuracy"] < 1.0
+    assert d["robust_accuracy"] + d["unknown_rate"] + d["success_rate"] == pytest.approx(1.0)
+    assert f"{d['n_unknown']} of 16 points are unknown" in err
+    code, out, err = _run("attack", attack, "--n", "16", "--query-budget", "300", *extra)
+    assert code == EXIT_BUDGET and "unknown" in out
+
+
+def test_pgd_on_a_zero_gradient_model_warns_of_gradient_masking(tmp_path: Path) -> None:
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class Rounded(nn.Module):  # a deterministic model whose input gradient is zero everywhere
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(torch.round(x))
+
+    ds = zoo.data("digits-mlp")
+    model = Rounded()
+    with torch.no_grad():  # a nearest-class-mean classifier on the rounded pixels: accurate without training
+        x, y = torch.round(torch.as_tensor(ds.x_train).flatten(1)), torch.as_tensor(ds.y_train)
+        means = torch.stack([x[y == k].mean(0) for k in range(10)])
+        model.net[1].weight.copy_(means)
+        model.net[1].bias.copy_(-0.5 * means.pow(2).sum(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(model).save(str(tmp_path / "m.pt"))
+    (tmp_path / "spec.json").write_text(json.dumps({"shape": [1, 28, 28], "n_classes": 10, "bounds": [0, 1]}))
+    np.savez(tmp_path / "d.npz", x=ds.x_test[:32].numpy(), y=ds.y_test[:32].numpy())
+    args = ["attack", "pgd", "--model", str(tmp_path / "m.pt"), "--spec", str(tmp_path / "spec.json"),
+            "--data", str(tmp_path / "d.npz"), "--eps", "0.1"]
+    code, out, err = _run(*args, "--json")
+    d = json.loads(out)
+    assert code == 0 and d["clean_accuracy"] > 0.5 and d["robust_accuracy"] == d["clean_accuracy"]
+    attacked = round(d["clean_accuracy"] * 32)  # PGD takes a gradient only at the points correct when clean
+    assert "gradient masking" in err and f"exactly zero for {attacked} of 32" in err and d["warnings"]
+    code, _, err = _run("attack", "pgd", "--n", "16", "--eps", "0.1")  # a real model gives no such warning
+    assert code == 0 and "gradient masking" not in err

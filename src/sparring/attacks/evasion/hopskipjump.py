@@ -58,7 +58,8 @@ class HopSkipJump(EvasionAttack):
     bounds that per example: an example stops before an iteration that could take it past ``max_queries``.
     When the target's query budget would be crossed the attack stops before sending, returns the best points found
     so far, and sets ``result.extras["budget_exhausted"] = True`` (and ``"unattacked"``, examples that never got a
-    clean label; they are reported unbroken with prediction ``y``).
+    clean label). Every example not broken and not yet done with (by ``eps``, ``max_queries`` or ``max_iter``) is
+    then ``result.unknown``: not robust, since the search was cut short.
 
     Args:
         norm: ``"l2"`` or ``"linf"``.
@@ -127,11 +128,15 @@ class HopSkipJump(EvasionAttack):
         search = _Search(self, ctx, x, y, target_labels)
         try:
             search.run()
+            search.finished[:] = True
         except QueryBudgetExceeded:
             notes = getattr(ctx, "notes", None)
             if notes is not None:
                 notes["budget_exhausted"] = True
-        return search.result()
+        out = search.result()
+        if not bool(search.finished.all()):  # the budget stopped the search: unbroken unfinished points are unknown
+            ctx.mark_unknown(~search.finished & ~search.succeeded())
+        return out
 
 
 class _Search:
@@ -158,6 +163,7 @@ class _Search:
         self.dist_post = torch.zeros(n, device=x.device)
         self.alive = torch.zeros(n, dtype=torch.bool, device=x.device)
         self.start_norm = torch.full((n,), math.inf, device=x.device)
+        self.finished = torch.zeros(n, dtype=torch.bool, device=x.device)  # done with: broken, capped, or no start
 
     # ------------------------------------------------------------------ queries
     def labels(self, xs: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
@@ -181,6 +187,7 @@ class _Search:
         all_idx = torch.arange(x.shape[0], device=x.device)
         self.clean = self.labels(x, all_idx)
         done0 = self.is_adv(self.clean, self.goal)
+        self.finished |= done0
         self.best_norm[done0] = 0.0
         self.start_norm[done0] = 0.0
         self.best_lab = self.clean.clone()
@@ -191,6 +198,7 @@ class _Search:
         notes = getattr(self.ctx, "notes", None)
         if notes is not None and not bool(found.all()):
             notes["no_start"] = int(notes.get("no_start", 0)) + int((~found).sum())
+        self.finished[idx[~found]] = True  # no starting point: a failure, but a finished one
         idx, start, lab = idx[found], start[found], lab[found]
         if idx.numel() == 0:
             return
@@ -205,6 +213,7 @@ class _Search:
                 alive &= self.best_norm > float(a.eps)
             if a.max_queries is not None:
                 alive &= self.spent + n_evals + _MAX_HALVINGS + self.bsearch_steps <= a.max_queries
+            self.finished |= self.alive & ~alive  # reached eps or its own per-example cap
             idx = all_idx[alive]
             if idx.numel() == 0:
                 break
@@ -338,6 +347,13 @@ class _Search:
             size[pend[~hit]] /= 2
         return ok, pert, lab
 
+    def succeeded(self) -> torch.Tensor:
+        """Per example: an adversarial point was found (within ``eps`` if one is set)."""
+        ok = torch.isfinite(self.best_norm)
+        if self.a.eps is not None:
+            ok &= self.best_norm <= float(self.a.eps)
+        return ok
+
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         notes = getattr(self.ctx, "notes", None)
         clean = self.clean
@@ -345,9 +361,7 @@ class _Search:
             clean = self.y.clone()
             if notes is not None:
                 notes["unattacked"] = int(notes.get("unattacked", 0)) + self.x.shape[0]
-        ok = torch.isfinite(self.best_norm)
-        if self.a.eps is not None:
-            ok &= self.best_norm <= float(self.a.eps)
+        ok = self.succeeded()
         if notes is not None:
             notes.setdefault("best_norms", []).extend(self.best_norm.tolist())
             notes.setdefault("start_norms", []).extend(self.start_norm.tolist())

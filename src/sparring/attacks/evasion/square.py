@@ -68,7 +68,9 @@ class Square(EvasionAttack):
     ``n_queries − 1`` iterations of one query per example still unbroken (so at most ``n_queries + 1`` per example).
     When the target's query budget would be crossed, the attack stops before sending (nothing is overspent),
     returns what it found so far, and sets ``result.extras["budget_exhausted"] = True`` (and ``"unattacked"``:
-    examples that never got a clean prediction; they are reported unbroken with prediction ``y``).
+    examples that never got a clean prediction). Every example not broken by then is ``result.unknown``: not
+    robust, since the search did not finish with it. On a randomized model (``ctx.randomized``) no example stops
+    at a positive margin on one draw; all search for ``n_queries`` and the base re-scores the best points.
 
     Args:
         eps: budget (radius of the norm ball), e.g. ``0.2`` for L∞ on 0-1 digits.
@@ -140,9 +142,13 @@ class Square(EvasionAttack):
             z = _log_scores(ctx, x)
         except QueryBudgetExceeded:
             _note_exhausted(ctx, unattacked=x.shape[0])
+            ctx.mark_unknown(torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
             return x.clone(), clean_pred, adv_pred
         clean_pred = z.argmax(dim=1)
         done = margin(z, goal, targeted) > 0
+        # a randomized model: one draw's positive margin proves nothing, so every example searches to the end
+        # (the base re-scores the best point over fresh draws)
+        stop = done.clone() if not ctx.randomized else torch.zeros_like(done)
         adv_pred = _pred(z, goal, targeted, done)
         best_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
 
@@ -154,14 +160,16 @@ class Square(EvasionAttack):
             x_best[idx[better]] = cand[better]
             best_loss[idx[better]] = loss[better]
             done[idx[hit]] = True
+            if not ctx.randomized:
+                stop[idx[hit]] = True
             adv_pred[idx] = torch.where(better, _pred(zs, g, targeted, hit), adv_pred[idx])
 
         try:
-            idx = (~done).nonzero().squeeze(1)
+            idx = (~stop).nonzero().squeeze(1)
             if idx.numel():
                 evaluate(idx, self._init(view, xc[idx], _rows(lo, idx), _rows(hi, idx), norm, eps, ctx), True)
             for it in range(self.n_queries - 1):
-                idx = (~done).nonzero().squeeze(1)
+                idx = (~stop).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
                 p = p_schedule(float(self.p_init), it, self.n_queries)
@@ -170,6 +178,7 @@ class Square(EvasionAttack):
                 evaluate(idx, cand, False)
         except QueryBudgetExceeded:
             _note_exhausted(ctx, unattacked=0)
+            ctx.mark_unknown(~done)  # the search stopped before these were done with: not robust, unknown
         return view.back(x_best), clean_pred, adv_pred
 
     def _init(
