@@ -125,7 +125,8 @@ def _print(summary: dict[str, Any], as_json: bool, kind: str) -> None:
     else:
         click.echo(f"Neural Cleanse: flagged labels {summary['flagged'] or 'none'}")
         for i, (n1, a) in enumerate(zip(summary["mask_l1"], summary["anomaly_index"], strict=True)):
-            click.echo(f"  label {i}: trigger L1 {n1:.1f}, anomaly index {a:.2f}" + ("  <- backdoor" if a > 2 else ""))
+            index = "not converged" if a is None else f"{a:.2f}" + ("  <- backdoor" if a > 2 else "")
+            click.echo(f"  label {i}: trigger L1 {n1:.1f}, anomaly index {index}")
     if "saved" in summary:
         click.echo(f"wrote {summary['saved']}")
 

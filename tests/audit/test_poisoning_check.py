@@ -52,6 +52,14 @@ def test_poisoning_findings_and_section_come_from_the_results_alone() -> None:
     assert check.section([]) is None  # type: ignore[attr-defined]
 
 
+def test_poisoning_section_shows_labels_that_never_converged() -> None:
+    scan, nc = _results()
+    nc.examples["anomaly_index"] = [3.2, None] + [0.0] * 8  # label 1: no trigger reached the success target
+    sec = CHECKS["poisoning-scan"].section([scan, nc])  # type: ignore[attr-defined]
+    assert sec.tables[1].rows[1] == [1, 60.0, "not converged"] and sec.tables[1].rows[0][2] == 3.2
+    assert sec.figures[0].png.startswith("data:image/png;base64,")  # label 1's figure title reads "n/c"
+
+
 @pytest.mark.slow  # trains the zoo digits-cnn and runs Neural Cleanse on it (≈ 1-3 min on a busy 2-core box)
 def test_audit_with_a_poisoning_share_reports_the_scans(tmp_path: Path) -> None:
     tm = parse_threat_model({**SMALL, "attacker": {"knowledge": "white-box", "poisoning_share": 0.05},

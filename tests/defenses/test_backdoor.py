@@ -143,6 +143,22 @@ def test_neural_cleanse_flags_the_target_label_and_nothing_on_a_clean_model() ->
     assert clean.flagged == [] and not clean.backdoored
 
 
+def test_neural_cleanse_leaves_labels_that_never_converged_out_of_the_anomaly_index() -> None:
+    ds = H.digits()
+    # 10 steps: no label's trigger has reached 99% success yet; their masks are still the tiny starting ones, and
+    # scoring them flagged labels 1 and 8 of a clean model (anomaly 2.9 and 2.1 from noise)
+    early = NeuralCleanse(steps=10, batch_size=16, seed=0)(H.clean_model(), ds.x_test[:200])
+    assert early.flagged == [] and not early.backdoored and early.not_converged == list(range(10))
+    assert bool(early.anomaly.isnan().all()) and early.summary()["anomaly_index"] == [None] * 10
+    # 20 steps on the BadNets model: every label but 8 converged; the index is the MAD index of those nine
+    part = NeuralCleanse(steps=20, batch_size=16, seed=0)(H.badnets_model(), ds.x_test[:200])
+    assert part.not_converged == [8] and part.flagged == [H.TARGET_CLASS]
+    conv = part.converged
+    assert torch.allclose(part.anomaly[conv], anomaly_index(part.norms[conv])) and bool(part.anomaly[8].isnan())
+    assert float(part.success[8]) < 0.99 <= float(part.success[conv].min())
+    assert part.summary()["not_converged"] == [8]
+
+
 def test_anomaly_index_is_median_absolute_deviation() -> None:
     a = anomaly_index([10.0, 10.0, 11.0, 9.0, 2.0])
     assert float(a[4]) == pytest.approx(8 / 1.4826) and float(a[0]) == 0.0

@@ -114,7 +114,7 @@ class PoisoningCheck:
         if nc is not None:
             ex = nc.examples
             tables.append(ReportTable("Neural Cleanse per label", ["label", "trigger mask L1", "anomaly index"],
-                                      [[i, n1, a] for i, (n1, a) in enumerate(
+                                      [[i, n1, "not converged" if a is None else a] for i, (n1, a) in enumerate(
                                           zip(ex["mask_l1"], ex["anomaly_index"], strict=True))]))
             figures.append(ReportFigure("reverse-engineered triggers", _trigger_figure(ex)))
         return ReportSection(
@@ -155,15 +155,18 @@ def _model_scan(ctx: RunContext, steps: int) -> tuple[list[Measurement], dict[st
     assert isinstance(ctx.target, TorchTarget)
     gen = torch.Generator().manual_seed(ctx.generator_seed)
     res = NeuralCleanse(steps=steps, seed=ctx.generator_seed)(ctx.target, ctx.x[:200], generator=gen)
-    order = res.norms.argsort().tolist()
+    summary = res.summary()  # labels that never converged: anomaly index None, left out of the median/MAD
+    order = [i for i in res.norms.argsort().tolist() if bool(res.converged[i])]
     show = sorted(set(res.flagged) | set(order[:3]))
     images = {str(i): np.round((res.masks[i] * res.patterns[i]).numpy(), 3).tolist() for i in show}
-    examples = {"flagged": res.flagged, "mask_l1": [round(float(v), 3) for v in res.norms],
-                "anomaly_index": [round(float(v), 3) for v in res.anomaly], "triggers": images,
-                "layout": ctx.target.spec.layout}
-    meas = [Measurement("backdoor_max_anomaly_index", float(res.anomaly.max())),
-            Measurement("backdoor_labels_flagged", float(len(res.flagged)))]
-    return meas, examples, []
+    examples = {"flagged": res.flagged, "mask_l1": summary["mask_l1"], "anomaly_index": summary["anomaly_index"],
+                "not_converged": res.not_converged, "triggers": images, "layout": ctx.target.spec.layout}
+    scored = [a for a in summary["anomaly_index"] if a is not None]
+    meas = [Measurement("backdoor_max_anomaly_index", max(scored))] if scored else []  # none converged: unmeasured
+    meas.append(Measurement("backdoor_labels_flagged", float(len(res.flagged))))
+    notes = [f"label(s) {res.not_converged}: no trigger reached the success target in {steps} steps; left out of "
+             "the anomaly index"] if res.not_converged else []
+    return meas, examples, notes
 
 
 def _trigger_figure(ex: dict[str, Any]) -> str:
@@ -180,7 +183,8 @@ def _trigger_figure(ex: dict[str, Any]) -> str:
         ax = fig.add_subplot(1, len(items), k + 1)
         ax.imshow(a, cmap="gray", vmin=0, vmax=max(float(a.max()), 1e-6))
         idx = ex["anomaly_index"][int(label)]
-        ax.set_title(f"label {label}\nindex {idx:.1f}" + (" *" if int(label) in ex["flagged"] else ""), fontsize=8)
+        shown = "n/c" if idx is None else f"{idx:.1f}"
+        ax.set_title(f"label {label}\nindex {shown}" + (" *" if int(label) in ex["flagged"] else ""), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     return str(plots.png(fig))

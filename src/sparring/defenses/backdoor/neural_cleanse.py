@@ -31,12 +31,21 @@ def anomaly_index(norms: Any) -> torch.Tensor:
 @dataclass
 class NeuralCleanseResult:
     """Per label: the reverse-engineered trigger (mask and pattern), its mask L1 norm, attack success rate on the
-    clean data, and the anomaly index. ``flagged`` lists labels with an index above the threshold."""
+    clean data, whether it converged, and the anomaly index. ``flagged`` lists labels with an index above the
+    threshold.
+
+    A label *converged* when some trigger reached the scan's ``success_target``; its mask, pattern, norm and success
+    are then those of the smallest such trigger. A label that never did has no trigger in the paper's sense (the
+    smallest mask that sends inputs there): its mask, pattern, norm and success are the last iterate's, it is left
+    out of the median/MAD of the anomaly index (``anomaly`` is NaN there) and it is never flagged; see
+    :attr:`not_converged`.
+    """
 
     masks: torch.Tensor
     patterns: torch.Tensor
     norms: torch.Tensor
     success: torch.Tensor
+    converged: torch.Tensor
     anomaly: torch.Tensor
     threshold: float
     params: dict[str, Any] = field(default_factory=dict)
@@ -45,6 +54,11 @@ class NeuralCleanseResult:
     @property
     def flagged(self) -> list[int]:
         return [i for i, a in enumerate(self.anomaly.tolist()) if a > self.threshold]
+
+    @property
+    def not_converged(self) -> list[int]:
+        """Labels whose trigger never reached the success target (run more ``steps`` to scan them)."""
+        return [i for i, c in enumerate(self.converged.tolist()) if not c]
 
     @property
     def backdoored(self) -> bool:
@@ -60,7 +74,8 @@ class NeuralCleanseResult:
     def summary(self) -> dict[str, Any]:
         return {"defense": "neural-cleanse", "params": self.params, "flagged": self.flagged,
                 "mask_l1": [round(float(v), 3) for v in self.norms],
-                "anomaly_index": [round(float(v), 3) for v in self.anomaly],
+                "anomaly_index": [None if math.isnan(v) else round(v, 3) for v in self.anomaly.tolist()],
+                "not_converged": self.not_converged,
                 "trigger_success": [round(float(v), 3) for v in self.success], "seconds": round(self.seconds, 3)}
 
 
@@ -77,6 +92,11 @@ class NeuralCleanse:
     ``patience`` steps below it; the smallest successful mask is kept. All labels are optimised at once, in one
     batch. A backdoored label needs a much smaller trigger: its anomaly index (:func:`anomaly_index` of the mask
     norms) exceeds ``threshold`` (2 in the paper).
+
+    The outlier test compares the sizes of *minimal triggers*, so only labels whose trigger reached
+    ``success_target`` enter the median and MAD; a label that never did is reported in ``not_converged`` with a NaN
+    index (its last mask is not a trigger: early in the schedule every mask is still tiny, and such labels used to
+    be flagged as outliers of noise on a clean model).
 
     Blended (image-wide) triggers are not small masks; Neural Cleanse often misses them (BackdoorBench).
 
@@ -174,11 +194,18 @@ class NeuralCleanse:
                     cost = torch.where(down >= self.patience, cost / self.cost_step**1.5, cost)
                     up = torch.where(up >= self.patience, torch.zeros_like(up), up)
                     down = torch.where(down >= self.patience, torch.zeros_like(down), down)
-        never = torch.isinf(best_norm)  # never reached the target success: use the last mask, flag nothing there
+        never = torch.isinf(best_norm)  # never reached the target success: report the last iterate, score nothing
+        with torch.no_grad():
+            best_m[never] = mask[never].detach()
+            best_p[never] = pattern[never].detach()
         norms = torch.where(never, l1.detach(), best_norm).cpu()
+        converged = ~never.cpu()
+        anomaly = torch.full((n_lab,), float("nan"), dtype=torch.float64)
+        if bool(converged.any()):
+            anomaly[converged] = anomaly_index(norms[converged])
         return NeuralCleanseResult(
-            masks=best_m.cpu(), patterns=best_p.cpu(), norms=norms, success=best_s.cpu(),
-            anomaly=anomaly_index(norms), threshold=float(self.threshold), params=self.get_params(),
+            masks=best_m.cpu(), patterns=best_p.cpu(), norms=norms, success=torch.where(never, succ, best_s).cpu(),
+            converged=converged, anomaly=anomaly, threshold=float(self.threshold), params=self.get_params(),
             seconds=time.perf_counter() - t0,
         )
 
