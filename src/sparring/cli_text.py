@@ -4,6 +4,7 @@ optionally behind a normalising defence. Thin: the body is :func:`run_attack_tex
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def add_commands(cli: Any) -> None:
     import click
 
     from sparring import errors
-    from sparring.cli import _EXIT_HELP, _fail
+    from sparring.cli import _EXIT_HELP, EXIT_BUDGET, _fail
 
     group: click.Group = cli
 
@@ -125,7 +126,8 @@ def add_commands(cli: Any) -> None:
                   show_default=True, help="Put the model behind a normalising defence.")
     @click.option("--adaptive", is_flag=True, help="Only try edits that survive the defence.")
     @click.option("--beam-width", type=click.IntRange(min=1), default=1, show_default=True)
-    @click.option("--query-budget", type=click.IntRange(min=0), help="Total queries; a partial result at the end.")
+    @click.option("--query-budget", type=click.IntRange(min=0), help="Total queries; past it a partial result whose "
+                  "unfinished messages are unknown (never robust), and exit code 5.")
     @click.option("--max-queries", type=click.IntRange(min=1), help="Queries per message.")
     @click.option("--threshold", type=float, help="Success when the true class's probability falls below this.")
     @click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True)
@@ -154,11 +156,16 @@ def add_commands(cli: Any) -> None:
             _fail(exc)
         if as_json:
             click.echo(json.dumps(s, default=str, ensure_ascii=False))
-            return
-        for key in ("attack", "model", "defence", "adaptive", "n", "clean_accuracy", "attack_success_rate",
-                    "mean_edited_chars", "mean_edited_words", "mean_similarity", "mean_queries",
-                    "budget_exhausted"):
-            v = s.get(key)
-            click.echo(f"{key:22s} {round(v, 4) if isinstance(v, float) else v}")
-        for ex in s["examples"]:
-            click.echo(f"\n  original:    {ex['original']}\n  adversarial: {ex['adversarial']}")
+        else:
+            for key in ("attack", "model", "defence", "adaptive", "n", "clean_accuracy", "attack_success_rate",
+                        "robust_accuracy", "n_unknown", "mean_edited_chars", "mean_edited_words", "mean_similarity",
+                        "mean_queries", "budget_exhausted"):
+                v = s.get(key)
+                click.echo(f"{key:22s} {round(v, 4) if isinstance(v, float) else v}")
+            for ex in s["examples"]:
+                click.echo(f"\n  original:    {ex['original']}\n  adversarial: {ex['adversarial']}")
+        if s["budget_exhausted"]:
+            click.echo(f"error (QueryBudgetExceeded): the query budget ({query_budget}) ran out: {s['n_unknown']} "
+                       f"of {s['n']} messages are unknown (neither robust nor broken; not counted as robust). "
+                       "Raise --query-budget or lower --n.", err=True)
+            sys.exit(EXIT_BUDGET)

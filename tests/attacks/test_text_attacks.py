@@ -95,6 +95,21 @@ def test_the_attack_stops_at_the_query_budget_with_a_partial_result() -> None:
     assert target.counter.used <= 40 and res.cost.queries == target.counter.used
     assert not res.attacked.all()  # some messages were never reached
     assert len(res.adv_texts) == 4 and res.summary()["budget_exhausted"] is True
+    # those are unknown, never robust: robust + broken + unknown covers the clean-correct messages
+    never = ~res.attacked & ~res.success
+    assert bool(never.any()) and bool(res.unknown[never].all()) and not bool((res.unknown & res.success).any())
+    s = res.summary()
+    assert s["n_unknown"] == int(res.unknown.sum()) > 0 and s["unknown_rate"] == s["n_unknown"] / 4
+    assert s["robust_accuracy"] + float(res.broken.float().mean()) + s["unknown_rate"] == pytest.approx(1.0)
+
+
+def test_a_message_cut_short_by_max_queries_is_unknown_not_robust() -> None:
+    target = CallableTextTarget(spam_score)
+    texts = ["WIN a FREE prize, call to claim your cash now"]
+    full = bad_characters(max_chars=None)(target, texts, [1])
+    cut = bad_characters(max_chars=None, max_queries=3)(target, texts, [1])
+    assert full.n_unknown == 0
+    assert not bool(cut.success[0]) and bool(cut.capped[0]) and cut.n_unknown == 1 and cut.robust_accuracy == 0.0
 
 
 def test_per_message_query_limit(keyword_filter: CallableTextTarget) -> None:

@@ -175,3 +175,13 @@ def test_pgd_on_a_zero_gradient_model_warns_of_gradient_masking(tmp_path: Path) 
     assert "gradient masking" in err and f"exactly zero for {attacked} of 32" in err and d["warnings"]
     code, _, err = _run("attack", "pgd", "--n", "16", "--eps", "0.1")  # a real model gives no such warning
     assert code == 0 and "gradient masking" not in err
+
+
+def test_attack_text_out_of_budget_exits_5_and_counts_unknown_messages() -> None:
+    code, out, err = _run("attack-text", "bad-characters", "--n", "10", "--max-chars", "3", "--query-budget", "14",
+                          "--json")
+    assert code == EXIT_BUDGET, err
+    d = json.loads(out)
+    assert d["budget_exhausted"] and d["n_unknown"] > 0 and f"{d['n_unknown']} of 10 messages are unknown" in err
+    code, out, err = _run("attack-text", "bad-characters", "--n", "3", "--max-chars", "3")
+    assert code == 0 and "n_unknown" in out

@@ -102,7 +102,8 @@ class TextAttack(ABC):
             attack=self.name, params={**self.get_params(), "target_class": target_class, "threshold": threshold},
             cost=Cost(), texts=valid, adv_texts=list(valid), y=yt, success=torch.zeros(n, dtype=torch.bool),
             clean_correct=torch.zeros(n, dtype=torch.bool), adv_pred=torch.full((n,), -1, dtype=torch.long),
-            attacked=torch.zeros(n, dtype=torch.bool), edits=[[] for _ in valid],
+            attacked=torch.zeros(n, dtype=torch.bool), capped=torch.zeros(n, dtype=torch.bool),
+            edits=[[] for _ in valid],
             similarity=torch.full((n,), math.nan), queries=[0] * n,
         )
         try:
@@ -114,6 +115,9 @@ class TextAttack(ABC):
                 self._attack_one(target, goal, res, i, probs[i:i + 1])
         except QueryBudgetExceeded:
             res.budget_exhausted = True
+        # a message the search did not finish with (budget, or its max_queries cut candidates) and did not break is
+        # unknown: neither robust nor broken
+        res.unknown = ~res.success & (~res.attacked | res.capped)
         res.cost = Cost(queries=target.counter.used - used0, seconds=time.perf_counter() - t0)
         return res
 
@@ -134,6 +138,7 @@ class TextAttack(ABC):
             res.attacked[i] = True
         finally:  # also on QueryBudgetExceeded: keep the best message found so far
             best = run.best
+            res.capped[i] = run.capped
             res.queries[i] += run.queries
             if best.edits:
                 res.adv_texts[i] = join_words(gaps, best.words)

@@ -47,6 +47,9 @@ class TextAttackResult(AttackResult):
         similarity: per message, the sentence similarity to the original (``nan`` where not measured).
         queries: per message, the queries the search spent.
         budget_exhausted: the target's query budget stopped the attack; the result covers what was done.
+        capped: per message, the attack's own ``max_queries`` cut candidates the search would have tried.
+        unknown: per message, not broken and not finished (never attacked because the budget ran out, or
+            ``capped``): neither robust nor broken; :attr:`robust_accuracy` does not count it.
     """
 
     texts: list[str] = field(default_factory=list)
@@ -60,6 +63,8 @@ class TextAttackResult(AttackResult):
     similarity: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     queries: list[int] = field(default_factory=list)
     budget_exhausted: bool = False
+    capped: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    unknown: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
     @property
     def n(self) -> int:
@@ -88,6 +93,18 @@ class TextAttackResult(AttackResult):
         cc = self.clean_correct
         return float(self.success[cc].float().mean()) if bool(cc.any()) else 0.0
 
+    @property
+    def n_unknown(self) -> int:
+        return int(self.unknown.sum()) if self.unknown.numel() else 0
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Messages classified correctly when clean that the attack finished with and did not break."""
+        if not self.n:
+            return 0.0
+        unknown = self.unknown if self.unknown.numel() else torch.zeros(self.n, dtype=torch.bool)
+        return float((self.clean_correct & ~self.success & ~unknown).float().mean())
+
     def _mean_over_broken(self, v: torch.Tensor) -> float | None:
         b = self.broken
         return float(v[b].float().nanmean()) if bool(b.any()) else None
@@ -112,6 +129,8 @@ class TextAttackResult(AttackResult):
                  if self.n else 0.0, success_rate=self.success_rate, attack_success_rate=self.attack_success_rate,
                  mean_edited_chars=self.mean_edited_chars, mean_edited_words=self.mean_edited_words,
                  mean_similarity=self.mean_similarity, budget_exhausted=self.budget_exhausted,
+                 robust_accuracy=self.robust_accuracy, n_unknown=self.n_unknown,
+                 unknown_rate=self.n_unknown / self.n if self.n else 0.0,
                  mean_queries=sum(self.queries) / max(1, self.n))
         return s
 

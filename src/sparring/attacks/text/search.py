@@ -83,6 +83,7 @@ class _Run:
     max_queries: int | None
     best: SearchState
     queries: int = 0
+    capped: bool = False  # max_queries cut candidates the search would have tried: it did not finish
 
     def room(self, n: int) -> int:
         return n if self.max_queries is None else max(0, min(n, self.max_queries - self.queries))
@@ -117,7 +118,9 @@ def search(run: _Run) -> SearchState:
                 words[i] = new
                 edits = {**st.edits, i: TextEdit(run.pieces[i].start, old, new, kind, cost)}
                 expansions.append(SearchState(words, edits))
-        expansions = expansions[:run.room(len(expansions))]
+        room = run.room(len(expansions))
+        run.capped |= room < len(expansions)
+        expansions = expansions[:room]
         if not expansions:
             if run.max_queries is not None and run.queries >= run.max_queries:
                 break
