@@ -3,8 +3,10 @@ Adam, 12 epochs, normalisation inside), per seed:
 
 * BadNets (3×3 checkerboard, bottom-right) and Blended (random key, alpha 0.15), 5% poison, target class 0:
   clean accuracy, attack success rate (ASR) and robust accuracy against the clean model;
-* spectral signatures (recall when removing 1.5× the poison count; flagged classes) and activation clustering
-  (flagged classes) on the poisoned training sets;
+* spectral signatures on the flattened last convolutional map (recall when removing 1.5× the poison count from the
+  flagged classes, and with Tran et al.'s rule alone: 1.5× the poison count from every class; flagged classes) and
+  activation clustering (flagged classes, precision, recall) on the last hidden layer (Chen et al.'s layer, the
+  default) and on the last convolutional map, on the poisoned training sets;
 * Neural Cleanse anomaly indices on the clean, BadNets and Blended models;
 * STRIP false acceptance at 1% false rejection (overlays: 50 defender digits; threshold fitted on the other 175);
 * fine-pruning: ASR and clean accuracy before/after;
@@ -83,13 +85,19 @@ def run_seed(seed: int, nc_steps: int, fp_ratio: float, parts: tuple[str, ...] =
                                "robust_accuracy": m.robust_accuracy,
                                "clean_model_asr": backdoor_metrics(clean, x_ev, y_ev, res).attack_success_rate}
         if "scans" in parts:
-            feats = representations(model, res.x)
-            ss = SpectralSignatures(n_remove=round(1.5 * res.n_poisoned))(feats, res.y)
+            conv = representations(model, res.x, layer="last-conv")
+            ss = SpectralSignatures(n_remove=round(1.5 * res.n_poisoned))(conv, res.y)
             row["ss_recall"] = detection_metrics(ss.suspicious, res.indices).recall
             row["ss_flagged"] = ss.flagged_classes
-            ac = ActivationClustering(seed=seed)(feats, res.y)
-            row["ac_flagged"] = ac.flagged_classes
-            row["ac_recall"] = detection_metrics(ac.suspicious, res.indices).recall
+            # the paper's rule with no verdict: 1.5 × the poison count from every class (issue 22, item 9)
+            ss_all = SpectralSignatures(expected_share=res.n_poisoned / len(res.y), min_separation=1.0)(conv, res.y)
+            row["ss_paper_rule_recall"] = detection_metrics(ss_all.suspicious, res.indices).recall
+            for key, layer in (("ac", "last-hidden"), ("ac_conv", "last-conv")):  # Chen et al.'s layer, then ours
+                feats = conv if layer == "last-conv" else representations(model, res.x, layer=layer)
+                ac = ActivationClustering(seed=seed)(feats, res.y)
+                row[f"{key}_flagged"] = ac.flagged_classes
+                row[f"{key}_recall"] = detection_metrics(ac.suspicious, res.indices).recall
+                row[f"{key}_precision"] = detection_metrics(ac.suspicious, res.indices).precision
         if "nc" in parts:
             scan = nc(model, x_def[:200])
             row["nc_anomaly_target"] = float(scan.anomaly[TARGET])
@@ -143,7 +151,8 @@ def main() -> None:
     if "nc" in args.parts:
         med["nc_clean_max_anomaly"] = statistics.median(r["nc_clean_max_anomaly"] for r in runs)
     for name in ("badnets", "blended"):
-        for key in ("clean_accuracy", "asr", "robust_accuracy", "ss_recall", "ac_recall", "nc_anomaly_target",
+        for key in ("clean_accuracy", "asr", "robust_accuracy", "ss_recall", "ss_paper_rule_recall", "ac_recall",
+                    "ac_precision", "ac_conv_recall", "ac_conv_precision", "nc_anomaly_target",
                     "strip_far", "strip_frr", "strip_far_at_1pct_frr", "fp_clean_accuracy", "fp_asr"):
             if key in runs[0][name]:
                 med[f"{name}_{key}"] = statistics.median(r[name][key] for r in runs)

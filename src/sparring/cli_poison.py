@@ -78,7 +78,7 @@ def run_scan_data(target: Any, x: Any, y: Any, *, methods: list[str], expected_s
     if not isinstance(target, TorchTarget):
         raise ParameterError(f"scan-data reads the model's internal representations: it needs a torch model; got "
                              f"{type(target).__name__}.")
-    feats = representations(target, x)
+    feats = representations(target, x, layer="last-conv")  # both scans find the poison there (docs/poisoning.md)
     scans: dict[str, Any] = {"spectral": SpectralSignatures(expected_share=expected_share),
              "activation-clustering": ActivationClustering()}
     results = {m: scans[m](feats, y) for m in methods}

@@ -21,7 +21,24 @@ from tests import poison_helpers as H
 
 
 def _poisoned_features() -> torch.Tensor:
-    return representations(H.badnets_model(), H.badnets().x)
+    """The flattened last convolutional map: both scans separate the poison there on these small CNNs (docs)."""
+    return representations(H.badnets_model(), H.badnets().x, layer="last-conv")
+
+
+def test_representations_default_to_the_last_hidden_layer_and_read_the_conv_map_when_asked() -> None:
+    target, x = H.clean_model(), H.digits().x_train[:20]
+    net = target.model
+    with torch.no_grad():
+        hidden = net[:-1](target.spec.validate(x)[0])  # what the final Linear(64, 10) receives
+        conv = net[:7](target.spec.validate(x)[0])  # the flattened 32×4×4 map the first dense layer receives
+    default = representations(target, x)
+    assert default.shape == (20, 64) and torch.allclose(default, hidden)  # Chen et al.'s layer, not the (20, 512) map
+    assert torch.allclose(representations(target, x, layer="last-hidden"), hidden)
+    assert torch.allclose(representations(target, x, layer="last-conv"), conv) and conv.shape == (20, 512)
+    assert torch.allclose(representations(target, x, layer=net[9]), hidden)
+    for bad in ("penultimate", torch.nn.Linear(64, 10)):
+        with pytest.raises(ParameterError, match="layer must be"):
+            representations(target, x, layer=bad)  # type: ignore[arg-type]
 
 
 def test_spectral_signatures_recover_the_poison_and_flag_the_target_class() -> None:
@@ -37,7 +54,8 @@ def test_spectral_signatures_recover_the_poison_and_flag_the_target_class() -> N
 
 def test_spectral_signatures_flag_no_class_of_a_clean_model() -> None:
     ds = H.digits()
-    scan = SpectralSignatures(expected_share=0.05)(representations(H.clean_model(), ds.x_train), ds.y_train)
+    feats = representations(H.clean_model(), ds.x_train, layer="last-conv")
+    scan = SpectralSignatures(expected_share=0.05)(feats, ds.y_train)
     assert scan.flagged_classes == []
     # with no class flagged, the paper's rule: 1.5 ε from every class, ε = 5% of the whole set (67 examples)
     budget = round(1.5 * 0.05 * len(ds.y_train))

@@ -133,7 +133,7 @@ def _data_scan(ctx: RunContext, share: float) -> tuple[list[Measurement], dict[s
 
     assert isinstance(ctx.target, TorchTarget)
     ds = zoo.data(ctx.threat_model.system.model)
-    feats = representations(ctx.target, ds.x_train)
+    feats = representations(ctx.target, ds.x_train, layer="last-conv")  # both scans find the poison there (docs)
     ss = SpectralSignatures(expected_share=share)(feats, ds.y_train)
     ac = ActivationClustering(seed=ctx.generator_seed % (2**31))(feats, ds.y_train)
     rows = []
