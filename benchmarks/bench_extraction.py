@@ -34,6 +34,7 @@ from sparring.attacks.extraction import EquationSolving, KnockoffNets, agreement
 from sparring.data.datasets import load_breast_cancer
 from sparring.defenses.detect.extraction import PradaDetector
 from sparring.defenses.outputs import OutputDefense, ReverseSigmoid
+from sparring.errors import ParameterError
 from sparring.serving import make_server
 from sparring.targets.http import HttpTarget
 from sparring.targets.sklearn import SklearnTarget
@@ -63,11 +64,15 @@ def bench_equation() -> dict[str, Any]:
     for name, served in servers:
         with make_server(served) as srv, HttpTarget(srv.url + "/predict", spec) as api:
             for n, spread, center in ((None, 1.0, None), (None, 0.3, torch.zeros(30)), (310, 0.1, torch.zeros(30))):
-                res = EquationSolving(n_queries=n, spread=spread, center=center)(api)
+                box = "whole range" if center is None else f"{spread:g} of the range around the data mean"
+                try:
+                    res = EquationSolving(n_queries=n, spread=spread, center=center)(api)
+                except ParameterError as e:  # too few unsaturated answers within the 4 * n query budget
+                    rows.append({"output": name, "query_box": box, "refused": str(e)})
+                    continue
                 got = np.r_[res.weights[1].numpy(), res.bias[1].item()]
-                rows.append({"output": name, "queries": res.queries, "query_box": "whole range" if center is None
-                             else f"{spread:g} of the range around the data mean",
-                             "max_abs_error": float(np.abs(got - true).max()), "saturated": res.saturated,
+                rows.append({"output": name, "queries": res.queries, "used": res.used, "saturated": res.saturated,
+                             "query_box": box, "max_abs_error": float(np.abs(got - true).max()),
                              "agreement": agreement(res.as_target(api).predict(x_test), want)})
     pipe = zoo.load("breast-cancer-logreg")
     est = pipe.estimator  # type: ignore[attr-defined]
@@ -76,8 +81,24 @@ def bench_equation() -> dict[str, Any]:
     res = EquationSolving()(pipe)
     err = np.abs(np.r_[res.weights[1].numpy(), res.bias[1].item()] - np.r_[w, b])
     return {"standardised": rows, "zoo_pipeline_raw_features": {
-        "queries": res.queries, "max_abs_error": float(err.max()),
-        "max_relative_error": float(err.max() / np.abs(np.r_[w, b]).max())}}
+        "queries": res.queries, "used": res.used, "saturated": res.saturated, "max_abs_error": float(err.max()),
+        "max_relative_error": float(err.max() / np.abs(np.r_[w, b]).max())}, "steep": bench_steep()}
+
+
+def bench_steep() -> list[dict[str, Any]]:
+    """Issue 22's case: w = 30 on every feature, b = -60, on [0, 1]^5 (sklearn's float64 1 - p, float32 answers)."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(np.r_[np.zeros((1, 5)), np.ones((1, 5))], [0, 1])
+    model.coef_, model.intercept_ = np.full((1, 5), 30.0), np.array([-60.0])
+    spec = InputSpec(shape=(5,), n_classes=2, layout="features", bounds=(0.0, 1.0))
+    rows = []
+    for n, cap in ((6, None), (500, 500), (500, None)):
+        res = EquationSolving(n_queries=n, max_queries=cap)(SklearnTarget(model, spec))
+        rows.append({"n_queries": n, "max_queries": cap or 4 * n, "queries": res.queries, "used": res.used,
+                     "saturated": res.saturated,
+                     "max_abs_error": float(np.abs(np.r_[res.weights[1].numpy() - 30, res.bias[1].item() + 60]).max())})
+    return rows
 
 
 def bench_knockoff(victim: TorchTarget, budget: int, rounds: int, epochs: int, fashion: bool) -> dict[str, Any]:

@@ -62,9 +62,10 @@ def test_equation_solving_recovers_logistic_regression_over_http(
     model, spec, x_test = standardised_bc
     with make_server(SklearnTarget(model, spec)) as srv, HttpTarget(srv.url + "/predict", spec) as api:
         stolen = EquationSolving()(api)
-    assert stolen.queries == 31 == api.counter.used
+    # 31 equations; answers reading within float32 eps of 0 or 1 were replaced by queries nearer the boundary
+    assert stolen.used == 31 and stolen.queries == 31 + stolen.saturated == api.counter.used
     got = np.r_[stolen.weights[1].numpy(), stolen.bias[1].item()]
-    assert np.abs(got - _true_params(model)).max() < 1e-6
+    assert np.abs(got - _true_params(model)).max() < 1e-5
     assert fidelity(stolen.as_target(api), model.predict(x_test.numpy()), x_test) == 1.0
 
 
@@ -74,16 +75,45 @@ def test_rounding_outputs_to_two_decimals_degrades_recovery(
     model, spec, x_test = standardised_bc
     true = _true_params(model)
     with make_server(SklearnTarget(model, spec, decimals=2)) as srv, HttpTarget(srv.url + "/predict", spec) as api:
-        naive = EquationSolving()(api)  # points spread over the whole range: nearly every answer reads 0 or 1
+        # points spread over the whole range: nearly every answer reads 0 or 1 and is refused, not fitted
+        with pytest.raises(ParameterError, match=r"needs d \+ 1 = 31 unsaturated answers.*center="):
+            EquationSolving()(api)
         # a careful attacker queries around a typical input (the data mean, 0 here) where answers are not saturated
         careful = EquationSolving(spread=0.3, center=torch.zeros(30))(api)
-    err_naive = np.abs(np.r_[naive.weights[1].numpy(), naive.bias[1].item()] - true).max()
     err_careful = np.abs(np.r_[careful.weights[1].numpy(), careful.bias[1].item()] - true).max()
-    assert naive.saturated > 0 and err_naive > 1.0
-    assert careful.saturated == 0 and 1e-2 < err_careful < 1.0  # from < 1e-6 without rounding
-    assert fidelity(naive.as_target(api), model.predict(x_test.numpy()), x_test) < 0.9
+    assert careful.saturated == 0 and 1e-2 < err_careful < 1.0  # from < 1e-5 without rounding
+    assert fidelity(careful.as_target(api), model.predict(x_test.numpy()), x_test) == 1.0
     with pytest.raises(ParameterError, match="spread must be"):
         EquationSolving(spread=0.0)(api)
+
+
+def _steep_logreg() -> tuple[Any, InputSpec]:
+    """The issue's case: logistic regression with w = 30 (every feature), b = -60 on [0, 1]^5 (float64 1 - p)."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(np.r_[np.zeros((1, 5)), np.ones((1, 5))], [0, 1])
+    model.coef_, model.intercept_ = np.full((1, 5), 30.0), np.array([-60.0])
+    return model, InputSpec(shape=(5,), n_classes=2, layout="features", bounds=(0.0, 1.0))
+
+
+def test_equation_solving_drops_saturated_answers_and_moves_queries_to_the_boundary() -> None:
+    model, spec = _steep_logreg()
+    for n, worst in ((None, 1e-4), (500, 1e-6)):  # clamping saturated answers into the fit: 130 and 8.1
+        stolen = EquationSolving(n_queries=n)(SklearnTarget(model, spec))
+        err = np.abs(np.r_[stolen.weights[1].numpy() - 30, stolen.bias[1].item() + 60]).max()
+        assert err < worst, (n, err)
+        assert stolen.saturated > 0 and stolen.queries == stolen.used + stolen.saturated
+        assert stolen.used == (6 if n is None else 500) and stolen.summary()["saturated"] == stolen.saturated
+    # no replacements: the same 500 queries, the saturated ones dropped (278 within float32 eps of 0 or 1)
+    plain = EquationSolving(n_queries=500, max_queries=500)(SklearnTarget(model, spec))
+    assert plain.queries == 500 and plain.used + plain.saturated == 500 and plain.saturated > 200
+    assert np.abs(plain.weights[1].numpy() - 30).max() < 1e-6
+    with pytest.raises(ParameterError, match="needs d \\+ 1 = 6 unsaturated answers in general position; after 6"):
+        EquationSolving(max_queries=6)(SklearnTarget(model, spec))
+    with pytest.raises(ParameterError, match="max_queries must be an integer >= n_queries = 6; got 5"):
+        EquationSolving(max_queries=5)(SklearnTarget(model, spec))
+    with pytest.raises(ParameterError, match=r"floor must be a probability in \[0, 0.5\); got 0.5"):
+        EquationSolving(floor=0.5)(SklearnTarget(model, spec))
 
 
 def test_equation_solving_recovers_softmax_regression_with_d_plus_1_queries() -> None:
@@ -92,7 +122,7 @@ def test_equation_solving_recovers_softmax_regression_with_d_plus_1_queries() ->
     model = _logreg(flat, ds.y_train.numpy())
     target = SklearnTarget(model, ds.spec)
     stolen = EquationSolving()(target)
-    assert stolen.queries == 65
+    assert stolen.used == 65 and stolen.queries == 65 + stolen.saturated
     want = model.coef_ - model.coef_[:1]
     assert np.abs(stolen.weights.numpy() - want).max() < 1e-4
     assert np.abs(stolen.bias.numpy() - (model.intercept_ - model.intercept_[0])).max() < 1e-4
@@ -176,7 +206,7 @@ def test_steal_command_reports_queries_and_fidelity() -> None:
     r = CliRunner().invoke(build_cli(), ["steal", "equation", "--model", "breast-cancer-logreg", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
-    assert out["queries"] == 31 and out["fidelity"] == 1.0
+    assert out["used"] == 31 and out["queries"] == 31 + out["saturated"] and out["fidelity"] == 1.0
     r = CliRunner().invoke(build_cli(), ["steal", "knockoff", "--url", "http://127.0.0.1:9/predict", "--model",
                                          "model.onnx"])
     assert r.exit_code == EXIT_INPUT and "--spec spec.json" in r.output
