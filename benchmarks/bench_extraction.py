@@ -10,7 +10,8 @@
 3. **Transfer**: PGD (L∞, 20 steps) crafted on the natural soft-label surrogate, sent to the victim, against random
    sign noise with the same per-example L∞ norm, on the first 200 test digits.
 4. **PRADA** (Juuti et al. 2019, delta 0.9): when synthetic Papernot clients (200 queries, 20 natural seeds) are
-   flagged, and the share of natural clients (200 random digits each) flagged.
+   flagged, the share of natural clients (200 random digits each) flagged, and how many of 20 honest clients on
+   standardised breast-cancer rows are flagged with and without the 3-standard-deviation outlier removal.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/bench_extraction.py --json benchmarks/results/extraction-cpu.json``
 (about 10 minutes on a quiet 2-core CPU; ``--quick`` for a 2-minute smoke run).
@@ -154,7 +155,21 @@ def bench_prada(victim: TorchTarget, n_synthetic: int, n_natural: int) -> dict[s
         flagged += det.observe(f"honest-{c}", x, victim.predict(x))
         stats.append(det.statistic(f"honest-{c}"))
     return {"delta": 0.9, "synthetic_flagged_at": flagged_at, "natural_clients": n_natural,
-            "natural_flagged_share": flagged / n_natural, "natural_final_w_min": min(s or 1.0 for s in stats)}
+            "natural_flagged_share": flagged / n_natural, "natural_final_w_min": min(s or 1.0 for s in stats),
+            "breast_cancer_benign_flagged_of_20": {str(sd): _benign_tabular(sd) for sd in (3.0, None)}}
+
+
+def _benign_tabular(outlier_sd: float | None) -> int:
+    """Issue 22's case: 20 honest clients, 150 random standardised breast-cancer rows each (their true labels)."""
+    ds = load_breast_cancer()
+    x_all = (torch.cat([ds.x_train, ds.x_test]) - ds.x_train.mean(0)) / ds.x_train.std(0)
+    y_all = torch.cat([ds.y_train, ds.y_test])
+    det, gen = PradaDetector(outlier_sd=outlier_sd), torch.Generator().manual_seed(0)
+    flagged = 0
+    for c in range(20):
+        idx = torch.randperm(len(x_all), generator=gen)[:150]
+        flagged += det.observe(f"benign-{c}", x_all[idx], y_all[idx])
+    return flagged
 
 
 def main() -> None:

@@ -7,7 +7,13 @@ the client's earlier queries *of the same predicted class* is roughly normally d
 value, and the distribution stops looking normal. PRADA keeps, per client and class, a growing set ``G_c`` (a query
 joins it when its minimum distance exceeds the threshold ``T_c = max(T_c, mean(D_{G_c}) − std(D_{G_c}))``), collects
 every query's minimum distance in ``D``, and once ``D`` has ``min_queries`` values flags the client as soon as the
-Shapiro–Wilk statistic ``W(D)`` falls below ``delta``.
+Shapiro–Wilk statistic ``W(D')`` falls below ``delta``, where ``D'`` is ``D`` without the distances more than 3
+standard deviations from its mean (the authors' reference implementation removes these outliers before the test: a
+few far-off natural queries, e.g. heavy-tailed tabular features, otherwise make an honest client look non-normal).
+
+State is bounded for long-running services: a client keeps at most ``max_samples`` queries in its growing sets
+(oldest evicted first) and its last ``max_samples`` distances; at most ``max_clients`` clients are tracked, the least
+recently seen evicted first (an evicted client starts afresh, flag included: act on the flag when it is returned).
 
 Usable inside a serving stack: call :meth:`PradaDetector.observe` with the client's id, the query and the label the
 model answered; it says whether the client is (now, or already) flagged.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +36,11 @@ __all__ = ["PradaDetector"]
 
 @dataclass
 class _Client:
-    growing: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # G_c: accepted queries, per class
-    growing_dist: dict[int, list[float]] = field(default_factory=dict)  # D_{G_c}: their minimum distances
+    growing: dict[int, deque[torch.Tensor]] = field(default_factory=dict)  # G_c: accepted queries, per class
+    order: deque[int] = field(default_factory=deque)  # classes of the stored queries, oldest first
+    growing_stats: dict[int, tuple[int, float, float]] = field(default_factory=dict)  # D_{G_c}: n, mean, M2
     threshold: dict[int, float] = field(default_factory=dict)  # T_c
-    distances: list[float] = field(default_factory=list)  # D: every query's minimum distance
+    distances: deque[float] = field(default_factory=deque)  # D: the last max_samples minimum distances
     queries: int = 0
     statistic: float | None = None
     flagged_at: int | None = None
@@ -45,7 +53,15 @@ class PradaDetector:
         delta: Shapiro–Wilk threshold: a client whose ``W`` falls below it is flagged (Juuti et al. tune it per
             dataset; 0.9 keeps natural digits clients unflagged, see docs/extraction.md).
         min_queries: minimum distances collected before the test runs.
-        window: test only the last ``window`` distances (``None``: all of them).
+        window: test only the last ``window`` distances (``None``: all that are kept, up to ``max_samples``).
+        outlier_sd: distances farther than this many standard deviations from the mean of the tested ones are left
+            out of the Shapiro–Wilk test (3 in the reference implementation; ``None`` keeps them all).
+        max_samples: per client, the most queries kept in the growing sets (all classes together; when full, the
+            oldest stored query is evicted, so distances are measured to the latest ``max_samples`` accepted
+            queries) and the most minimum distances kept (the oldest dropped). Memory per client is about
+            ``max_samples`` inputs.
+        max_clients: clients tracked at once; a new client beyond this evicts the least recently seen one (LRU),
+            whose state, flag included, is forgotten.
 
     Example:
         >>> import torch
@@ -54,17 +70,42 @@ class PradaDetector:
         False
     """
 
-    def __init__(self, *, delta: float = 0.9, min_queries: int = 100, window: int | None = None) -> None:
+    def __init__(
+        self, *, delta: float = 0.9, min_queries: int = 100, window: int | None = None,
+        outlier_sd: float | None = 3.0, max_samples: int = 10_000, max_clients: int = 10_000,
+    ) -> None:
         if not (isinstance(delta, int | float) and 0 < delta < 1):
             raise ParameterError(f"delta must be a Shapiro–Wilk threshold in (0, 1), e.g. 0.9; got {delta!r}.")
         if isinstance(min_queries, bool) or not isinstance(min_queries, int) or min_queries < 3:
             raise ParameterError(f"min_queries must be an integer >= 3 (Shapiro–Wilk needs 3); got {min_queries!r}.")
         if window is not None and (not isinstance(window, int) or window < min_queries):
             raise ParameterError(f"window must be None or an integer >= min_queries ({min_queries}); got {window!r}.")
+        if outlier_sd is not None and not (isinstance(outlier_sd, int | float) and outlier_sd > 0):
+            raise ParameterError(f"outlier_sd must be a positive number of standard deviations (3 in the paper's "
+                                 f"code) or None; got {outlier_sd!r}.")
+        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < max(min_queries,
+                                                                                                  window or 0):
+            raise ParameterError(f"max_samples must be an integer >= min_queries and window "
+                                 f"({max(min_queries, window or 0)}); got {max_samples!r}.")
+        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+            raise ParameterError(f"max_clients must be a positive integer; got {max_clients!r}.")
         self.delta = delta
         self.min_queries = min_queries
         self.window = window
-        self._clients: dict[str, _Client] = {}
+        self.outlier_sd = outlier_sd
+        self.max_samples = max_samples
+        self.max_clients = max_clients
+        self._clients: OrderedDict[str, _Client] = OrderedDict()
+
+    @property
+    def n_clients(self) -> int:
+        """Clients tracked now (at most ``max_clients``)."""
+        return len(self._clients)
+
+    def stored(self, client_id: str) -> int:
+        """Queries kept in the client's growing sets (at most ``max_samples``; 0 for an unknown client)."""
+        c = self._clients.get(str(client_id))
+        return 0 if c is None else len(c.order)
 
     def observe(self, client_id: str, x: torch.Tensor, labels: torch.Tensor | int) -> bool:
         """Record queries ``x`` (a batch ``(N, ...)`` with ``N`` labels, or one example with an int label) answered
@@ -78,10 +119,20 @@ class PradaDetector:
             raise InputSpecError(
                 f"got {xb.shape[0]} queries but {lb.numel()} labels; pass one answered label per query."
             )
-        c = self._clients.setdefault(str(client_id), _Client())
+        c = self._client(str(client_id))
         for xi, yi in zip(xb.reshape(xb.shape[0], -1), lb.tolist(), strict=True):
             self._add(c, xi, int(yi))
         return c.flagged_at is not None
+
+    def _client(self, key: str) -> _Client:
+        c = self._clients.get(key)
+        if c is None:
+            c = self._clients[key] = _Client()
+            while len(self._clients) > self.max_clients:
+                self._clients.popitem(last=False)  # least recently seen
+        else:
+            self._clients.move_to_end(key)
+        return c
 
     def flagged(self, client_id: str) -> bool:
         c = self._clients.get(str(client_id))
@@ -104,22 +155,44 @@ class PradaDetector:
         c.queries += 1
         group = c.growing.get(label)
         if not group:
-            c.growing[label] = [x]
-            c.growing_dist[label] = []
-            c.threshold[label] = 0.0
+            self._store(c, x, label)
+            c.growing_stats.setdefault(label, (0, 0.0, 0.0))
+            c.threshold.setdefault(label, 0.0)
             return
-        d_min = float(torch.cdist(x[None], torch.stack(group)).min())
+        d_min = float(torch.cdist(x[None], torch.stack(list(group))).min())
         c.distances.append(d_min)
+        if len(c.distances) > self.max_samples:
+            c.distances.popleft()
         if d_min > c.threshold[label]:
-            group.append(x)
-            gd = c.growing_dist[label]
-            gd.append(d_min)
-            std = float(np.std(gd)) if len(gd) > 1 else 0.0
-            c.threshold[label] = max(c.threshold[label], float(np.mean(gd)) - std)
+            self._store(c, x, label)
+            n, mean, m2 = c.growing_stats[label]  # Welford: mean and std of D_{G_c} in O(1) memory
+            n += 1
+            delta = d_min - mean
+            mean += delta / n
+            m2 += delta * (d_min - mean)
+            c.growing_stats[label] = (n, mean, m2)
+            std = math.sqrt(m2 / n) if n > 1 else 0.0
+            c.threshold[label] = max(c.threshold[label], mean - std)
         if len(c.distances) >= self.min_queries:
-            c.statistic = _shapiro(c.distances if self.window is None else c.distances[-self.window :])
+            tested = list(c.distances)[-self.window :] if self.window is not None else list(c.distances)
+            c.statistic = _shapiro(_without_outliers(tested, self.outlier_sd))
             if c.flagged_at is None and c.statistic < self.delta:
                 c.flagged_at = c.queries
+
+    def _store(self, c: _Client, x: torch.Tensor, label: int) -> None:
+        c.growing.setdefault(label, deque()).append(x)
+        c.order.append(label)
+        if len(c.order) > self.max_samples:  # evict the oldest stored query (of whichever class it was)
+            c.growing[c.order.popleft()].popleft()
+
+
+def _without_outliers(values: list[float], sd: float | None) -> list[float]:
+    """``values`` without those more than ``sd`` standard deviations from their mean (``None``: all of them)."""
+    if sd is None:
+        return values
+    arr = np.asarray(values, dtype=np.float64)
+    keep = np.abs(arr - arr.mean()) <= sd * arr.std()
+    return arr[keep].tolist() if int(keep.sum()) >= 3 else values
 
 
 def _shapiro(values: list[float]) -> float:
