@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -76,6 +77,28 @@ def test_bound_check_on_a_perfect_attack_gives_large_epsilon_lower_bound() -> No
                            scores=member.double(), member=member)
     check = check_dp_bound(res, 2.0, 1e-5)
     assert not check.passed and check.epsilon_lower_bound > 3.0
+
+
+def test_bound_check_confidence_holds_for_the_whole_curve() -> None:
+    # informationless scores satisfy ε = 0, δ = 0: a 95% check may report a violation in at most 5% of evaluations
+    # (testing each of the ~1,000 ROC points at 95% without a correction reported one in 7% of these 300)
+    rng = np.random.default_rng(0)
+    member = torch.arange(1000) < 500
+    flagged = 0
+    for _ in range(300):
+        res = MembershipResult("noise", {}, Cost(), scores=torch.as_tensor(rng.standard_normal(1000)), member=member)
+        check = check_dp_bound(res, 0.0, 0.0)
+        flagged += not check.passed
+    assert flagged / 300 <= 0.05
+
+
+def test_bound_check_tests_the_symmetric_inequalities() -> None:
+    # an attack that ranks every member below every non-member is as informative as the perfect one (flip it):
+    # FPR <= e^ε·TPR + δ is what it violates
+    member = torch.arange(400) < 200
+    inverted = MembershipResult("inverted", {}, Cost(), scores=-member.double(), member=member)
+    check = check_dp_bound(inverted, 2.0, 1e-5)
+    assert not check.passed and check.violations == 1 and check.epsilon_lower_bound > 3.0
 
 
 def test_dp_parameters_are_validated(universe: tuple[Dataset, torch.Tensor, torch.Tensor, torch.Tensor]) -> None:

@@ -6,11 +6,15 @@ Opacus, and the empirical check that membership attacks respect the guarantee.
 (Mironov 2017), returning ``(ε, δ)``.
 
 :func:`check_dp_bound` tests the hypothesis-testing view of (ε, δ)-DP (Kairouz, Oh, Viswanath 2015): any
-membership test's operating point satisfies ``TPR ≤ e^ε · FPR + δ`` (and, symmetrically,
-``1 − FPR ≤ e^ε · (1 − TPR) + δ``). Finite samples make raw points noisy, so, as in DP auditing (Jagielski, Ullman,
-Oprea 2020; Nasr et al. 2021), each point is judged with Clopper–Pearson intervals: a violation is a point whose TPR
-*lower* bound exceeds ``e^ε ·`` its FPR *upper* bound ``+ δ``; the largest ε such points support is the empirical
-lower bound on ε.
+membership test's operating point satisfies all four of ``TPR ≤ e^ε·FPR + δ``, ``1 − FPR ≤ e^ε·(1 − TPR) + δ``,
+and the symmetric ``FPR ≤ e^ε·TPR + δ``, ``1 − TPR ≤ e^ε·(1 − FPR) + δ`` (neighbouring datasets swap roles, so an
+attack that ranks members *below* non-members witnesses ε as well). Finite samples make raw points noisy, so, as in
+DP auditing (Jagielski, Ullman, Oprea 2020; Nasr et al. 2021), a point violates only when one-sided Clopper–Pearson
+bounds do (e.g. the TPR's *lower* bound above ``e^ε ·`` the FPR's *upper* bound ``+ δ``), and the largest ε the
+bounds support is the empirical lower bound on ε. The confidence holds for the whole curve: every ROC point is a
+threshold tested, so the four one-sided bounds of each of the ``m`` non-trivial points are taken at
+``(1 − confidence) / (4m)`` (Bonferroni), and with probability at least ``confidence`` every bound holds at once --
+no violation is reported for a guarantee that holds, and the maximum over points is a valid lower bound.
 
 Caveat: the guarantee covers one example's inclusion; a membership evaluation over many examples is the usual,
 heuristic, average-case audit of it (Carlini et al. 2022 §VII).
@@ -24,6 +28,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -173,10 +178,12 @@ class BoundCheck:
 
     Attributes:
         epsilon, delta, confidence: the guarantee tested and the Clopper–Pearson confidence.
-        n_points: ROC points tested.
-        violations: points violating the bound even after the confidence intervals (0 for a sound guarantee).
-        raw_violations: points whose raw TPR/FPR violate it (finite-sample noise can cause these).
-        epsilon_lower_bound: the largest ε the data support at this confidence (0 when none); ≤ ε if the bound holds.
+        n_points: ROC points tested (every threshold; the Bonferroni correction divides by the non-trivial ones).
+        violations: points violating one of the four inequalities even after the simultaneous confidence bounds (0
+            for a sound guarantee, with probability at least ``confidence``).
+        raw_violations: points whose raw TPR/FPR violate one (finite-sample noise can cause these).
+        epsilon_lower_bound: the largest ε the data support at this confidence, over all points and all four
+            inequalities (0 when none); ≤ ε if the bound holds.
     """
 
     epsilon: float
@@ -199,8 +206,8 @@ class BoundCheck:
 
 def check_dp_bound(result: MembershipResult, epsilon: float, delta: float, *,
                    confidence: float = 0.95) -> BoundCheck:
-    """Check every ROC point of a membership attack against ``TPR ≤ e^ε·FPR + δ`` (and the symmetric bound);
-    see the module docstring. ``epsilon`` may be 0 (perfect privacy)."""
+    """Check every ROC point of a membership attack against the four (ε, δ)-DP inequalities, with one confidence
+    for the whole curve (Bonferroni over the points); see the module docstring. ``epsilon`` may be 0."""
     from scipy.stats import beta
 
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or epsilon < 0 or math.isnan(epsilon):
@@ -212,19 +219,30 @@ def check_dp_bound(result: MembershipResult, epsilon: float, delta: float, *,
     fpr, tpr, _ = result.roc()
     n_pos, n_neg = int(result.member.sum()), int((~result.member).sum())
     tp, fp = (tpr * n_pos).round().numpy(), (fpr * n_neg).round().numpy()
-    a = (1 - confidence) / 2
-    tpr_lo = beta.ppf(a, tp, n_pos - tp + 1)  # Clopper–Pearson bounds (the undefined ends set by hand)
-    fpr_hi = beta.ppf(1 - a, fp + 1, n_neg - fp)
-    tpr_lo[tp == 0] = 0.0
-    fpr_hi[fp == n_neg] = 1.0
+    trivial = ((tp == 0) & (fp == 0)) | ((tp == n_pos) & (fp == n_neg))  # (0, 0) and (1, 1) satisfy every bound
+    a = (1 - confidence) / (4 * max(int((~trivial).sum()), 1))  # four one-sided bounds per non-trivial point
+    t_lo, t_hi = _clopper_pearson(beta, tp, n_pos, a)
+    f_lo, f_hi = _clopper_pearson(beta, fp, n_neg, a)
     e = math.exp(epsilon)
-    viol = (tpr_lo > e * fpr_hi + delta) | ((1 - fpr_hi) > e * (1 - tpr_lo) + delta)
+    # each inequality "left <= e * right + delta", as (lower bound of left, upper bound of right, raw left, raw right)
     t, f = tpr.numpy(), fpr.numpy()
-    raw = (t > e * f + delta + 1e-12) | ((1 - f) > e * (1 - t) + delta + 1e-12)
+    sides = ((t_lo, f_hi, t, f), (1 - f_hi, 1 - t_lo, 1 - f, 1 - t),  # TPR vs FPR; 1 - FPR vs 1 - TPR
+             (f_lo, t_hi, f, t), (1 - t_hi, 1 - f_lo, 1 - t, 1 - f))  # and the symmetric forms
+    viol = np.zeros(len(t), dtype=bool)
+    raw = np.zeros(len(t), dtype=bool)
     eps_lb = 0.0
-    for num, den in ((tpr_lo - delta, fpr_hi), ((1 - fpr_hi) - delta, 1 - tpr_lo)):
-        ok = (num > 0) & (den > 0)
+    for left, right, raw_left, raw_right in sides:
+        viol |= left > e * right + delta
+        raw |= raw_left > e * raw_right + delta + 1e-12
+        ok = (left - delta > 0) & (right > 0)
         if ok.any():
-            eps_lb = max(eps_lb, float((torch.log(torch.as_tensor(num[ok] / den[ok]))).max()))
+            eps_lb = max(eps_lb, float(np.log((left[ok] - delta) / right[ok]).max()))
     return BoundCheck(float(epsilon), float(delta), float(confidence), len(t), int(viol.sum()), int(raw.sum()),
                       eps_lb)
+
+
+def _clopper_pearson(beta: Any, k: Any, n: int, alpha: float) -> tuple[Any, Any]:
+    """One-sided Clopper–Pearson bounds on ``k / n``, each holding with probability ``1 − alpha`` (numpy arrays)."""
+    lo = np.where(k == 0, 0.0, beta.ppf(alpha, np.maximum(k, 1), n - k + 1))
+    hi = np.where(k == n, 1.0, beta.ppf(1 - alpha, k + 1, np.maximum(n - k, 1)))
+    return lo, hi
