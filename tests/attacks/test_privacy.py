@@ -22,7 +22,7 @@ from sparring.attacks.privacy import (
 )
 from sparring.attacks.privacy.inversion import MIFace, plot_inversions
 from sparring.attacks.privacy.lira import lira_scores
-from sparring.attacks.privacy.membership import random_halves
+from sparring.attacks.privacy.membership import balanced_halves, random_halves
 from sparring.attacks.result import Cost
 from sparring.data.datasets import load_digits
 from sparring.errors import AccessError, LabelError, ParameterError
@@ -69,6 +69,24 @@ def test_lira_beats_loss_threshold_at_low_fpr_on_overfit_model(overfit: Universe
                              lira_online.extras["inside"], online=False, fixed_variance=True)
     off = MembershipResult("lira-offline", {}, Cost(), scores=offline, member=member)
     assert off.tpr_at(0.01) > loss.tpr_at(0.01)
+
+
+def test_lira_puts_every_example_in_for_exactly_half_of_the_shadow_models(overfit: Universe) -> None:
+    x, y, member, target, _ = overfit
+    seen: list[int] = []
+
+    def reuse(xs: torch.Tensor, ys: torch.Tensor, seed: int) -> TorchTarget:  # no training: only the split matters
+        seen.append(len(xs))
+        return target
+
+    res = LiRA(n_shadow=4, seed=3)(target, x, y, member, train=reuse)
+    inside = res.extras["inside"]
+    assert inside.shape == (4, len(x)) and bool((inside.sum(0) == 2).all())  # an IN and an OUT fit for every one
+    assert all(abs(n - len(x) / 2) < 0.1 * len(x) for n in seen)  # each model still gets about half of the pool
+    again = balanced_halves(4, len(x), torch.Generator().manual_seed(3))
+    assert torch.equal(again, inside)  # reproducible by seed
+    assert not torch.equal(again, balanced_halves(4, len(x), torch.Generator().manual_seed(4)))
+    assert bool((balanced_halves(5, 100, torch.Generator().manual_seed(0)).sum(0) == 2).all())
 
 
 def test_lira_offline_call_and_params(overfit: Universe) -> None:

@@ -2,7 +2,8 @@
 Attacks From First Principles", Algorithm 1).
 
 Membership is a hypothesis test per example. Shadow models are trained like the target on random halves of the
-attacker's data pool, so each example is *in* the training set of about half of them and *out* of the rest. For
+attacker's data pool, assigned as in the reference code so that each example is *in* the training set of exactly
+half of them and *out* of the rest (:func:`~sparring.attacks.privacy.membership.balanced_halves`). For
 every example the attack fits a Gaussian to the shadow models' logit-scaled confidence ``φ = log(p_y / (1 − p_y))``
 (:func:`~sparring.attacks.privacy.membership.scaled_logit`) when the example was in (``N(μ_in, σ²_in)``) and when
 it was out (``N(μ_out, σ²_out)``), and compares the target's ``φ`` under both:
@@ -28,9 +29,9 @@ import torch
 
 from sparring.attacks.privacy.membership import (
     Trainer,
+    balanced_halves,
     check_membership_inputs,
     log_probs,
-    random_halves,
     scaled_logit,
 )
 from sparring.attacks.privacy.metrics import MembershipResult
@@ -103,10 +104,10 @@ class LiRA:
             and a handful already beats the loss threshold on an overfit model).
         online: use IN and OUT fits (True) or OUT fits only (False).
         fixed_variance: one global variance per population; ``None`` (default): when ``n_shadow < 64``.
-        seed: seeds the random halves and the shadow models' training.
+        seed: seeds the IN/OUT assignment and the shadow models' training (same seed, same assignment).
 
-    Calling ``LiRA(...)(target, x, y, member, train=trainer)`` trains the shadow models on random halves of the
-    pool ``(x, y)`` (plus ``aux``, the attacker's extra data, if given) and returns a
+    Calling ``LiRA(...)(target, x, y, member, train=trainer)`` trains the shadow models on balanced random halves
+    of the pool ``(x, y)`` (every example IN for exactly ``n_shadow // 2`` of them) (plus ``aux``, the attacker's extra data, if given) and returns a
     :class:`~sparring.attacks.privacy.metrics.MembershipResult`.
     """
 
@@ -152,7 +153,7 @@ class LiRA:
         phi_target = scaled_logit(log_probs(target, xt), yt).cpu()
         queries = target.counter.used - q0
         gen = torch.Generator().manual_seed(self.seed)
-        halves = random_halves(self.n_shadow, len(pool_x), gen)
+        halves = balanced_halves(self.n_shadow, len(pool_x), gen)
         phis = []
         for k in range(self.n_shadow):
             shadow = train(pool_x[halves[k]], pool_y[halves[k]], self.seed * 1000 + k)

@@ -30,6 +30,7 @@ __all__ = [
     "LossThreshold",
     "ShadowModelAttack",
     "Trainer",
+    "balanced_halves",
     "log_probs",
     "random_halves",
     "run_membership",
@@ -93,6 +94,19 @@ def random_halves(n_models: int, n: int, generator: torch.Generator) -> torch.Te
     keys = torch.rand(n_models, n, generator=generator)
     ranks = keys.argsort(dim=1).argsort(dim=1)
     return ranks < n // 2
+
+
+def balanced_halves(n_models: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``(n_models, n)`` booleans: every example IN for exactly ``⌊n_models/2⌋`` models, chosen at random.
+
+    The assignment of Carlini et al.'s reference LiRA code: column ``j``'s random keys, argsorted over the models,
+    are a uniformly random permutation of the model indices, and the example is IN for the models whose position in
+    it is below ``n_models // 2``. Unlike :func:`random_halves` (each *model* gets half of the pool, and how many
+    models an example is IN for is left to chance: with 4 models 1 in 16 examples has no IN fit and 1 in 16 no OUT
+    fit), every example has both an IN and an OUT fit from 2 models on; each model gets about half of the pool.
+    """
+    keys = torch.rand(n_models, n, generator=generator)
+    return keys.argsort(dim=0) < n_models // 2
 
 
 def log_probs(target: Target, x: torch.Tensor) -> torch.Tensor:
