@@ -107,8 +107,8 @@ class LiRA:
         seed: seeds the IN/OUT assignment and the shadow models' training (same seed, same assignment).
 
     Calling ``LiRA(...)(target, x, y, member, train=trainer)`` trains the shadow models on balanced random halves
-    of the pool ``(x, y)`` (every example IN for exactly ``n_shadow // 2`` of them) (plus ``aux``, the attacker's extra data, if given) and returns a
-    :class:`~sparring.attacks.privacy.metrics.MembershipResult`.
+    of the pool ``(x, y)`` plus ``aux``, the attacker's extra data, if given (every example IN for exactly
+    ``n_shadow // 2`` of them), and returns a :class:`~sparring.attacks.privacy.metrics.MembershipResult`.
     """
 
     name = "lira"
