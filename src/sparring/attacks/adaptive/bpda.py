@@ -1,58 +1,31 @@
-"""Adaptive attacks: BPDA and EOT as target wrappers, so every gradient attack works through them unchanged.
-
-A defence can make gradient attacks fail without making the model robust (Athalye, Carlini, Wagner 2018,
-"Obfuscated Gradients Give a False Sense of Security"): a non-differentiable input transform (quantisation,
-JPEG-like rounding, median filtering) *shatters* the gradient, and a randomized model gives *stochastic* gradients
-and predictions. The paper's two answers are wrappers here, each returning a new :class:`TorchTarget` on the same
-model object and spec:
-
-* :func:`with_bpda` — Backward Pass Differentiable Approximation (section 4.1): the forward pass is exactly the
-  model's; on the backward pass chosen modules act as the identity or as a differentiable approximation.
-* :func:`with_eot` — Expectation over Transformation (section 4.2; Athalye, Engstrom, Ilyas, Kwok 2018,
-  "Synthesizing Robust Adversarial Examples"): each example is evaluated on several random draws at once and the
-  attack sees the expected output.
-
-:func:`find_gradient_blockers` and :func:`is_randomized` detect the two cases; :func:`adaptive` applies what they
-find. Attacks call ``target.differentiable(...)`` and ``target.query(...)`` as always::
-
-    defended, notes = adaptive(target, x[:32])
-    result = PGD(eps=0.1)(defended, x, y)
-"""
+"""BPDA by module hooks (Athalye, Carlini, Wagner 2018, section 4.1): the backward pass of chosen sub-modules is the
+identity or a differentiable approximation, the forward pass is the model's."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sparring.attacks.evasion._checks import check_positive_int
+from sparring.attacks.adaptive._common import PROBE_POINTS, check_target, probe, uniform_points
 from sparring.errors import ParameterError
-from sparring.targets.base import QueryCounter
 from sparring.targets.spec import Access
 from sparring.targets.torch import Forward, TorchTarget
 
-__all__ = ["adaptive", "find_gradient_blockers", "is_randomized", "with_bpda", "with_eot"]
+__all__ = ["find_gradient_blockers", "hookable", "with_bpda"]
 
 logger = logging.getLogger(__name__)
 
 Approx = Callable[[torch.Tensor], torch.Tensor]
 ModuleRef = nn.Module | str | tuple[str, nn.Module]
-Reduce = Literal["logits", "probs"]
-
-_PROBE_POINTS = 16
-"""Uniform random points :func:`with_bpda` probes when it must find the blockers itself and no ``x`` is given."""
-_ADAPTIVE_POINTS = 64
-"""Most examples :func:`adaptive` probes (the first ones of ``x``)."""
 
 
-# ---------------------------------------------------------------------------------------------------- BPDA
 @dataclass(frozen=True)
 class _Blocker:
     name: str
@@ -191,9 +164,9 @@ def with_bpda(
         >>> adaptive < naive - 0.3
         True
     """
-    t = _check_target(target, "with_bpda")
+    t = check_target(target, "with_bpda")
     if modules is None:
-        probe = x if x is not None else _uniform_points(t, _PROBE_POINTS)
+        probe = x if x is not None else uniform_points(t, PROBE_POINTS)
         found: Sequence[ModuleRef] = find_gradient_blockers(t, probe)
     else:
         if isinstance(modules, (str, nn.Module, tuple)) or len(modules) == 0:
@@ -250,10 +223,12 @@ def find_gradient_blockers(target: TorchTarget, x: torch.Tensor | np.ndarray) ->
         >>> find_gradient_blockers(zoo.load("digits-cnn"), zoo.data("digits-cnn").x_test[:16])
         []
     """
-    t = _check_target(target, "find_gradient_blockers")
+    t = check_target(target, "find_gradient_blockers")
     t.require(Access.GRADIENTS, "find_gradient_blockers")
-    xt = _probe(t, x)
-    named = [(n, m) for n, m in t.model.named_modules() if n]
+    xt = probe(t, x)
+    # TorchScript modules cannot carry Python hooks (and their sub-modules are not called from Python): their
+    # non-differentiable operations are found in the graph (sparring.attacks.adaptive.graph).
+    named = [(n, m) for n, m in t.model.named_modules() if n and hookable(m)]
     seen: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -261,6 +236,7 @@ def find_gradient_blockers(target: TorchTarget, x: torch.Tensor | np.ndarray) ->
             seen[id(module)] = (tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args), kwargs)
 
     handled = _handled_blockers(target)
+    skip = _graph_rewritten(target)
     handles = [m.register_forward_pre_hook(record, with_kwargs=True) for _, m in named]
     try:
         with t.frozen(), torch.no_grad():
@@ -274,7 +250,7 @@ def find_gradient_blockers(target: TorchTarget, x: torch.Tensor | np.ndarray) ->
     found: list[_Blocker] = []
     with t.frozen():
         for name, module in sorted(named, key=lambda nm: -nm[0].count(".")):
-            if id(module) not in seen or any(b.module is module for b in handled):
+            if id(module) not in seen or any(b.module is module for b in handled) or module in skip:
                 continue
             args, kwargs = seen[id(module)]
             if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
@@ -307,7 +283,24 @@ def _handled_blockers(target: TorchTarget) -> list[_Blocker]:
     while t is not None:
         if isinstance(t, _BPDATarget):
             out.extend(t.blockers)
-        t = t._base if isinstance(t, (_BPDATarget, _EOTTarget)) else None
+        base = getattr(t, "_base", None)  # every adaptive wrapper keeps the target it wraps as ``_base``
+        t = base if isinstance(base, TorchTarget) else None
+    return out
+
+
+def hookable(m: nn.Module) -> bool:
+    """Whether Python forward hooks run on ``m`` (not on TorchScript modules, which refuse them)."""
+    return not isinstance(m, torch.jit.ScriptModule)
+
+
+def _graph_rewritten(target: TorchTarget) -> list[nn.Module]:
+    """Modules whose graph a graph-BPDA wrapper in ``target``'s chain already rewrote (not probed again)."""
+    out: list[nn.Module] = []
+    t: TorchTarget | None = target
+    while t is not None:
+        out.extend(getattr(t, "rewritten_modules", []))
+        base = getattr(t, "_base", None)
+        t = base if isinstance(base, TorchTarget) else None
     return out
 
 
@@ -327,239 +320,12 @@ def _resolve(model: nn.Module, refs: Sequence[ModuleRef]) -> list[tuple[str, nn.
                 raise ParameterError(
                     f"{ref!r} is not a sub-module of the target's model; give modules of target.model (or names)."
                 )
+        if not hookable(mod):
+            raise ParameterError(
+                f"module {name_of[id(mod)]!r} is a TorchScript module ({type(mod).__name__}), which cannot carry the "
+                "hooks module BPDA uses; use with_graph_bpda(target) (rewrites the TorchScript graph) instead."
+            )
         entry = (name_of[id(mod)], mod)
         if entry not in out:
             out.append(entry)
     return out
-
-
-# ---------------------------------------------------------------------------------------------------- EOT
-class _DrawCounter(QueryCounter):
-    """A view of another counter that charges ``draws`` queries per example (each example runs ``draws`` times)."""
-
-    def __init__(self, inner: QueryCounter, draws: int) -> None:  # all state lives in ``inner``
-        self._inner, self._draws = inner, draws
-
-    @property
-    def budget(self) -> int | None:
-        return self._inner.budget
-
-    @budget.setter
-    def budget(self, value: int | None) -> None:
-        self._inner.budget = value
-
-    @property
-    def used(self) -> int:
-        return self._inner.used
-
-    @used.setter
-    def used(self, value: int) -> None:
-        self._inner.used = value
-
-    @property
-    def calls(self) -> int:
-        return self._inner.calls
-
-    @calls.setter
-    def calls(self, value: int) -> None:
-        self._inner.calls = value
-
-    def charge(self, n: int) -> None:
-        self._inner.charge(n * self._draws)
-
-    def reset(self) -> None:
-        self._inner.reset()
-
-
-class _EOTTarget(TorchTarget):
-    """A target that evaluates every example on ``draws`` random draws and returns the mean (see :func:`with_eot`)."""
-
-    def __init__(self, base: TorchTarget, draws: int, reduce: Reduce, batch_size: int) -> None:
-        self._base, self.draws, self.reduce = base, draws, reduce
-        super().__init__(
-            base.model, base.spec, access=base.access, output=base.output, batch_size=batch_size,
-            top_k=base.top_k, decimals=base.decimals,
-        )
-        self.counter = _DrawCounter(base.counter, draws)
-
-    def _expected(self, fwd: Forward) -> Forward:
-        draws, log_probs = self.draws, self.reduce == "probs" and self.output == "logits"
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            n = x.shape[0]
-            many = x.unsqueeze(0).expand(draws, *x.shape).reshape(draws * n, *x.shape[1:])
-            out = fwd(many).reshape(draws, n, -1)
-            if log_probs:  # log of the mean probability: valid logits whose softmax is the expected prediction
-                return torch.logsumexp(out.log_softmax(dim=2), dim=0) - math.log(draws)
-            return out.mean(dim=0)
-
-        return forward
-
-    def _raw_forward(self) -> Forward:
-        return self._expected(self._base._raw_forward())
-
-    def differentiable(self, attack: str = "this attack") -> Forward:
-        self.require(Access.GRADIENTS, attack)
-        return self._expected(self._base.differentiable(attack))  # the base charges draws × n
-
-    @contextmanager
-    def frozen(self) -> Iterator[TorchTarget]:
-        with self._base.frozen():
-            yield self
-
-    def describe(self) -> dict[str, Any]:
-        d = self._base.describe()
-        d["adaptive"] = [*d.get("adaptive", []), f"eot: mean {self.reduce} over {self.draws} draws"]
-        return d
-
-
-def with_eot(
-    target: TorchTarget, draws: int = 20, *, reduce: Reduce = "logits", batch_size: int | None = None
-) -> TorchTarget:
-    r"""Expectation over Transformation for randomized models (Athalye, Engstrom, Ilyas, Kwok 2018, "Synthesizing
-    Robust Adversarial Examples", eq. 1; used against randomized defences in Athalye, Carlini, Wagner 2018,
-    section 4.2).
-
-    Threat model: white-box against a model with internal randomness (noise injection, random resizing/padding,
-    stochastic activations). Instead of one random draw, the attack optimises the expectation
-    :math:`\mathbb{E}_{r}[f_r(x)]`: every example is repeated ``draws`` times, the whole batch goes through the
-    model in one forward pass, and the ``draws`` outputs are averaged.
-
-    ``reduce="logits"`` averages logits; ``reduce="probs"`` averages softmax probabilities and returns their log
-    (valid logits whose softmax is the expected probability). The gradient of the mean is the mean of the
-    gradients, so for a loss linear in the logits (e.g. a logit margin with a fixed other class) this equals
-    averaging loss gradients over the draws. AutoAttack's ``rand`` version (Croce & Hein 2020) instead averages the
-    gradient of the *loss* over 20 draws (EOT inside APGD); here the expectation is taken on the model's output so
-    that every attack works unchanged, which differs only through the loss's curvature (and not at all for
-    sign-based L∞ steps on a linear loss). The predictions that decide success (``query``, ``query_labels``, and
-    the ``argmax`` of the differentiable forward) are the expected prediction as well, so an example counts as
-    broken only if it is broken on average, not on one lucky draw.
-
-    Queries: one example evaluated on ``draws`` draws costs ``draws`` queries of the shared counter (the model
-    really runs that often); the wrapper's own ``counter`` is a view of the original one. The wrapper's
-    ``batch_size`` is the original's divided by ``draws`` (at least 1), so one model call holds about as many
-    examples as before. On a deterministic model the output equals the original's up to float rounding of the
-    mean (exactly, with ``draws=1``).
-
-    Args:
-        target: the white-box target (may itself be a BPDA wrapper).
-        draws: random draws per example (>= 1); the paper and AutoAttack use 20 or more.
-        reduce: ``"logits"`` or ``"probs"``; a model whose output is already probabilities is averaged as is.
-        batch_size: examples per call of the wrapper; default ``max(1, target.batch_size // draws)``.
-
-    Example:
-        >>> from sparring import PGD, zoo
-        >>> from sparring.attacks.adaptive import with_eot
-        >>> noisy = zoo.load("digits-cnn")  # a randomized model in practice
-        >>> eot = with_eot(noisy, draws=4)
-        >>> data = zoo.data("digits-cnn")
-        >>> PGD(eps=0.1, steps=10)(eot, data.x_test[:16], data.y_test[:16]).cost.queries >= 4 * 16
-        True
-    """
-    t = _check_target(target, "with_eot")
-    check_positive_int(draws, "draws")
-    if reduce not in ("logits", "probs"):
-        raise ParameterError(f"reduce must be 'logits' or 'probs'; got {reduce!r}.")
-    bs = max(1, t.batch_size // draws) if batch_size is None else check_positive_int(batch_size, "batch_size")
-    return _EOTTarget(t, draws, reduce, bs)
-
-
-def is_randomized(target: TorchTarget, x: torch.Tensor | np.ndarray, tries: int = 2) -> bool:
-    """Whether the same input gives different scores on repeated forward passes (a randomized model).
-
-    The batch ``x`` is evaluated ``tries`` times in eval mode (as attacks see the model, inside ``frozen()``);
-    scores count as different when any differs by more than ``1e-5 × (1 + max |score|)``, so the last-bit
-    nondeterminism of some GPU kernels is not mistaken for a randomized defence. Costs ``tries × len(x)`` queries.
-
-    Args:
-        target: the white-box target.
-        x: a small batch of valid inputs (tensor or numpy).
-        tries: forward passes to compare (>= 2).
-
-    Example:
-        >>> from sparring import zoo
-        >>> from sparring.attacks.adaptive import is_randomized
-        >>> is_randomized(zoo.load("digits-cnn"), zoo.data("digits-cnn").x_test[:8])
-        False
-    """
-    t = _check_target(target, "is_randomized")
-    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 2:
-        raise ParameterError(f"tries must be an integer >= 2 (two passes to compare); got {tries!r}.")
-    xt = _probe(t, x)
-    ask = t.query if t.access >= Access.SCORES else t.query_labels
-    with t.frozen():
-        first = ask(xt).float()
-        tol = 1e-5 * (1.0 + float(first.abs().max()))
-        return any(float((ask(xt).float() - first).abs().max()) > tol for _ in range(tries - 1))
-
-
-def adaptive(
-    target: TorchTarget, x: torch.Tensor | np.ndarray, *, draws: int = 20
-) -> tuple[TorchTarget, list[str]]:
-    """Wrap ``target`` for an adaptive evaluation: BPDA if gradient blockers are found, EOT if it is randomized.
-
-    Probes the first 64 examples of ``x`` with :func:`find_gradient_blockers` (then :func:`with_bpda`,
-    straight-through on what was found) and :func:`is_randomized` (then :func:`with_eot` with ``draws``). The audit
-    uses it to retry gradient attacks when its sanity checks suspect gradient masking.
-
-    Args:
-        target: the white-box target.
-        x: valid inputs to probe (a few dozen real examples are enough).
-        draws: EOT draws per example if the model is randomized.
-
-    Returns:
-        ``(wrapped, notes)``: the target to attack (``target`` itself when nothing applies) and one human-readable
-        note per wrapper applied (empty when nothing applies).
-
-    Example:
-        >>> from sparring import zoo
-        >>> from sparring.attacks.adaptive import adaptive
-        >>> target = zoo.load("digits-cnn")
-        >>> wrapped, notes = adaptive(target, zoo.data("digits-cnn").x_test[:32])
-        >>> wrapped is target, notes
-        (True, [])
-    """
-    t = _check_target(target, "adaptive")
-    check_positive_int(draws, "draws")
-    xt = _probe(t, x)[:_ADAPTIVE_POINTS]
-    wrapped, notes = t, []
-    blockers = find_gradient_blockers(t, xt)
-    if blockers:
-        wrapped = with_bpda(t, modules=blockers)
-        names = ", ".join(f"{n} ({type(m).__name__})" for n, m in blockers)
-        notes.append(
-            f"BPDA: gradient blocked (zero or disconnected) at {names}; the backward pass treats "
-            f"{'it' if len(blockers) == 1 else 'them'} as the identity (straight-through), the forward is unchanged"
-        )
-    if is_randomized(t, xt):
-        wrapped = with_eot(wrapped, draws=draws)
-        notes.append(
-            f"EOT: the model is randomized (scores differ between passes); gradients and predictions are the mean "
-            f"logits over {draws} draws per example (costs {draws} queries per example)"
-        )
-    return wrapped, notes
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
-def _check_target(target: object, fn: str) -> TorchTarget:
-    if not isinstance(target, TorchTarget):
-        raise ParameterError(
-            f"{fn} needs a TorchTarget (a white-box PyTorch model); got {type(target).__name__}. Wrap the model "
-            "with TorchTarget(model, spec), or evaluate a black-box target with a gradient-free attack (Square, "
-            "HopSkipJump)."
-        )
-    return target
-
-
-def _probe(t: TorchTarget, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    xt, _ = t.spec.validate(x)
-    return xt.to(t.device, t.dtype)
-
-
-def _uniform_points(t: TorchTarget, n: int) -> torch.Tensor:
-    gen = torch.Generator(device=t.device)
-    gen.manual_seed(0)
-    lo, hi = t.spec.bounds_tensors(t.device, t.dtype)
-    u = torch.rand((n, *t.spec.shape), generator=gen, device=t.device, dtype=t.dtype)
-    return lo + (hi - lo) * u
-
