@@ -86,7 +86,9 @@ def test_attack_text_cli_runs_and_reports_json(tmp_path: Path) -> None:
     d = json.loads(out)
     assert d["attack"] == "bad-characters" and d["n"] == 3 and d["params"]["constraints"]["max_chars"] == 4
     code, out = _cli("attack-text", "bad-characters", "--n", "3", "--query-budget", "10", "--json")
-    assert code == 0 and json.loads(out)["budget_exhausted"] is True
+    assert code == 5, out  # the budget ran out: every message is unknown, none counted robust
+    d = json.loads(out[:out.index("\nerror (QueryBudgetExceeded)")])
+    assert d["budget_exhausted"] is True and d["n_unknown"] == 3 and d["robust_accuracy"] == 0.0
     code, out = _cli("attack-text", "reorder", "--n", "3", "--max-chars", "3", "--max-queries", "60", "--json")
     d = json.loads(out)
     assert code == 0 and d["attack"] == "bidi-reorder" and d["params"]["then"]["attack"] == "bad-characters"
