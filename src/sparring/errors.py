@@ -9,6 +9,7 @@ working. Messages name the value seen, the value expected, and what to do about 
      ├── InputSpecError (ValueError)         data or spec do not match: shape, dtype, NaN, bounds, empty batch
      │    └── LabelError                      labels outside 0..n_classes-1, wrong length
      ├── ParameterError (ValueError)          an attack/defence parameter is invalid (eps < 0, steps = 0, ...)
+     │    └── ModelGraphError                 bound propagation cannot read or reproduce a model's computation
      ├── AccessError (PermissionError)        the target cannot give what the attack needs (gradients, scores)
      ├── QueryBudgetExceeded (RuntimeError)   a black-box target's query budget would be exceeded
      ├── ModelLoadError (OSError)             a model file is missing, corrupted, of the wrong kind, or untrusted
@@ -27,6 +28,7 @@ __all__ = [
     "EndpointError",
     "InputSpecError",
     "LabelError",
+    "ModelGraphError",
     "ModelLoadError",
     "ParameterError",
     "QueryBudgetExceeded",
@@ -49,6 +51,11 @@ class LabelError(InputSpecError):
 
 class ParameterError(SparringError, ValueError):
     """A parameter of an attack, defence or target is invalid."""
+
+
+class ModelGraphError(ParameterError):
+    """Bound propagation cannot follow a model: an operation it does not support (named with its position in the
+    traced graph), a model that cannot be traced, or a parsed network whose outputs differ from the model's."""
 
 
 class AccessError(SparringError, PermissionError):
