@@ -5,49 +5,56 @@ example, a lower and an upper bound on every output (or on every row of a specif
 margins ``z_y - z_j``) that no input in the box can cross.
 
 * IBP (Gowal et al. 2018, "On the Effectiveness of Interval Bound Propagation for Training Verifiably Robust
-  Models", eq. 6): centre/radius propagation layer by layer; the last linear layer is merged with ``C`` (their
-  "elision"), which is exact for that layer.
+  Models", eq. 6): centre/radius propagation operation by operation; a last linear layer is merged with ``C``
+  (their "elision"), which is exact for that layer.
 * CROWN (Zhang, Weng, Chen, Hsieh, Daniel 2018, "Efficient Neural Network Robustness Certification with General
   Activation Functions", Thm 3.2): each ReLU is enclosed between two lines chosen from bounds on its input, the
-  specification is propagated backwards as a linear function of the input, and that function is minimised over the
-  box in closed form. ReLU input bounds come from CROWN itself on the unstable neurons, intersected with IBP
-  (``intermediate="crown"``), or from IBP alone (``intermediate="ibp"``: CROWN-IBP, Zhang et al. 2020). The
-  lower line's slope is 1 where ``u > -l`` and 0 otherwise (the adaptive choice of the paper).
+  specification is propagated backwards as a linear function of the input (summed over every path of the graph),
+  and that function is minimised over the box in closed form. ReLU input bounds come from CROWN itself on the
+  unstable neurons, intersected with IBP (``intermediate="crown"``), or from IBP alone (``intermediate="ibp"``:
+  CROWN-IBP, Zhang et al. 2020). The lower line's slope is 1 where ``u > -l`` and 0 otherwise (the adaptive choice
+  of the paper).
 
-Supported models: ``nn.Sequential`` (nested freely) of ``Linear``, ``Conv2d``, ``ReLU``, ``Flatten``,
-``BatchNorm1d/2d`` and ``Dropout`` in eval mode, ``AvgPool2d``, ``Identity``, and :class:`Residual` blocks
-(``x + block(x)``). A target's normalisation ``(x - mean) / std`` is the first layer. Everything is batched over
-examples, stays on the model's device, and is differentiable (certified training back-propagates through it).
+The network is read from the computation the model really performs (:mod:`sparring.defenses.certify.graph`: a
+``torch.fx`` trace, a ``torch.export`` program, or a converted TorchScript module), so reused modules, functional
+calls and residual additions are all seen; the supported operations are :data:`SUPPORTED_LAYERS`. After parsing,
+the parsed network is run beside the real model on probe inputs and refused (:class:`~sparring.errors.
+ModelGraphError`) unless the outputs agree within a tight tolerance: a certificate is only ever issued for the
+network that is deployed. A target's normalisation ``(x - mean) / std`` is the first operation. Everything is
+batched over examples, stays on the model's device, and is differentiable (certified training back-propagates
+through it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sparring.attacks.evasion._checks import check_eps
 from sparring.attacks.norms import Norm
-from sparring.errors import AccessError, InputSpecError, ParameterError
+from sparring.defenses.certify import ops as O
+from sparring.defenses.certify.graph import SUPPORTED_LAYERS, parse
+from sparring.errors import AccessError, InputSpecError, ModelGraphError, ParameterError
 from sparring.targets.base import Target
 from sparring.targets.spec import Access, InputSpec
 from sparring.targets.torch import TorchTarget
 
 __all__ = ["SUPPORTED_LAYERS", "BoundedModel", "Residual", "crown_bounds", "interval_bounds", "margin_spec"]
 
-SUPPORTED_LAYERS = ("Sequential", "Linear", "Conv2d", "ReLU", "Flatten", "BatchNorm1d (eval)", "BatchNorm2d (eval)",
-                    "AvgPool2d", "Identity", "Dropout (eval)", "Residual")
 Tensor = torch.Tensor
 Intermediate = Literal["crown", "ibp"]
+Bounds = tuple[Tensor, Tensor]
+#: probe outputs must agree within ``ATOL + RTOL * max |output|``; float32 rounding is ~1e-6 of it
+ATOL, RTOL = 1e-5, 1e-4
 
 
 class Residual(nn.Module):
-    """A residual connection the bounds understand: ``y = x + block(x)`` (``block`` keeps the shape)."""
+    """A residual connection: ``y = x + block(x)`` (``block`` keeps the shape). Any ``forward`` that adds its
+    branches is bounded the same way; this class is kept for models written against earlier versions."""
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
@@ -55,223 +62,6 @@ class Residual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.block(x)  # type: ignore[no-any-return]
-
-
-def _tail_sum(t: Tensor) -> Tensor:
-    """Sum every axis after (batch, spec): ``(B, S, ...) -> (B, S)``."""
-    return t.flatten(2).sum(-1)
-
-
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    return b if a is None else a if b is None else a + b
-
-
-class _Op:
-    """One layer as a map between per-example shapes: exact forward, interval forward, linear backward."""
-
-    def __init__(self, where: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
-        self.where, self.in_shape, self.out_shape = where, in_shape, out_shape
-
-    def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    def backward(self, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``a`` (B, S, *out_shape) on the output -> (coefficients on the input, constant (B, S) or None)."""
-        raise NotImplementedError
-
-
-class _Affine(_Op):
-    """Elementwise ``x * scale + shift`` (input normalisation, eval-mode batch norm); parameters read live."""
-
-    def __init__(self, where: str, shape: tuple[int, ...], params: Callable[[], tuple[Tensor, Tensor]]) -> None:
-        super().__init__(where, shape, shape)
-        self.params = params  # () -> (scale, shift), each broadcastable to `shape`
-
-    def forward(self, x: Tensor) -> Tensor:
-        s, t = self.params()
-        return x * s + t
-
-    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = self.params()
-        c, r = (hi + lo) / 2 * s + t, (hi - lo) / 2 * s.abs()
-        return c - r, c + r
-
-    def backward(self, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        s, t = self.params()
-        return a * s, _tail_sum(a * t)
-
-
-class _Linear(_Op):
-    def __init__(self, where: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...], m: nn.Linear) -> None:
-        super().__init__(where, in_shape, out_shape)
-        self.m = m
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.m.weight, self.m.bias)
-
-    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        c, r = F.linear((hi + lo) / 2, self.m.weight, self.m.bias), F.linear((hi - lo) / 2, self.m.weight.abs())
-        return c - r, c + r
-
-    def backward(self, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        b = self.m.bias
-        return a @ self.m.weight, None if b is None else _tail_sum(a * b)
-
-
-class _Conv(_Op):
-    def __init__(self, where: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...], m: nn.Conv2d,
-                 padding: tuple[int, int]) -> None:
-        super().__init__(where, in_shape, out_shape)
-        self.m, self.padding = m, padding
-        st, dl, k = m.stride, m.dilation, m.kernel_size
-        self.out_pad = tuple(in_shape[1 + i] - ((out_shape[1 + i] - 1) * st[i] - 2 * padding[i]
-                                                  + dl[i] * (k[i] - 1) + 1) for i in range(2))
-
-    def _conv(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        m = self.m
-        return F.conv2d(x, w, b, m.stride, self.padding, m.dilation, m.groups)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv(x, self.m.weight, self.m.bias)
-
-    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        w = self.m.weight
-        c, r = self._conv((hi + lo) / 2, w, self.m.bias), self._conv((hi - lo) / 2, w.abs(), None)
-        return c - r, c + r
-
-    def backward(self, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        m, n, s = self.m, a.shape[0], a.shape[1]
-        back = F.conv_transpose2d(a.reshape(n * s, *self.out_shape), m.weight, None, m.stride, self.padding,
-                                  self.out_pad, m.groups, m.dilation)
-        b = m.bias
-        return back.reshape(n, s, *self.in_shape), None if b is None else a.sum((-2, -1)) @ b
-
-
-class _Pool(_Op):
-    """``AvgPool2d``: a positive linear map, transposed with ``torch.func.vjp`` (any padding/ceil/divisor)."""
-
-    def __init__(self, where: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...], m: nn.Module) -> None:
-        super().__init__(where, in_shape, out_shape)
-        self.m = m
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.m(x)  # type: ignore[no-any-return]
-
-    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        return self.m(lo), self.m(hi)
-
-    def backward(self, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        n, s = a.shape[:2]
-        vjp = torch.func.vjp(self.m, a.new_zeros(n * s, *self.in_shape))[1]
-        (back,) = vjp(a.reshape(n * s, *self.out_shape))
-        return back.reshape(n, s, *self.in_shape), None
-
-
-class _Reshape(_Op):
-    def forward(self, x: Tensor) -> Tensor:
-        return x.reshape(x.shape[0], *self.out_shape)
-
-    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        return self.forward(lo), self.forward(hi)
-
-    def backward(self, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        return a.reshape(*a.shape[:2], *self.in_shape), None
-
-
-class _ReLU(_Op):
-    relax: tuple[Tensor, Tensor, Tensor] | None = None  # (lower slope, upper slope, upper intercept), (B, *shape)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(x)
-
-    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        return F.relu(lo), F.relu(hi)
-
-    def set_bounds(self, lo: Tensor, hi: Tensor) -> None:
-        """The CROWN relaxation from pre-activation bounds: upper line through (l, 0) and (u, u) where unstable;
-        lower slope 1 if ``u > -l`` else 0; exact where the neuron is stably on or off."""
-        up = hi.clamp(min=0)
-        slope_u = up / (up - lo.clamp(max=0)).clamp(min=1e-12)
-        icpt_u = -lo.clamp(max=0) * slope_u
-        slope_l = ((hi > 0) & ((lo >= 0) | (hi > -lo))).to(lo.dtype)
-        self.relax = (slope_l, slope_u, icpt_u)
-
-    def backward(self, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        assert self.relax is not None, "ReLU relaxation used before its bounds were computed"
-        slope_l, slope_u, icpt_u = (t.unsqueeze(1) for t in self.relax)
-        pos, neg = a.clamp(min=0), a.clamp(max=0)
-        return pos * slope_l + neg * slope_u, _tail_sum(neg * icpt_u)
-
-
-Path = tuple[int, ...]
-
-
-class _Residual(_Op):
-    def __init__(self, where: str, shape: tuple[int, ...], children: list[_Op]) -> None:
-        super().__init__(where, shape, shape)
-        self.children = children
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = x
-        for op in self.children:
-            y = op.forward(y)
-        return x + y
-
-    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:  # pure IBP (no relaxations set)
-        flo, fhi = _walk(self.children, (), lo, hi, None)
-        return lo + flo, hi + fhi
-
-    def backward(self, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        af, bias = _back_chain(self.children, a)
-        return a + af, bias
-
-
-Hook = Callable[[Path, "_ReLU", Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-def _walk(ops: list[_Op], prefix: Path, lo: Tensor, hi: Tensor, hook: Hook | None) -> tuple[Tensor, Tensor]:
-    """IBP through ``ops``; ``hook`` sees (and may tighten) the input bounds of every ReLU, by position."""
-    for i, op in enumerate(ops):
-        if isinstance(op, _Residual) and hook is not None:
-            flo, fhi = _walk(op.children, (*prefix, i), lo, hi, hook)
-            lo, hi = lo + flo, hi + fhi
-            continue
-        if isinstance(op, _ReLU) and hook is not None:
-            lo, hi = hook((*prefix, i), op, lo, hi)
-        lo, hi = op.interval(lo, hi)
-    return lo, hi
-
-
-def _back_chain(ops: list[_Op], a: Tensor) -> tuple[Tensor, Tensor | None]:
-    bias: Tensor | None = None
-    for op in reversed(ops):
-        a, b = op.backward(a)
-        bias = _add(bias, b)
-    return a, bias
-
-
-def _back_from(ops: list[_Op], path: Path, a: Tensor) -> tuple[Tensor, Tensor | None]:
-    """Back-substitute ``a``, given on the input of the layer at ``path``, down to the model's input."""
-    i, bias = path[0], None
-    if len(path) > 1:
-        child = ops[i]
-        assert isinstance(child, _Residual)
-        a, bias = _back_from(child.children, path[1:], a)
-    a, b = _back_chain(ops[:i], a)
-    return a, _add(bias, b)
-
-
-def _mixing_before(ops: list[_Op], path: Path) -> int:
-    """How many non-elementwise layers precede ``path`` (a ReLU counts 2): with at most one, IBP is exact."""
-    n = sum(2 if isinstance(op, _ReLU) else 0 if isinstance(op, _Affine | _Reshape) else 1 for op in ops[: path[0]])
-    if len(path) > 1:
-        child = ops[path[0]]
-        assert isinstance(child, _Residual)
-        n += _mixing_before(child.children, path[1:])  # inside the block only its input x matters
-    return n
 
 
 def _concretize(a: Tensor, bias: Tensor | None, lo: Tensor, hi: Tensor) -> Tensor:
@@ -282,37 +72,100 @@ def _concretize(a: Tensor, bias: Tensor | None, lo: Tensor, hi: Tensor) -> Tenso
     return val if bias is None else val + bias
 
 
+def _module_of(model: Any) -> Any:
+    return model.module() if isinstance(model, torch.export.ExportedProgram) else model
+
+
 class BoundedModel:
-    """A supported model parsed once for bound propagation; parameters are read live, so it follows training.
+    """A model parsed once for bound propagation; parameters are read live, so it follows training.
 
     Args:
-        model: an ``nn.Sequential`` (or a single layer) of the supported layers (:data:`SUPPORTED_LAYERS`), in eval
-            mode where that matters (batch norm, dropout).
-        spec: the :class:`~sparring.targets.InputSpec` (its shape, and its ``mean``/``std`` as the first layer), or
-            just the shape of one input.
+        model: an ``nn.Module`` whose ``forward`` uses the supported operations (:data:`SUPPORTED_LAYERS`) in any
+            arrangement (reused modules and blocks, functional calls, residual additions), in eval mode where that
+            matters (batch norm, dropout); or a ``torch.export`` program, or a TorchScript module.
+        spec: the :class:`~sparring.targets.InputSpec` (its shape, its bounds for the probe inputs, and its
+            ``mean``/``std`` as the first operation), or just the shape of one input.
+        probe: optional raw inputs (N, *shape), e.g. data points, checked on top of random points in the bounds.
+
+    Attributes:
+        max_abs_diff: the largest difference between the parsed network's outputs and the model's over every probe
+            input checked so far (:meth:`check`). n_probes: how many inputs that covers.
 
     Raises:
-        ParameterError: a layer is not supported (naming its type and position) or in training mode.
+        ModelGraphError: an operation is not supported (naming it and its position in the graph), the model
+            cannot be traced, or the parsed network's outputs differ from the model's on the probe inputs.
     """
 
-    def __init__(self, model: nn.Module, spec: InputSpec | tuple[int, ...]) -> None:
-        p = next(iter(model.parameters()), None)
+    def __init__(self, model: nn.Module | Any, spec: InputSpec | tuple[int, ...], *, probe: Tensor | None = None
+                 ) -> None:
+        model = _module_of(model)
+        p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
         self.device = p.device if p is not None else torch.device("cpu")
         self.dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
         shape = spec.shape if isinstance(spec, InputSpec) else tuple(int(s) for s in spec)
         self.in_shape = shape
-        self.ops: list[_Op] = []
+        self.ops: list[O.Op] = []
         norm = spec.norm_tensors(self.device, self.dtype) if isinstance(spec, InputSpec) else None
         if norm is not None:
             scale, shift = 1.0 / norm[1][0], -norm[0][0] / norm[1][0]
-            self.ops.append(_Affine("normalisation", shape, lambda: (scale, shift)))
-        self.out_shape = _parse(model, shape, "", self.ops, self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """The model's exact output (normalisation included)."""
+            self.ops.append(O.Affine("normalisation", (0,), shape, lambda: (scale, shift)))
+        self._n_pre = len(self.ops)
+        points = self._random_points(spec, 8)
+        self.out, self._call = parse(model, self.ops, self._n_pre, self._normalise(points[:2]))
+        self.depth = [0]
         for op in self.ops:
+            self.depth.append(max(self.depth[a] for a in op.args) + op.mixing)
+        with torch.no_grad():
+            self.out_shape = tuple(self.forward(points[:2]).shape[1:])
+        self.max_abs_diff, self.n_probes = 0.0, 0
+        self.check(points[2:])
+        if probe is not None:
+            self.check(torch.as_tensor(probe).to(self.device, self.dtype))
+
+    def _random_points(self, spec: InputSpec | tuple[int, ...], n: int) -> Tensor:
+        gen = torch.Generator().manual_seed(0)
+        u = torch.rand(n, *self.in_shape, generator=gen, dtype=torch.float64)
+        if isinstance(spec, InputSpec):
+            lo, hi = (t.to(torch.float64) for t in spec.bounds_tensors(torch.device("cpu"), torch.float64))
+            if bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+                return (lo + u * (hi - lo)).to(self.device, self.dtype)
+        return torch.randn(n, *self.in_shape, generator=gen).to(self.device, self.dtype)
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        for op in self.ops[: self._n_pre]:
             x = op.forward(x)
         return x
+
+    def check(self, x: Tensor) -> float:
+        """Run the parsed network and the real model on raw inputs ``x``; refuse unless they agree within
+        ``ATOL + RTOL * max |output|``. Returns (and records in :attr:`max_abs_diff`) the largest difference."""
+        if x.shape[0] == 0:
+            return self.max_abs_diff
+        with torch.no_grad():
+            ours = self.forward(x)
+            ref = self._call(self._normalise(x))
+        if not isinstance(ref, Tensor) or ref.shape != ours.shape:
+            got = tuple(ref.shape) if isinstance(ref, Tensor) else type(ref).__name__
+            raise ModelGraphError(f"the network read from the model gives outputs of shape {tuple(ours.shape)}, "
+                                  f"the model {got}: bound propagation cannot follow this model.")
+        diff = float((ours - ref).abs().max())
+        tol = ATOL + RTOL * float(ref.abs().max())
+        if not diff <= tol:  # also refuses NaN
+            raise ModelGraphError(
+                f"the network read from the model does not reproduce it: on {x.shape[0]} probe inputs their outputs "
+                f"differ by up to {diff:.3g} (tolerance {tol:.2g}), so its certificates would be for another "
+                "network. Something in forward is not what the graph shows (in-place updates of a tensor used "
+                "again, state kept between calls, randomness); write forward without it, or bound a "
+                "torch.export program of the model.")
+        self.max_abs_diff, self.n_probes = max(self.max_abs_diff, diff), self.n_probes + int(x.shape[0])
+        return diff
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The parsed network's output (normalisation included)."""
+        vals = [x]
+        for op in self.ops:
+            vals.append(op.forward(*(vals[a] for a in op.args)))
+        return vals[self.out]
 
     def _spec(self, c: Tensor | None, n: int) -> Tensor | None:
         if c is None:
@@ -325,15 +178,25 @@ class BoundedModel:
                 f"of shape {k}; got {tuple(c.shape)}.")
         return c.expand(n, *c.shape[-2:]) if c.ndim == 2 else c
 
-    def interval(self, lo: Tensor, hi: Tensor, C: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _walk(self, lo: Tensor, hi: Tensor, stop: int, hook: Any = None) -> list[Bounds]:
+        """IBP bounds of the values ``0..stop``; ``hook(value, relu, bounds)`` may tighten every ReLU's input."""
+        vals: list[Bounds] = [(lo, hi)]
+        for op in self.ops[:stop]:
+            if isinstance(op, O.ReLU) and hook is not None:
+                vals[op.args[0]] = hook(op.args[0], op, vals[op.args[0]])
+            vals.append(op.interval(*(vals[a] for a in op.args)))
+        return vals
+
+    def interval(self, lo: Tensor, hi: Tensor, C: Tensor | None = None) -> Bounds:
         """IBP bounds over the box ``[lo, hi]`` (B, *in_shape): of the outputs, or of ``C @ outputs`` (B, S)."""
         c = self._spec(C, lo.shape[0])
-        last = self.ops[-1] if self.ops else None
-        if c is not None and isinstance(last, _Linear) and len(last.in_shape) == 1:
-            lo, hi = _walk(self.ops[:-1], (), lo, hi, None)  # elision: C·W is one exact linear layer
-            w, b = c @ last.m.weight, None if last.m.bias is None else c @ last.m.bias
+        last = self.ops[self.out - 1] if self.out > 0 else None
+        if c is not None and isinstance(last, O.Linear) and len(last.in_shape) == 1:
+            lo, hi = self._walk(lo, hi, self.out - 1)[last.args[0]]  # elision: C·W is one exact linear layer
+            w, b = c @ last.weight(), last.bias()
+            b = None if b is None else c @ b
         else:
-            lo, hi = _walk(self.ops, (), lo, hi, None)
+            lo, hi = self._walk(lo, hi, self.out)[self.out]
             if c is None:
                 return lo, hi
             w, b = c, None
@@ -347,27 +210,42 @@ class BoundedModel:
         eye = torch.eye(k, device=self.device, dtype=self.dtype)
         return eye.reshape(k, *self.out_shape).expand(n, k, *self.out_shape)
 
-    def relu_bounds(self, lo: Tensor, hi: Tensor, intermediate: Intermediate = "crown"
-                    ) -> dict[str, tuple[Tensor, Tensor]]:
-        """Bounds on the input of every ReLU over the box, keyed by its position (as in ``named_modules()``), in
-        forward order; also sets the ReLU relaxations that the CROWN backward pass uses."""
+    def _back(self, start: int, a0: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Back-substitute ``a0``, given on value ``start``, through every path of the graph down to the input."""
+        coeff: dict[int, Tensor] = {start: a0}
+        bias: Tensor | None = None
+        for k in range(start - 1, -1, -1):  # op k produces value k + 1; its consumers come later
+            a = coeff.pop(k + 1, None)
+            if a is None:
+                continue
+            op = self.ops[k]
+            parts, b = op.backward(a)
+            bias = O.add(bias, b)
+            for i, part in zip(op.args, parts, strict=True):
+                coeff[i] = part if i not in coeff else coeff[i] + part
+        return coeff[0] if 0 in coeff else a0.new_zeros(*a0.shape[:2], *self.in_shape), bias
+
+    def relu_bounds(self, lo: Tensor, hi: Tensor, intermediate: Intermediate = "crown") -> dict[str, Bounds]:
+        """Bounds on the input of every ReLU over the box, in execution order, keyed by where it is called: the
+        module's name in ``named_modules()`` (``name#k`` for its k-th call when one module is reused) or the graph
+        node's name for functional calls; also sets the ReLU relaxations that the CROWN backward pass uses."""
         if intermediate not in ("crown", "ibp"):
             raise ParameterError(f"intermediate must be 'crown' or 'ibp'; got {intermediate!r}.")
-        found: dict[str, tuple[Tensor, Tensor]] = {}
+        found: dict[str, Bounds] = {}
 
-        def hook(path: Path, op: _ReLU, lb: Tensor, ub: Tensor) -> tuple[Tensor, Tensor]:
-            if intermediate == "crown" and _mixing_before(self.ops, path) > 1:  # else IBP is already exact
-                lb, ub = self._tighten(path, lb, ub, lo, hi)
-            op.set_bounds(lb, ub)
-            found[op.where] = (lb, ub)
-            return lb, ub
+        def hook(v: int, op: O.ReLU, b: Bounds) -> Bounds:
+            if intermediate == "crown" and self.depth[v] > 1:  # else IBP is already exact
+                b = self._tighten(v, b[0], b[1], lo, hi)
+            op.set_bounds(*b)
+            found[op.where] = b
+            return b
 
-        _walk(self.ops, (), lo, hi, hook)
+        self._walk(lo, hi, self.out, hook)
         return found
 
     def _lower(self, lo: Tensor, hi: Tensor, a0: Tensor, intermediate: Intermediate) -> Tensor:
         self.relu_bounds(lo, hi, intermediate)
-        a, bias = _back_chain(self.ops, a0)
+        a, bias = self._back(self.out, a0)
         return _concretize(a, bias, lo, hi)
 
     def crown_lower(self, lo: Tensor, hi: Tensor, C: Tensor | None = None,
@@ -377,7 +255,7 @@ class BoundedModel:
         return self._lower(lo, hi, self._identity(lo.shape[0]) if c is None else c, intermediate)
 
     def crown(self, lo: Tensor, hi: Tensor, C: Tensor | None = None,
-              intermediate: Intermediate = "crown") -> tuple[Tensor, Tensor]:
+              intermediate: Intermediate = "crown") -> Bounds:
         """CROWN lower and upper bounds, of the outputs (their shape) or of ``C @ outputs`` (B, S). The upper bound
         of ``C·f`` is minus the lower bound of ``-C·f``: both come from one backward pass."""
         n = lo.shape[0]
@@ -390,8 +268,8 @@ class BoundedModel:
             lb, ub = lb.reshape(n, *self.out_shape), ub.reshape(n, *self.out_shape)
         return lb, ub
 
-    def _tighten(self, path: Path, lo: Tensor, hi: Tensor, box_lo: Tensor, box_hi: Tensor) -> tuple[Tensor, Tensor]:
-        """CROWN bounds on the ReLU input at ``path`` for the neurons IBP leaves unstable, intersected with IBP."""
+    def _tighten(self, v: int, lo: Tensor, hi: Tensor, box_lo: Tensor, box_hi: Tensor) -> Bounds:
+        """CROWN bounds on value ``v`` (a ReLU input) for the neurons IBP leaves unstable, intersected with IBP."""
         n, shape = lo.shape[0], lo.shape[1:]
         flo, fhi = lo.reshape(n, -1), hi.reshape(n, -1)
         idx = ((flo < 0) & (fhi > 0)).any(0).nonzero().squeeze(1)
@@ -401,95 +279,11 @@ class BoundedModel:
         e = torch.zeros(k, flo.shape[1], device=lo.device, dtype=lo.dtype)
         e[torch.arange(k, device=lo.device), idx] = 1.0
         a0 = torch.cat([e, -e]).reshape(2 * k, *shape).expand(n, 2 * k, *shape)
-        a, bias = _back_from(self.ops, path, a0)
+        a, bias = self._back(v, a0)
         bnd = _concretize(a, bias, box_lo, box_hi)
         new_lo = torch.maximum(flo[:, idx], bnd[:, :k])
         new_hi = torch.minimum(fhi[:, idx], -bnd[:, k:])
         return flo.index_copy(1, idx, new_lo).reshape(lo.shape), fhi.index_copy(1, idx, new_hi).reshape(hi.shape)
-
-
-def _unsupported(m: nn.Module, where: str, why: str = "") -> ParameterError:
-    pos = f"at position {where!r} (as in model.named_modules())" if where else "(the model itself)"
-    return ParameterError(
-        f"bound propagation does not support {type(m).__name__} {pos}{why}. Supported layers: "
-        f"{', '.join(SUPPORTED_LAYERS)}. Replace it with a supported equivalent (e.g. AvgPool2d or a strided Conv2d "
-        "for MaxPool2d) or call model.eval() for layers that differ in training mode.")
-
-
-def _parse(m: nn.Module, shape: tuple[int, ...], where: str, ops: list[_Op], owner: BoundedModel) -> tuple[int, ...]:
-    kind = type(m)
-    if kind is nn.Sequential:
-        for name, child in m.named_children():
-            shape = _parse(child, shape, f"{where}.{name}" if where else name, ops, owner)
-        return shape
-    if kind is Residual:
-        assert isinstance(m, Residual)
-        children: list[_Op] = []
-        out = _parse(m.block, shape, f"{where}.block" if where else "block", children, owner)
-        if out != shape:
-            raise ParameterError(f"the Residual block at position {where!r} maps shape {shape} to {out}; a residual "
-                                 "block must keep the shape (y = x + block(x)).")
-        ops.append(_Residual(where, shape, children))
-        return shape
-    if kind is nn.Identity or (kind is nn.Dropout and not m.training):
-        return shape
-    if kind in (nn.Dropout, nn.BatchNorm1d, nn.BatchNorm2d) and m.training:
-        raise _unsupported(m, where, " in training mode (it is random or uses batch statistics)")
-    if kind not in (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d):
-        raise _unsupported(m, where)
-    try:
-        with torch.no_grad():
-            out = m(torch.zeros(2, *shape, device=owner.device, dtype=owner.dtype))
-    except RuntimeError as exc:
-        raise ParameterError(f"{kind.__name__} at position {where!r} fails on inputs of shape {shape}: {exc}") from exc
-    if not isinstance(out, Tensor) or out.ndim < 2 or out.shape[0] != 2:
-        raise _unsupported(m, where, " with these settings (it mixes the batch axis)")
-    out_shape = tuple(out.shape[1:])
-    if isinstance(m, nn.Linear):
-        ops.append(_Linear(where, shape, out_shape, m))
-    elif isinstance(m, nn.Conv2d):
-        ops.append(_Conv(where, shape, out_shape, m, _conv_padding(m, where)))
-    elif isinstance(m, nn.ReLU):
-        ops.append(_ReLU(where, shape, out_shape))
-    elif isinstance(m, nn.Flatten):
-        ops.append(_Reshape(where, shape, out_shape))
-    elif isinstance(m, nn.AvgPool2d):
-        ops.append(_Pool(where, shape, out_shape, m))
-    else:
-        assert isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)
-        if m.running_mean is None or m.running_var is None:
-            raise _unsupported(m, where, " without running statistics (track_running_stats=False)")
-        ops.append(_Affine(where, shape, _bn_params(m, len(shape))))
-    return out_shape
-
-
-def _bn_params(m: nn.BatchNorm1d | nn.BatchNorm2d, ndim: int) -> Callable[[], tuple[Tensor, Tensor]]:
-    view = (-1,) + (1,) * (ndim - 1)
-
-    def params() -> tuple[Tensor, Tensor]:
-        assert m.running_mean is not None and m.running_var is not None
-        scale = torch.rsqrt(m.running_var + m.eps)
-        if m.weight is not None:
-            scale = scale * m.weight
-        shift = -m.running_mean * scale
-        if m.bias is not None:
-            shift = shift + m.bias
-        return scale.reshape(view), shift.reshape(view)
-
-    return params
-
-
-def _conv_padding(m: nn.Conv2d, where: str) -> tuple[int, int]:
-    if m.padding_mode != "zeros":
-        raise _unsupported(m, where, f" with padding_mode={m.padding_mode!r} (only 'zeros')")
-    if m.padding == "valid":
-        return (0, 0)
-    if isinstance(m.padding, str):  # "same": symmetric only
-        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size, strict=True)]
-        if any(t % 2 for t in total):
-            raise _unsupported(m, where, " with asymmetric padding='same' (even kernel); pad explicitly")
-        return (total[0] // 2, total[1] // 2)
-    return (int(m.padding[0]), int(m.padding[1]))
 
 
 def margin_spec(y: Tensor, n_classes: int) -> Tensor:
@@ -511,7 +305,7 @@ def _setup(model_or_target: nn.Module | TorchTarget, x: Any, eps: float, lower: 
     elif isinstance(model_or_target, Target):
         raise AccessError(f"bound propagation needs the layers of a TorchTarget; got a {type(model_or_target).__name__}"
                           " (no white-box access).")
-    elif isinstance(model_or_target, nn.Module):
+    elif isinstance(model_or_target, nn.Module | torch.export.ExportedProgram):
         xt = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
         if xt.ndim < 2 or xt.shape[0] == 0 or not bool(torch.isfinite(xt).all()):
             raise InputSpecError(f"x must be a non-empty finite batch (N, ...); got shape {tuple(xt.shape)}.")
@@ -533,6 +327,9 @@ def _setup(model_or_target: nn.Module | TorchTarget, x: Any, eps: float, lower: 
         hi = torch.minimum(hi, torch.as_tensor(upper).to(xt))
     if bool((lo > hi).any()):
         raise InputSpecError("some inputs lie outside [lower, upper], so their eps-box is empty; clip x to the bounds.")
+    gen = torch.Generator().manual_seed(1)
+    u = torch.rand(lo[:8].shape, generator=gen).to(lo)
+    bm.check(torch.cat([xt[:8], lo[:8] + u * (hi[:8] - lo[:8])]))  # the data and points of the boxes bounded
     return bm, lo, hi
 
 

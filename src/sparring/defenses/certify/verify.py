@@ -38,6 +38,10 @@ class VerifyResult:
         winner: with ``method="best"``, (N, K) int8 codes into :attr:`WINNERS` telling which method gave each
             margin's bound (``"tie"`` where equal, and in the true class's column); None otherwise.
         method, eps, params: what was asked. seconds: wall-clock time.
+        model_check: how the network that was bounded was checked against the model before any bound:
+            ``probes`` (inputs run through both: random points in the bounds and the first data points) and
+            ``max_abs_diff`` (the largest difference of their outputs, within ``bounds.ATOL + bounds.RTOL * max
+            |output|`` or nothing would have been verified).
 
     Arrays have the kind (tensor/numpy) of the inputs given to :func:`verify`.
     """
@@ -53,6 +57,7 @@ class VerifyResult:
     winner: Any = None
     params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    model_check: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -81,6 +86,7 @@ class VerifyResult:
         s: dict[str, Any] = {
             "method": self.method, "eps": self.eps, "n": self.n, "clean_accuracy": self.clean_accuracy,
             "verified_accuracy": self.verified_accuracy, "params": self.params, "seconds": round(self.seconds, 4),
+            "model_check": self.model_check,
         }
         if self.winner is not None:
             s["wins"] = self.wins()
@@ -98,8 +104,8 @@ def verify(target: TorchTarget, x: Any, y: Any, eps: float, *, method: Method = 
     the two for each margin (both are sound, so their maximum is too).
 
     Args:
-        target: a :class:`~sparring.targets.TorchTarget` of a supported architecture (see
-            :data:`~sparring.defenses.certify.bounds.SUPPORTED_LAYERS`).
+        target: a :class:`~sparring.targets.TorchTarget` whose model uses the supported operations (see
+            :data:`~sparring.defenses.certify.bounds.SUPPORTED_LAYERS`), however its ``forward`` arranges them.
         x: inputs (N, *spec.shape) within the spec's bounds; y: true labels (N,).
         eps: L∞ budget in raw input space.
         method: ``"best"``, ``"ibp"`` or ``"crown"``.
@@ -125,7 +131,7 @@ def verify(target: TorchTarget, x: Any, y: Any, eps: float, *, method: Method = 
     e = check_eps(eps, Norm.LINF, target.spec)
     xt, yt = target.spec.validate(x, y)
     assert yt is not None
-    bm = BoundedModel(target.model, target.spec)
+    bm = BoundedModel(target.model, target.spec, probe=xt[:8])  # refuses a network other than the model
     low, high = target.spec.bounds_tensors(bm.device, bm.dtype)
     k = target.spec.n_classes
     margins, winners, correct = [], [], []
@@ -156,7 +162,7 @@ def verify(target: TorchTarget, x: Any, y: Any, eps: float, *, method: Method = 
     return VerifyResult(
         method=method, eps=e, verified=_like(ver, x), margin_lower=_like(margin, x), y=_like(yt, x),
         clean_correct=_like(torch.cat(correct), x), winner=None if won is None else _like(won, x), params=params,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, model_check={"probes": bm.n_probes, "max_abs_diff": bm.max_abs_diff},
     )
 
 
