@@ -145,7 +145,9 @@ def test_fab_t_is_as_strong_as_fab(digits_cnn: TorchTarget, digits_batch: tuple)
 def test_targeted_fab_reaches_the_requested_class(digits_cnn: TorchTarget, digits_batch: tuple) -> None:
     x, y = _small(digits_batch, 12)
     t = (y + 1) % 10
-    r = FAB(eps=0.3, steps=20)(digits_cnn, x, y, target_labels=t)
+    # One restart is model-dependent (10/12 or 11/12 on two trainings of the zoo CNN: FAB starts at x and can stall
+    # there); three restarts reached the target on 12/12, as targeted PGD-50 does.
+    r = FAB(eps=0.3, steps=20, restarts=3)(digits_cnn, x, y, target_labels=t)
     assert torch.equal(r.success, r.adv_pred == t)
     assert torch.equal(digits_cnn.predict(r.x_adv)[r.success], t[r.success])
     assert r.success_rate >= 0.9
