@@ -139,3 +139,47 @@ def test_tree_milp_against_search_on_40_points(gbm: Target) -> None:
     assert exact.success_rate == 1.0
     assert bool((exact.costs <= search.costs + 1e-4).all())
     assert float(exact.costs.median()) < float(search.costs.median())
+
+
+def _one_mutable(name: str) -> FeatureConstraints:
+    """Only ``name`` may change (no relations): most detected fraud rows cannot be evaded."""
+    d = C.to_dict()
+    for f in d["features"]:
+        f["mutable"] = f["name"] == name
+    d["one_hot"] = [dict(g, mutable=False) for g in d["one_hot"]]
+    d["derived"] = []
+    return FeatureConstraints.from_dict(d)
+
+
+@pytest.mark.parametrize("access", [Access.SCORES, Access.LABELS])
+def test_cost_search_out_of_budget_marks_unfinished_rows_unknown(gbm: Target, access: Access) -> None:
+    x, y = _detected_fraud(gbm, 80)  # two chunks of the search (64 + 16)
+    c = _one_mutable("distance_km")
+    est = gbm.estimator  # type: ignore[attr-defined]
+    full = CostSearch(constraints=c)(SklearnTarget(est, gbm.spec, access=access), x, y)
+    assert full.n_unknown == 0 and full.robust_accuracy >= 0.8 and not full.summary()["budget_exhausted"]
+    budget = full.cost.queries // 2
+    t = SklearnTarget(est, gbm.spec, access=access, query_budget=budget)
+    part = CostSearch(constraints=c)(t, x, y)  # used to raise QueryBudgetExceeded
+    s = part.summary()
+    assert s["budget_exhausted"] and part.cost.queries <= budget and t.counter.used <= budget
+    unknown, robust, broken = part.unknown_mask, part.robust_mask, np.asarray(part.success, dtype=bool)
+    assert part.n_unknown >= 16 and not (unknown & robust).any() and not (unknown & broken).any()
+    assert bool((unknown | robust | broken).all())
+    assert s["robust_accuracy"] < full.robust_accuracy  # the unfinished rows are not counted as robust
+    assert s["n_unknown"] == part.n_unknown
+    assert s["robust_accuracy"] + s["unknown_rate"] + s["success_rate"] == pytest.approx(1.0)
+    assert bool((robust <= full.robust_mask).all()) and bool((broken <= np.asarray(full.success, dtype=bool)).all())
+    _all_feasible(part, x)
+    none = CostSearch(constraints=c)(SklearnTarget(est, gbm.spec, access=access, query_budget=10), x, y)
+    assert none.n_unknown == len(x) and none.robust_accuracy == 0.0 and none.extras["unattacked"] == len(x)
+
+
+def test_cost_search_evasions_found_before_the_budget_ran_out_are_kept(gbm: Target) -> None:
+    x, y = _detected_fraud(gbm, 32)
+    full = CostSearch(constraints=C)(gbm, x, y)
+    t = SklearnTarget(gbm.estimator, gbm.spec, query_budget=full.cost.queries - 5)  # type: ignore[attr-defined]
+    part = CostSearch(constraints=C)(t, x, y)  # no queries left to re-check: the search's own answers stand
+    assert part.summary()["budget_exhausted"] and part.success_rate == full.success_rate >= 0.9
+    assert bool((torch.as_tensor(gbm.predict(part.x_adv)) != y)[torch.as_tensor(part.success)].all())
+    _all_feasible(part, x)

@@ -12,7 +12,9 @@
 
 Threat model: black-box; soft labels need scores, hard labels need labels only. Every query goes through
 :meth:`Target.query` / :meth:`Target.query_labels`, so the attack runs unchanged against an HttpTarget and respects
-its budget.
+its budget: when the target's own query budget is smaller than the attack's, the last round is cut to what is left
+and the attack stops there, returning the surrogate trained on the answers it got, with
+``extras["budget_exhausted"] = True`` (the fidelity of an attack cut short is a lower bound, not the risk).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 from sparring._util import reinit_parameters
 from sparring.attacks.extraction.metrics import ExtractionResult, agreement
 from sparring.attacks.result import Cost
-from sparring.errors import InputSpecError, ParameterError
+from sparring.errors import InputSpecError, ParameterError, QueryBudgetExceeded
 from sparring.targets.base import Target
 from sparring.targets.spec import Access, InputSpec
 from sparring.targets.torch import TorchTarget
@@ -154,19 +156,34 @@ class KnockoffNets:
         ys: list[torch.Tensor] = []
         unused = None if pool_t is None else torch.randperm(pool_t.shape[0], generator=gen).to(target.device)
         history: list[dict[str, float]] = []
+        exhausted = False
         for r, size in enumerate(sizes):
+            left = target.counter.remaining
+            if left is not None and left < size:  # the victim's budget ends inside this round: spend what is left
+                size, exhausted = left, True
+            if size == 0:
+                break
             x_new, unused = self._select(r, size, surrogate, pool_t, unused, xs, ys, gen)
+            try:
+                answers = self._answers(target, x_new)
+            except QueryBudgetExceeded:  # someone else spent the budget meanwhile: stop with what was answered
+                exhausted = True
+                break
             xs.append(x_new)
-            ys.append(self._answers(target, x_new))
+            ys.append(answers)
             _train(surrogate, torch.cat(xs), torch.cat(ys), opt, epochs=self.epochs, batch_size=self.batch_size,
                    gen=gen)
             history.append(_evaluate(surrogate, target.counter.used - q0, eval_x, eval_labels, eval_y))
+            if exhausted:
+                break
         used = target.counter.used - q0
         surrogate.counter.reset()  # the attacker's own model: what it cost is not the victim's
+        spec = target.spec
+        sent = torch.cat(xs) if xs else torch.empty((0, *spec.shape), device=target.device)
         return ExtractionResult(
             attack=self.name, params=self.get_params(), cost=Cost(queries=used, seconds=time.perf_counter() - t0),
             surrogate=surrogate, queries=used, history=history, label_mode=self.labels,
-            extras={"queries_x": torch.cat(xs)},
+            extras={"queries_x": sent, "budget_exhausted": exhausted, "rounds_done": len(history)},
         )
 
     # ------------------------------------------------------------------ query selection

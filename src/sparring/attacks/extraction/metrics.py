@@ -71,7 +71,8 @@ class ExtractionResult(AttackResult):
             evaluation data was given; they cost the attacker nothing).
         label_mode: ``"soft"`` (probability vectors) or ``"hard"`` (labels only).
         extras: ``"queries_x"``: every input sent to the victim, in order (e.g. to replay a client's stream
-            through :class:`~sparring.defenses.detect.extraction.PradaDetector`).
+            through :class:`~sparring.defenses.detect.extraction.PradaDetector`); ``"budget_exhausted"``: the
+            victim's query budget stopped the attack early (its fidelity is then a lower bound, not the risk).
     """
 
     surrogate: Any = None
@@ -92,5 +93,5 @@ class ExtractionResult(AttackResult):
     def summary(self) -> dict[str, Any]:
         s = super().summary()
         s.update(queries=self.queries, label_mode=self.label_mode, fidelity=self.fidelity, accuracy=self.accuracy,
-                 history=self.history)
+                 history=self.history, budget_exhausted=bool(self.extras.get("budget_exhausted", False)))
         return s

@@ -5,6 +5,13 @@ The runner validates the data, runs the attack, then checks every returned row w
 mode a row that breaks any constraint is reverted to the clean input and counts as a failure, so every returned
 adversarial example is feasible by verification, not by assumption. In unconstrained mode (the baseline that shows
 "fantasy" vulnerabilities) the rows are kept and their violations reported.
+
+Query budget: when the target's budget runs out (:class:`~sparring.errors.QueryBudgetExceeded`), the result is
+partial, never an exception: rows the attack had not finished with and had not broken are ``unknown`` (never
+robust; :attr:`~sparring.attacks.result.EvasionResult.unknown`), ``extras["budget_exhausted"]`` is True. An attack
+reports what it established in ``notes``: ``"budget_exhausted"``, ``"finished"`` (per row) and ``"adv_pred"`` (the
+label the model gave each returned row when it was queried, -1 where none), which stand in for the final label
+query when the budget leaves none.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import numpy as np
 import torch
 
 from sparring.attacks.result import Cost, EvasionResult, _np
-from sparring.errors import InputSpecError
+from sparring.errors import InputSpecError, QueryBudgetExceeded
 from sparring.targets.base import Target
 from sparring.targets.constraints import FeatureConstraints
 
@@ -94,16 +101,48 @@ def run_tabular(
         )
     q0, t0 = target.counter.used, time.perf_counter()
     notes: dict[str, Any] = {"gradients": 0}
-    clean_pred = target.query_labels(x0)
-    x_adv = attack(x0, y0, notes).to(dev, torch.float32)
+    n = x0.shape[0]
+    finished: torch.Tensor
+    try:
+        clean_pred = target.query_labels(x0).to(dev)
+    except QueryBudgetExceeded:  # not even the clean predictions: nothing is known about any row
+        clean_pred, notes["budget_exhausted"], notes["unattacked"] = y0.clone(), True, n
+        x_adv = x0.clone()
+        finished = torch.zeros(n, dtype=torch.bool, device=dev)
+    else:
+        try:
+            x_adv = attack(x0, y0, notes).to(dev, torch.float32)
+        except QueryBudgetExceeded:  # an attack that keeps no partial state: every row unfinished
+            notes["budget_exhausted"], x_adv = True, x0.clone()
+            notes.pop("finished", None), notes.pop("adv_pred", None)
+        done = notes.pop("finished", None)
+        exhausted = bool(notes.get("budget_exhausted", False))
+        finished = (torch.full((n,), not exhausted, device=dev) if done is None else done.to(dev)).bool()
+    seen = notes.pop("adv_pred", None)
     viol = constraints.check(x0, x_adv)
     feasible = viol.ok.to(dev)
     if constrained:  # verified, not assumed: an infeasible row goes back to the clean input and fails
         notes["reverted_infeasible"] = int((~feasible).sum())
         x_adv = torch.where(feasible[:, None], x_adv, x0)
         feasible = torch.ones_like(feasible)
-    adv_pred = target.query_labels(x_adv)
+    changed = (x_adv != x0).any(dim=1)
+    adv_pred = clean_pred.clone()  # an unchanged row keeps its clean prediction (no second query)
+    try:
+        if bool(changed.any()):
+            adv_pred[changed] = target.query_labels(x_adv[changed]).to(dev)
+    except QueryBudgetExceeded:  # no queries left to verify: use the labels the attack's own queries saw
+        notes["budget_exhausted"] = True
+        known = changed & (seen.to(dev) >= 0) if seen is not None else torch.zeros_like(changed)
+        if seen is not None:
+            adv_pred[known] = seen.to(dev)[known]
+        lost = changed & ~known  # never seen by the model where it stands: back to the clean row, unfinished
+        x_adv = torch.where(lost[:, None], x0, x_adv)
+        finished = finished & ~lost
+        if not constrained:
+            viol = constraints.check(x0, x_adv)
+            feasible = viol.ok.to(dev)
     success = adv_pred != y0
+    unknown = ~finished & ~success  # not finished and not broken: neither robust nor evaded
     costs = constraints.cost(x0, x_adv)
     cost = Cost(queries=target.counter.used - q0, gradients=int(notes.pop("gradients")),
                 seconds=time.perf_counter() - t0)
@@ -116,5 +155,5 @@ def run_tabular(
         attack=name, params=params, cost=cost, x_adv=out(x_adv), y=out(y0), success=out(success),
         clean_correct=out(clean_pred == y0), adv_pred=out(adv_pred), norms=out(costs), norm="cost",
         extras=notes, costs=out(costs), feasible=out(feasible),
-        violations={} if constrained else viol.by_rule(), constrained=constrained,
+        violations={} if constrained else viol.by_rule(), constrained=constrained, unknown=out(unknown),
     )

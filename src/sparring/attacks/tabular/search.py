@@ -16,6 +16,10 @@ Threat model: score-based or decision-based (labels only), untargeted, the cost 
 Both end with a label-only refinement: changed features are reverted one at a time while the row stays misclassified,
 then each remaining numeric change is shrunk by bisection towards the clean value (as the boundary search of
 HopSkipJump, Chen et al. 2020, does along a line).
+
+Query budget: when the target's budget would be crossed, the search stops before sending (nothing is overspent) and
+returns what it has: every row kept as an evasion was seen misclassified by the model when it was queried, and every
+row whose search had not finished and that is not broken is ``unknown`` in the result (never robust).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from sparring.attacks.tabular.result import ConstrainedResult, run_tabular
-from sparring.errors import ParameterError
+from sparring.errors import ParameterError, QueryBudgetExceeded
 from sparring.targets.base import Target
 from sparring.targets.constraints import FeatureConstraints
 from sparring.targets.spec import Access
@@ -78,12 +82,13 @@ class _Evaluator:
                  use_scores: bool) -> None:
         self.target, self.c, self.x0, self.y, self.use_scores = target, c, x0, y, use_scores
 
-    def __call__(self, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, cand: torch.Tensor) -> _Batch:
         n, m, f = cand.shape
         x0 = self.x0[:, None, :].expand(n, m, f).reshape(-1, f)
         flat = self.c.repair(x0, cand.reshape(-1, f))
         ok = self.c.check(x0, flat).ok
         margin = torch.full((n * m,), float("inf"), device=flat.device)
+        pred = torch.full((n * m,), -1, dtype=torch.long, device=flat.device)
         y = self.y[:, None].expand(n, m).reshape(-1)
         if bool(ok.any()):
             if self.use_scores:
@@ -92,10 +97,45 @@ class _Evaluator:
                 true = p.gather(1, y[ok, None])[:, 0]
                 other = p.scatter(1, y[ok, None], float("-inf")).max(dim=1).values
                 margin[ok] = (true - other).float()
+                pred[ok] = p.argmax(dim=1).to(pred.device)
             else:
-                margin[ok] = torch.where(self.target.query_labels(flat[ok]) != y[ok], -1.0, 1.0)
+                lab = self.target.query_labels(flat[ok]).to(pred.device).long()
+                margin[ok] = torch.where(lab != y[ok], -1.0, 1.0)
+                pred[ok] = lab
         cost = self.c.cost(x0, flat)
-        return flat.reshape(n, m, f), ok.reshape(n, m), margin.reshape(n, m), cost.reshape(n, m)
+        return _Batch(flat.reshape(n, m, f), ok.reshape(n, m), margin.reshape(n, m), cost.reshape(n, m),
+                      pred.reshape(n, m))
+
+
+@dataclass
+class _Batch:
+    """Evaluated candidates ``(N, C)``: repaired rows, feasible, true-class margin (< 0: misclassified; inf where
+    not sent), cost, and the label the model gave (-1 where not sent)."""
+
+    cand: torch.Tensor
+    ok: torch.Tensor
+    margin: torch.Tensor
+    cost: torch.Tensor
+    pred: torch.Tensor
+
+
+@dataclass
+class _Best:
+    """The cheapest misclassified feasible row found so far per row (the clean row while none), its cost and the
+    label the model gave it when it was queried (-1 while none). Updated in place (views of it may be searched)."""
+
+    x: torch.Tensor
+    cost: torch.Tensor
+    pred: torch.Tensor
+
+    @classmethod
+    def start(cls, x0: torch.Tensor) -> _Best:
+        n = x0.shape[0]
+        return cls(x0.clone(), torch.full((n,), float("inf"), device=x0.device),
+                   torch.full((n,), -1, dtype=torch.long, device=x0.device))
+
+    def rows(self, s: slice) -> _Best:
+        return _Best(self.x[s], self.cost[s], self.pred[s])
 
 
 def _expand(states: torch.Tensor, mv: list[_Move]) -> torch.Tensor:
@@ -109,13 +149,14 @@ def _expand(states: torch.Tensor, mv: list[_Move]) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
-def _keep_cheapest(best: torch.Tensor, best_cost: torch.Tensor, cand: torch.Tensor, ok: torch.Tensor,
-                   margin: torch.Tensor, cost: torch.Tensor) -> None:
-    c = torch.where(ok & (margin < 0), cost, torch.full_like(cost, float("inf")))
+def _keep_cheapest(best: _Best, b: _Batch, allowed: torch.Tensor | None = None) -> None:
+    ok = b.ok if allowed is None else b.ok & allowed
+    c = torch.where(ok & (b.margin < 0), b.cost, torch.full_like(b.cost, float("inf")))
     m, i = c.min(dim=1)
-    better = m < best_cost
-    best[better] = cand[better, i[better]]
-    best_cost[better] = m[better]
+    better = m < best.cost
+    best.x[better] = b.cand[better, i[better]]
+    best.cost[better] = m[better]
+    best.pred[better] = b.pred[better, i[better]]
 
 
 def refine(target: Target, c: FeatureConstraints, x0: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
@@ -125,37 +166,47 @@ def refine(target: Target, c: FeatureConstraints, x0: torch.Tensor, y: torch.Ten
     Rows of ``x_adv`` that are not misclassified or not feasible are returned unchanged.
     """
     ev = _Evaluator(target, c, x0, y, use_scores=False)
-    best = x_adv.clone()
-    _, ok0, margin0, _ = ev(best[:, None, :])
-    active = ok0[:, 0] & (margin0[:, 0] < 0)
+    b = ev(x_adv[:, None, :])
+    best = _Best(x_adv.clone(), b.cost[:, 0].clone(), b.pred[:, 0].clone())
+    _refine(ev, c, x0, best, b.ok[:, 0] & (b.margin[:, 0] < 0), bisections)
+    return best.x
+
+
+def _refine(ev: _Evaluator, c: FeatureConstraints, x0: torch.Tensor, best: _Best, active: torch.Tensor,
+            bisections: int = 6) -> None:
+    """:func:`refine` in place on the ``active`` rows of ``best`` (each change kept was seen misclassified)."""
     if not bool(active.any()):
-        return best
+        return
     mv = _moves(c, x0)
-    contrib = torch.stack([((best[:, m.cols] - x0[:, m.cols]).abs().sum(1)) for m in mv], 1).mean(0)
+    if not mv:
+        return
+
+    def keep(trial: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        b = ev(trial[:, None, :])
+        good = rows & b.ok[:, 0] & (b.margin[:, 0] < 0)
+        best.x[good], best.pred[good], best.cost[good] = b.cand[good, 0], b.pred[good, 0], b.cost[good, 0]
+        return good
+
+    contrib = torch.stack([((best.x[:, m.cols] - x0[:, m.cols]).abs().sum(1)) for m in mv], 1).mean(0)
     for k in contrib.argsort(descending=True).tolist():
         cols = mv[k].cols
-        trial = best.clone()
+        trial = best.x.clone()
         trial[:, cols] = x0[:, cols]
-        fixed, ok, margin, _ = ev(trial[:, None, :])
-        keep = active & ok[:, 0] & (margin[:, 0] < 0)
-        best[keep] = fixed[keep, 0]
+        keep(trial, active)
     for m in mv:
         j = int(m.cols[0])
         if len(m.cols) > 1 or c.features[j].type in ("binary", "ordinal"):
             continue
-        delta = best[:, j] - x0[:, j]
+        delta = best.x[:, j] - x0[:, j]
         lo, hi = torch.zeros_like(delta), torch.ones_like(delta)
         todo = active & (delta != 0)
         for _ in range(bisections if bool(todo.any()) else 0):
             mid = (lo + hi) / 2
-            trial = best.clone()
+            trial = best.x.clone()
             trial[:, j] = x0[:, j] + mid * delta
-            fixed, ok, margin, _ = ev(trial[:, None, :])
-            good = todo & ok[:, 0] & (margin[:, 0] < 0)
-            best[good] = fixed[good, 0]
+            good = keep(trial, todo)
             hi = torch.where(good, mid, hi)
             lo = torch.where(good | ~todo, lo, mid)
-    return best
 
 
 class CostSearch:
@@ -211,43 +262,48 @@ class CostSearch:
         gen = generator or torch.Generator(device=target.device).manual_seed(self.seed)
 
         def attack(x0: torch.Tensor, y0: torch.Tensor, notes: dict[str, Any]) -> torch.Tensor:
-            chunks = []
-            for s in range(0, x0.shape[0], 64):
-                chunks.append(self._search(target, c, x0[s:s + 64], y0[s:s + 64], gen))
-            return torch.cat(chunks)
+            best = _Best.start(x0)
+            finished = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
+            try:
+                for s in range(0, x0.shape[0], 64):
+                    rows = slice(s, s + 64)
+                    self._search(target, c, x0[rows], y0[rows], gen, best.rows(rows))
+                    finished[rows] = True
+            except QueryBudgetExceeded:  # stop before overspending; keep what the queries so far established
+                notes["budget_exhausted"] = True
+            notes["finished"], notes["adv_pred"] = finished, best.pred
+            return best.x
 
         return run_tabular(self.name, self.get_params(), target, self.constraints, x, y, attack,
                            constrained=self.constrained)
 
     def _search(self, target: Target, c: FeatureConstraints, x0: torch.Tensor, y: torch.Tensor,
-                gen: torch.Generator) -> torch.Tensor:
+                gen: torch.Generator, best: _Best) -> None:
+        """Search the rows ``x0`` into ``best`` (in place, so that a budget stop keeps what was found)."""
         use_scores = target.access >= Access.SCORES
         ev = _Evaluator(target, c, x0, y, use_scores)
         mv = _moves(c, x0)
-        best, best_cost = x0.clone(), torch.full((x0.shape[0],), float("inf"), device=x0.device)
         if not mv:
-            return best
+            return
         if use_scores:
             states = x0[:, None, :]
             for _ in range(self.max_changes):
-                cand, ok, margin, cost = ev(_expand(states, mv))
-                _keep_cheapest(best, best_cost, cand, ok, margin, cost)
-                key = torch.where(ok & (margin >= 0) & (cost < best_cost[:, None]), margin,
-                                  torch.full_like(margin, float("inf")))
+                b = ev(_expand(states, mv))
+                _keep_cheapest(best, b)
+                key = torch.where(b.ok & (b.margin >= 0) & (b.cost < best.cost[:, None]), b.margin,
+                                  torch.full_like(b.margin, float("inf")))
                 if bool(torch.isinf(key).all()):
                     break
                 idx = key.topk(min(self.beam_width, key.shape[1]), dim=1, largest=False).indices
-                states = cand.gather(1, idx[:, :, None].expand(-1, -1, cand.shape[2]))
+                states = b.cand.gather(1, idx[:, :, None].expand(-1, -1, b.cand.shape[2]))
         else:
-            self._sample(ev, mv, x0, best, best_cost, gen)
+            self._sample(ev, mv, x0, best, gen)
             if self.boundary_steps:
-                _boundary_walk(ev, c, x0, best, best_cost, gen, self.boundary_steps)
+                _boundary_walk(ev, c, x0, best, gen, self.boundary_steps)
         if self.refine:
-            return refine(target, c, x0, y, best)
-        return best
+            _refine(_Evaluator(target, c, x0, y, use_scores=False), c, x0, best, torch.isfinite(best.cost))
 
-    def _sample(self, ev: _Evaluator, mv: list[_Move], x0: torch.Tensor, best: torch.Tensor,
-                best_cost: torch.Tensor, gen: torch.Generator) -> None:
+    def _sample(self, ev: _Evaluator, mv: list[_Move], x0: torch.Tensor, best: _Best, gen: torch.Generator) -> None:
         n, f, dev = x0.shape[0], x0.shape[1], x0.device
         per = max(1, min(self.samples, 4096 // max(1, n)))
         for _ in range(-(-self.samples // per)):
@@ -258,13 +314,11 @@ class CostSearch:
                 k = torch.randint(m.values.shape[1], (n, per), generator=gen, device=dev)
                 vals = m.values.gather(1, k[:, :, None].expand(-1, -1, len(m.cols))).to(cand.dtype)
                 cand[..., m.cols] = torch.where(pick[..., None], vals, cand[..., m.cols])
-            out, ok, margin, cost = ev(cand)
-            _keep_cheapest(best, best_cost, out, ok, margin, cost)
+            _keep_cheapest(best, ev(cand))
 
 
-
-def _boundary_walk(ev: _Evaluator, c: FeatureConstraints, x0: torch.Tensor, best: torch.Tensor,
-                   best_cost: torch.Tensor, gen: torch.Generator, steps: int, n_dirs: int = 32) -> None:
+def _boundary_walk(ev: _Evaluator, c: FeatureConstraints, x0: torch.Tensor, best: _Best, gen: torch.Generator,
+                   steps: int, n_dirs: int = 32) -> None:
     """HopSkipJump (Chen, Jordan and Wainwright 2020, Algorithm 1) with projection: a binary search to the boundary
     along the segment from the clean row, a Monte-Carlo estimate of the boundary's normal from label queries, a
     geometric step along it; on the mutable numeric features (range-scaled), every probe repaired and checked."""
@@ -272,16 +326,16 @@ def _boundary_walk(ev: _Evaluator, c: FeatureConstraints, x0: torch.Tensor, best
     groups, mut = c.group_of(), c.vector("mutable", dev).bool()
     numeric = torch.tensor([bool(mut[j]) and j not in groups and c.features[j].type in ("continuous", "integer")
                             for j in range(f)], device=dev)
-    active = torch.isfinite(best_cost)
+    active = torch.isfinite(best.cost)
     if not bool(active.any()) or not bool(numeric.any()):
         return
     scale = (c.vector("high", dev, x0.dtype) - c.vector("low", dev, x0.dtype)) * numeric
-    cur = best.clone()
+    cur = best.x.clone()
 
     def probe(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, ok, margin, cost = ev(z)
-        _keep_cheapest(best, best_cost, out, ok & active[:, None], margin, cost)
-        return out, ok & (margin < 0)
+        b = ev(z)
+        _keep_cheapest(best, b, active[:, None])
+        return b.cand, b.ok & (b.margin < 0)
 
     for t in range(steps):
         lo, hi = torch.zeros(n, 1, device=dev), torch.ones(n, 1, device=dev)
