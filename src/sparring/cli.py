@@ -266,11 +266,15 @@ def build_cli() -> Any:
     @click.option("--format", "formats", default="html,json,markdown,junit", show_default=True,
                   help="Comma-separated report formats.")
     @click.option("--no-progress", is_flag=True, help="Hide per-step progress lines and bars.")
-    def audit(threat_model: str | None, out_dir: str, resume: bool, formats: str, no_progress: bool) -> None:
+    @click.option("--debug", is_flag=True, help="Print (and keep in report.json) the traceback of a step that fails.")
+    def audit(threat_model: str | None, out_dir: str, resume: bool, formats: str, no_progress: bool,
+              debug: bool) -> None:
         """Audit a model as THREAT_MODEL (YAML) describes, and write reports.
 
         Without THREAT_MODEL the built-in default runs: the zoo digits CNN on its held-out digits against a
-        white-box attacker. Write your own with `sparring init`. Exit code 6 when a gate fails.
+        white-box attacker. Write your own with `sparring init`. A step that fails is reported (reports are
+        still written) and runs again with --resume. Exit code, first that applies: 130 interrupted, 4 a step
+        failed because the model or endpoint did, 6 a gate failed or could not be measured, else 0.
 
         \b
         Examples:
@@ -280,7 +284,7 @@ def build_cli() -> Any:
         """
         from sparring.cli_audit import run_audit_command
 
-        sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail))
+        sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail, debug))
 
     @cli.command(epilog=_EXIT_HELP)
     @click.option("--model", "-m", default="digits-cnn", show_default=True, help="Zoo name, model file or URL.")

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 from sparring import errors
 
-__all__ = ["DEFAULT_THREAT_MODEL", "default_threat_model_path", "run_audit_command"]
+__all__ = ["DEFAULT_THREAT_MODEL", "audit_exit_code", "default_threat_model_path", "run_audit_command"]
 
 DEFAULT_THREAT_MODEL = "digits-cnn.yaml"
 
@@ -34,12 +34,28 @@ def _describe(result: Any) -> str:
     return ", ".join(parts[:3]) or "done"
 
 
+def audit_exit_code(audit: Any) -> int:
+    """The exit code of a finished audit, first that applies: 130 interrupted, 4 a step failed because the model or
+    endpoint did (unreachable, cannot load, refuses access), 6 a gate failed or is unmeasured, 0 otherwise.
+
+    A check that fails for another reason (a bug, an unsupported model) is an error finding and leaves the gates it
+    would have measured unmeasured, hence 6 when a gate depends on it.
+    """
+    from sparring.cli import EXIT_GATE, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OK
+
+    if audit.status == "interrupted":
+        return EXIT_INTERRUPTED
+    if audit.faults:
+        return EXIT_MODEL
+    return EXIT_GATE if audit.verdict == "fail" else EXIT_OK
+
+
 def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, formats: str, progress: bool,
-                      fail: Callable[[BaseException], NoReturn]) -> int:
-    """Run the audit and write the reports; return the exit code (0 pass, 6 gate failed, 130 interrupted)."""
+                      fail: Callable[[BaseException], NoReturn], debug: bool = False) -> int:
+    """Run the audit and write the reports; return the exit code (:func:`audit_exit_code`; 2 for unknown formats)."""
     from sparring.audit import load_threat_model, run_audit
     from sparring.audit.report import FILES, write_reports
-    from sparring.cli import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+    from sparring.cli import EXIT_INTERRUPTED, EXIT_USAGE
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in FILES]
@@ -53,22 +69,27 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
             took = "checkpoint" if cached else f"{result.cost.get('seconds', 0):.1f} s"
             sys.stderr.write(f"[{i + 1:>3}/{n}] {step.id}: {_describe(result)} ({took})\n")
             sys.stderr.flush()
+        if debug and result.traceback:
+            sys.stderr.write(result.traceback)
 
     try:
         tm = load_threat_model(path)
         if progress:
             sys.stderr.write(f"sparring audit: {tm.name} ({path}) -> {out_dir}\n")
-        audit = run_audit(tm, out_dir, resume=resume, progress=progress and sys.stderr.isatty(), on_step=on_step)
+        audit = run_audit(tm, out_dir, resume=resume, progress=progress and sys.stderr.isatty(), on_step=on_step,
+                          debug=debug)
         paths = write_reports(audit, out_dir, fmts)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted before any step finished; nothing to report.\n")
         return EXIT_INTERRUPTED
     except errors.SparringError as exc:
         fail(exc)
+    if debug:
+        for r in audit.results:
+            if r.traceback and r.step_id.endswith("/follow-up"):
+                sys.stderr.write(r.traceback)
     _print(audit, paths)
-    if audit.status == "interrupted":
-        return EXIT_INTERRUPTED
-    return EXIT_GATE if audit.verdict == "fail" else EXIT_OK
+    return audit_exit_code(audit)
 
 
 def _print(audit: Any, paths: dict[str, Path]) -> None:
@@ -79,6 +100,12 @@ def _print(audit: Any, paths: dict[str, Path]) -> None:
     style = {"pass": "bold green", "fail": "bold red"}.get(audit.verdict, "bold")
     status = "" if audit.status == "complete" else " (INTERRUPTED: partial; re-run with --resume)"
     console.print(f"Verdict: [{style}]{audit.verdict.upper()}[/]{status}")
+    if audit.errors:
+        faults = f", {len(audit.faults)} because the model or endpoint failed" if audit.faults else ""
+        console.print(f"[bold yellow]{len(audit.errors)} step(s) could not run{faults}[/]: fix the cause and re-run "
+                      "with --resume (they run again; --debug shows tracebacks).", highlight=False)
+        for r in audit.errors[:4]:
+            console.print(f"  {r.step_id}: {r.error}", highlight=False, markup=False)
     if audit.gates:
         table = Table(title="Gates")
         for col in ("gate", "value", "result"):

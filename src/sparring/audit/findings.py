@@ -15,6 +15,15 @@ from typing import Any, Literal
 
 from sparring.audit.registry import Skip, StepResult, Threat
 from sparring.audit.threat import Gate, ThreatModel
+from sparring.audit.worstcase import (
+    evasion_steps,
+    same_eps,
+    step_broken,
+    step_unknown,
+    text_union,
+    worst_case,
+    worst_cases,
+)
 
 __all__ = [
     "Finding",
@@ -22,6 +31,7 @@ __all__ = [
     "clean_accuracy",
     "evaluate_gates",
     "find",
+    "gate_depends_on",
     "masking_findings",
     "robust_curves",
     "worst_case_robust",
@@ -88,44 +98,44 @@ class GateResult:
 
 # ---------------------------------------------------------------------------------------------- measurements
 def _evasion(results: list[StepResult]) -> list[StepResult]:
-    return [r for r in results if r.threat == "evasion" and r.status == "done" and "robust" in r.per_point]
+    return evasion_steps(results)
 
 
 def worst_case_robust(results: list[StepResult], norm: str, eps: float) -> tuple[list[bool], list[str]] | None:
     """Per point, robust under every attack run at (norm, eps); and the steps that contributed. None if none ran.
 
-    Attacks run on a prefix of the data (the gradient-free comparison) only constrain that prefix.
+    The tuple form of :func:`sparring.audit.worstcase.worst_case` (unknown points are not robust).
     """
-    steps = [r for r in _evasion(results) if r.params.get("norm") == norm and _same(r.params.get("eps"), eps)]
-    if not steps:
-        return None
-    n = max(len(r.per_point["robust"]) for r in steps)
-    robust = [True] * n
-    for r in steps:
-        for i, ok in enumerate(r.per_point["robust"]):
-            robust[i] = robust[i] and bool(ok)
-    return robust, [r.step_id for r in steps]
+    wc = worst_case(results, norm, eps)
+    return None if wc is None else (list(wc.robust), list(wc.steps))
+
+
+def _label(r: StepResult, n: int) -> str:
+    k = len(r.per_point["robust"])
+    return str(r.params["attack"]) + (f" (first {k} points)" if k < n else "")
 
 
 def robust_curves(results: list[StepResult]) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """``{norm: {attack: [(eps, robust accuracy), ...], "worst case": [...]}}`` over the audit's budgets
-    (full-data attacks only; the unbounded sanity attack is left out)."""
+    """``{norm: {attack: [(eps, robust accuracy), ...], "worst case": [...]}}`` over the audit's budgets.
+
+    Every evasion step at a budget is a line (an attack run on a prefix of the data is labelled so); the worst case
+    is :func:`sparring.audit.worstcase.worst_cases`, the same per-point worst case the gates use. The unbounded
+    sanity attack (eps = the whole input range) is left out.
+    """
     curves: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    full = [r for r in _evasion(results) if r.params.get("kind") not in ("unbounded", "blackbox")]
-    for r in full:
+    steps = [r for r in _evasion(results) if r.params.get("kind") != "unbounded"]
+    n = max((len(r.per_point["robust"]) for r in steps), default=0)
+    for r in steps:
         acc = r.value("robust_accuracy")
         if acc is not None:
-            curves[r.params["norm"]][r.params["attack"]].append((float(r.params["eps"]), acc))
-    for norm in list(curves):
-        for eps in sorted({e for pts in curves[norm].values() for e, _ in pts}):
-            wc = worst_case_robust(full, norm, eps)
-            if wc is not None:
-                curves[norm]["worst case"].append((eps, sum(wc[0]) / len(wc[0])))
-    return {n: {a: sorted(p) for a, p in c.items()} for n, c in curves.items()}
+            curves[r.params["norm"]][_label(r, n)].append((float(r.params["eps"]), acc))
+    for wc in worst_cases(results):
+        curves[wc.norm]["worst case"].append((wc.eps, wc.accuracy))
+    return {k: {a: sorted(p) for a, p in c.items()} for k, c in curves.items()}
 
 
 def _same(a: Any, b: float) -> bool:
-    return a is not None and abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(b))
+    return same_eps(a, b)
 
 
 def clean_accuracy(results: list[StepResult]) -> float | None:
@@ -138,8 +148,32 @@ def clean_accuracy(results: list[StepResult]) -> float | None:
 
 # ---------------------------------------------------------------------------------------------- gates
 def evaluate_gates(tm: ThreatModel, results: list[StepResult], skipped: list[Skip] | None = None) -> list[GateResult]:
-    """Each gate against the measurements; ``skipped`` (the plan's) explains gates nothing could measure."""
+    """Each gate against the measurements; ``skipped`` (the plan's) explains gates nothing could measure.
+
+    A gate is *unmeasured* (status ``not-evaluated``: it fails) when no step measured it, when a step it depends on
+    could not run (:func:`gate_depends_on`), or when its value depends on points an attack left unfinished.
+    """
     return [_gate(g, results, skipped or []) for g in tm.gates]
+
+
+def gate_depends_on(g: Gate, r: StepResult) -> bool:
+    """Whether step ``r`` (had it run) could change gate ``g``'s value.
+
+    Robust accuracy depends on every evasion step at its budget and on the evasion steps that have no budget (the
+    gradient and randomness sanity checks, a follow-up's planning): without them masking cannot be ruled out.
+    """
+    p = r.params
+    if g.metric == "clean_accuracy":
+        return r.check == "baseline"
+    if g.metric == "robust_accuracy":
+        assert g.eps is not None
+        return r.threat == "evasion" and ("norm" not in p or (p.get("norm") == g.norm and _same(p.get("eps"), g.eps)))
+    if g.metric == "certified_accuracy":
+        return r.threat == "certification" and p.get("norm", g.norm) == g.norm
+    if g.metric == "text_evasion_rate":
+        return r.threat == "text" and p.get("max_chars", g.max_chars) == g.max_chars and \
+            p.get("defence", g.method or "none") == (g.method or "none")
+    return False
 
 
 def _max_measured(results: list[StepResult], metric: str,
@@ -158,28 +192,43 @@ def _max_measured(results: list[StepResult], metric: str,
 def _gate(g: Gate, results: list[StepResult], skipped: list[Skip]) -> GateResult:
     value: float | None = None
     steps: list[str] = []
+    unmeasured: str | None = None
     if g.metric == "clean_accuracy":
         value, steps = clean_accuracy(results), ["baseline/clean"]
     elif g.metric == "robust_accuracy":
         assert g.norm is not None and g.eps is not None
-        wc = worst_case_robust(results, g.norm, g.eps)
+        wc = worst_case(results, g.norm, g.eps)
         if wc is not None:
-            value, steps = sum(wc[0]) / len(wc[0]), wc[1]
+            value, steps = wc.accuracy, list(wc.steps)
+            if wc.n_unknown:
+                unmeasured = (f"{wc.n_unknown} of {wc.n} points are unknown (an attack ran out of queries before "
+                              f"finishing them): robust accuracy is between {wc.accuracy:.4f} and {wc.upper:.4f}")
     elif g.metric == "certified_accuracy":
         key, want = ("eps", g.eps) if g.norm == "linf" else ("radius", g.radius)
         assert want is not None
         value, steps = _max_measured(results, g.metric, lambda p: p.get("norm") == g.norm
                                      and _same(p.get(key), want) and g.method in (None, p.get("method")))
     elif g.metric == "text_evasion_rate":
-        defence = g.method or "none"
-        value, steps = _max_measured(results, g.metric, lambda p: p.get("max_chars") == g.max_chars
-                                     and p.get("defence") == defence)
+        tu = text_union(results, g.max_chars, g.method or "none")
+        if tu is not None:
+            value, steps = tu.rate, list(tu.steps)
+            if tu.partial:
+                unmeasured = (f"the query budget ran out before every message was attacked ({', '.join(tu.partial)}"
+                              f"): the evasion rate is at least {tu.rate:.4f}")
     op: Literal[">=", "<="] = ">=" if g.min is not None else "<="
     threshold = float(g.min if g.min is not None else g.max)  # type: ignore[arg-type]
+    failed = [r for r in results if r.status == "error" and gate_depends_on(g, r)]
+    if failed:
+        unmeasured = "; ".join(f"step {r.step_id} could not run ({r.error})" for r in failed[:3]) + (
+            f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+    if unmeasured is not None:
+        return GateResult(g.describe(), g.metric, "not-evaluated", None, threshold, op,
+                          f"unmeasured, so the gate fails: {unmeasured}",
+                          sorted({*steps, *(r.step_id for r in failed)}))
     if value is None:
         why = [f"{s.check}: {s.reason}" for s in skipped if s.threat == _gate_threat(g.metric)]
         return GateResult(g.describe(), g.metric, "not-evaluated", None, threshold, op,
-                          "no step measured this metric, so the gate fails"
+                          "unmeasured: no step measured this metric, so the gate fails"
                           + (f" (skipped: {'; '.join(why)})" if why else ""), steps)
     ok = g.passes(value)
     msg = f"measured {value:.4f} {'meets' if ok else 'misses'} {op} {threshold:g}"
@@ -193,36 +242,69 @@ def find(tm: ThreatModel, results: list[StepResult], gates: list[GateResult]) ->
     for g in gates:
         if not g.passed:
             out.append(Finding(
-                id=f"gate:{g.gate}", title=f"Gate not met: {g.gate}", severity="high", threat=_gate_threat(g.metric),
+                id=f"gate:{g.gate}", title=f"Gate not met: {g.gate}" + (
+                    " (unmeasured)" if g.status == "not-evaluated" else ""),
+                severity="high", threat=_gate_threat(g.metric),
                 evidence={"value": g.value, "threshold": g.threshold, "status": g.status, "message": g.message},
                 recommendation=(RECOMMEND_UNMEASURED if g.status == "not-evaluated"
                                 else RECOMMEND_TEXT if g.metric == "text_evasion_rate"
                                 else RECOMMEND_L2 if "l2" in g.gate else RECOMMEND_LINF), steps=g.steps,
             ))
     out += _evasion_findings(results)
+    out += _unknown_findings(results)
     masking = masking_findings(results)
     out += masking + _retry_findings(results, bool(masking))
     out += _certification_findings(results)
     out += family_findings(tm, results)
-    errors = [r for r in results if r.status == "error"]
-    for r in errors:
-        out.append(Finding(id=f"error:{r.step_id}", title=f"Step could not complete: {r.step_id}", severity="medium",
-                           threat=r.threat, evidence={"error": r.error}, steps=[r.step_id],
-                           recommendation="Fix the cause in the message and re-run with --resume."))
+    out += error_findings(tm, results)
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(out, key=lambda f: order[f.severity])
 
 
+def error_findings(tm: ThreatModel, results: list[StepResult]) -> list[Finding]:
+    """One finding per step that could not run: what failed, and which gates it leaves unmeasured."""
+    out = []
+    for r in results:
+        if r.status != "error":
+            continue
+        gates = [g.describe() for g in tm.gates if gate_depends_on(g, r)]
+        fault = bool(getattr(r, "fault", False))
+        what = "the model or endpoint failed" if fault else "the check failed"
+        out.append(Finding(
+            id=f"error:{r.step_id}", severity="high", threat=r.threat,
+            title=(f"Check {r.check} could not run ({r.step_id}): {r.error}; "
+                   + (f"gate {', '.join(gates)} unmeasured" if gates else "no gate depends on it")),
+            evidence={"error": r.error, "error_type": getattr(r, "error_type", None), "fault": fault,
+                      "unmeasured_gates": gates},
+            recommendation=(f"{what.capitalize()}: fix the cause in the message (or bring the endpoint back), then "
+                            "re-run with --resume: finished steps are kept, this one runs again. Re-run with --debug "
+                            "for the traceback."),
+            steps=[r.step_id]))
+    return out
+
+
 def family_findings(tm: ThreatModel, results: list[StepResult]) -> list[Finding]:
-    """Findings of the checks that define ``findings(threat_model, results)``, each given only its own results."""
+    """Findings of the checks that define ``findings(threat_model, results)``, each given only its own results.
+
+    A hook that raises becomes a finding saying so; the other findings and the reports are still written.
+    """
     from sparring.audit.registry import CHECKS
 
     out: list[Finding] = []
     for check in CHECKS.values():
         fn = getattr(check, "findings", None)
         own = [r for r in results if r.check == check.name]
-        if fn is not None and own:
+        if fn is None or not own:
+            continue
+        try:
             out += fn(tm, own)
+        except Exception as exc:  # a family's report hook must not take the audit down
+            out.append(Finding(
+                id=f"error:{check.name}:findings", severity="high", threat=check.threat,
+                title=f"Check {check.name} could not summarise its results: {type(exc).__name__}: {exc}",
+                evidence={"error": f"{type(exc).__name__}: {exc}"},
+                recommendation="A bug in the check's findings hook: please report it; its step results are in the "
+                               "JSON report.", steps=[r.step_id for r in own]))
     return out
 
 
@@ -246,16 +328,38 @@ def _evasion_findings(results: list[StepResult]) -> list[Finding]:
         drop = clean - acc1
         severity: Severity = ("critical" if drop >= 0.5 else "high" if drop >= 0.3 else "medium" if drop >= 0.1
                               else "low" if drop >= 0.02 else "info")
+        unknown = {wc.eps: wc.n_unknown for wc in worst_cases(results) if wc.norm == norm and wc.n_unknown}
         out.append(Finding(
             id=f"evasion:{norm}",
             title=(f"{norm.upper()} evasion: accuracy {clean:.2f} → {acc0:.2f} at eps {eps0:g}"
-                   + (f", {acc1:.2f} at eps {eps1:g}" if eps1 != eps0 else "")),
+                   + (f", {acc1:.2f} at eps {eps1:g}" if eps1 != eps0 else "")
+                   + (f" ({sum(unknown.values())} point-budgets unknown: query budget ran out)" if unknown else "")),
             severity=severity, threat="evasion",
             evidence={"clean_accuracy": clean, "worst_case": [[e, a] for e, a in worst],
+                      "unknown_points": [[e, k] for e, k in sorted(unknown.items())],
                       "attacks": sorted(a for a in curves if a != "worst case")},
             recommendation=RECOMMEND_L2 if norm == "l2" else RECOMMEND_LINF,
             steps=[r.step_id for r in _evasion(results) if r.params.get("norm") == norm],
         ))
+    return out
+
+
+def _unknown_findings(results: list[StepResult]) -> list[Finding]:
+    """One finding per evasion step that left points unfinished because the query budget ran out."""
+    out = []
+    for r in _evasion(results):
+        k = sum(step_unknown(r))
+        if not k:
+            continue
+        p = r.params
+        out.append(Finding(
+            id=f"budget:{r.step_id}", severity="medium", threat="evasion",
+            title=(f"{p.get('attack')} at {str(p.get('norm')).upper()} eps {float(p.get('eps', 0)):g} ran out of "
+                   f"queries on {k} of {len(r.per_point['robust'])} points: unknown, not robust"),
+            evidence={"unknown": k, "points": len(r.per_point["robust"]),
+                      "unknown_points": [i for i, u in enumerate(step_unknown(r)) if u][:20]},
+            recommendation="Raise attacker.query_budget (or the target's query budget) and re-run: a gate whose "
+                           "value depends on unknown points is unmeasured and fails.", steps=[r.step_id]))
     return out
 
 
@@ -312,7 +416,7 @@ def masking_findings(results: list[StepResult]) -> list[Finding]:
             wc = worst_case_robust(iterative, r.params["norm"], float(r.params["eps"]))
             if wc is None:
                 continue
-            beats = [i for i, ok in enumerate(r.per_point["robust"]) if not ok and wc[0][i]]
+            beats = [i for i, b in enumerate(step_broken(r)) if b and wc[0][i]]
             limit = max(1, round(0.02 * len(r.per_point["robust"])))
             if len(beats) > limit:
                 what = "single-step FGSM" if kind == "fgsm" else "gradient-free Square"

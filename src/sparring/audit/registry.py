@@ -59,7 +59,8 @@ class MetricDef:
 METRICS: dict[str, MetricDef] = {
     "clean_accuracy": MetricDef("accuracy on the unperturbed audit data", (), "metric: clean_accuracy, min: 0.9"),
     "robust_accuracy": MetricDef(
-        "accuracy under the strongest of all attacks run at the budget (per-point worst case)",
+        "accuracy under every attack run at the budget (per-point worst case over white-box, black-box and retry "
+        "steps; a point an attack left unfinished for lack of queries is unknown and makes the gate unmeasured)",
         ("norm", "eps"), "metric: robust_accuracy, norm: linf, eps: 0.1, min: 0.6",
     ),
     "certified_accuracy": MetricDef(
@@ -68,8 +69,9 @@ METRICS: dict[str, MetricDef] = {
         ("norm",), "metric: certified_accuracy, norm: l2, radius: 0.25, min: 0.5",
     ),
     "text_evasion_rate": MetricDef(
-        "text models: share of attacked messages the worst text attack gets through with at most max_chars edited "
-        "characters; method: none (the model as it is, default) or normalize (behind Unicode normalisation)",
+        "text models: share of attacked messages at least one text attack gets through (per-message union over the "
+        "attacks) with at most max_chars edited characters; method: none (the model as it is, default) or "
+        "normalize (behind Unicode normalisation)",
         ("max_chars",), "metric: text_evasion_rate, max_chars: 3, max: 0.1",
     ),
 }
@@ -112,8 +114,13 @@ class Measurement:
 class StepResult:
     """What a step produced. Everything is JSON-ready (lists, numbers, strings): it is the checkpoint format.
 
-    ``per_point`` holds per-example evidence (e.g. ``robust``: bools, ``adv_pred``: ints) that gates combine across
-    steps; ``examples`` holds a few inputs for the report (lists of floats); ``cost`` has queries, gradients, seconds.
+    ``per_point`` holds per-example evidence (e.g. ``robust``: bools, finished and still correct; ``unknown``: bools,
+    the query budget ran out first; ``adv_pred``: ints) that gates combine across steps; ``examples`` holds a few
+    inputs for the report (lists of floats); ``cost`` has queries, gradients, seconds.
+
+    A step that raised has ``status="error"``, ``error`` (``"Type: message"``), ``error_type``, ``fault`` (True when
+    the model or endpoint failed: unreachable, cannot load, refuses access) and, only when the audit runs with
+    ``debug=True``, ``traceback``. Errored steps are never checkpointed: a resumed audit runs them again.
     """
 
     step_id: str
@@ -127,6 +134,9 @@ class StepResult:
     cost: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    error_type: str | None = None
+    fault: bool = False
+    traceback: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,6 +6,11 @@ writes ``out_dir/checkpoints/NNN.json`` after every step, and returns an :class:
 turn into HTML, JSON, Markdown and JUnit. With ``resume=True`` finished steps are read back instead of re-run; a
 checkpoint from a different threat model is refused. Ctrl-C abandons the step in progress and returns an audit
 marked ``"interrupted"`` holding the finished steps (their checkpoints stay, so ``resume=True`` picks up there).
+
+An audit never dies of a check: any exception a step raises (a bug, an unsupported model, an endpoint that went
+down) becomes a step result with status ``"error"``, a finding, and unmeasured (failing) gates for what the step
+would have measured; every other step still runs. Errored steps are not checkpointed, so ``resume=True`` runs them
+again. :attr:`Audit.faults` are the errors of the model or endpoint itself (``sparring audit`` exits 4 on them).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import platform
 import shutil
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,10 +32,10 @@ import torch
 from sparring.audit.findings import Finding, GateResult, evaluate_gates, find
 from sparring.audit.registry import CHECKS, PlanContext, RunContext, Skip, Step, StepResult
 from sparring.audit.threat import ThreatModel
-from sparring.errors import CheckpointError, ParameterError, SparringError
+from sparring.errors import AccessError, CheckpointError, EndpointError, ModelLoadError, ParameterError
 from sparring.targets.base import Target
 
-__all__ = ["Audit", "Plan", "load_system", "plan_audit", "run_audit"]
+__all__ = ["Audit", "Plan", "is_fault", "load_system", "plan_audit", "run_audit"]
 
 
 @dataclass
@@ -53,6 +59,16 @@ class Audit:
     target: dict[str, Any]
     gates: list[GateResult] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[StepResult]:
+        """The steps that could not run (each also a finding; the gates they would have measured are unmeasured)."""
+        return [r for r in self.results if r.status == "error"]
+
+    @property
+    def faults(self) -> list[StepResult]:
+        """The errored steps whose cause is the model or endpoint (unreachable, cannot load, refuses access)."""
+        return [r for r in self.errors if r.fault]
 
     @property
     def verdict(self) -> Literal["pass", "fail", "no gates"]:
@@ -221,6 +237,7 @@ def run_audit(
     on_step: Any = None,
     target: Target | None = None,
     data: tuple[Any, Any] | None = None,
+    debug: bool = False,
 ) -> Audit:
     """Run (or resume) the audit of ``tm``, checkpointing into ``out_dir/checkpoints``.
 
@@ -232,6 +249,7 @@ def run_audit(
         on_step: optional callback ``(index, total, step, result, from_checkpoint)`` after each step.
         target, data: audit this in-memory target on this ``(x, y)`` instead of loading ``tm.system`` (the threat
             model then only names them; its hash does not cover an in-memory model, so do not resume across models).
+        debug: keep the traceback of a step that raised (``StepResult.traceback``).
 
     Raises:
         CheckpointError: ``resume`` with checkpoints of a different threat model in ``out_dir``.
@@ -253,24 +271,35 @@ def run_audit(
             cached = _read_checkpoint(path, step, spec_hash) if resume else None
             if cached is None:
                 result = _run_step(step, RunContext(tm, target, attacker, x, y, _step_seed(tm.seed, step.id),
-                                                    progress=progress))
-                _write_json(path, {"spec_hash": spec_hash, "step": step.to_dict(), "result": result.to_dict()})
+                                                    progress=progress), debug)
+                if result.status == "done":
+                    _write_json(path, {"spec_hash": spec_hash, "step": step.to_dict(), "result": result.to_dict()})
+                else:  # not finished: a resumed audit runs it again
+                    path.unlink(missing_ok=True)
             else:
                 result = cached
             results.append(result)
             if on_step is not None:
                 on_step(i, len(plan.steps), step, result, cached is not None)
 
+    unplanned: list[StepResult] = []  # follow-ups that could not decide: reported after every checkpointed step
     try:
         run(list(plan.steps))
         # Follow-up checks (e.g. the BPDA/EOT retry) decide from the results whether more steps are needed.
-        extra = [s for c in CHECKS.values() if hasattr(c, "follow_up") and _takes(c, _is_text(target))
-                 for s in c.follow_up(PlanContext(tm, target), results)]
+        extra: list[Step] = []
+        for c in CHECKS.values():
+            if hasattr(c, "follow_up") and _takes(c, _is_text(target)):
+                try:
+                    extra += c.follow_up(PlanContext(tm, target), list(results))
+                except Exception as exc:  # a follow-up that cannot plan is an error step, not a crash
+                    stub = Step(f"{c.name}/follow-up", c.name, c.threat, {}, "follow-up of the finished steps")
+                    unplanned.append(_error_result(stub, exc, debug))
         if extra:
             plan.steps.extend(extra)
             run(extra)
     except KeyboardInterrupt:
         status = "interrupted"
+    results.extend(unplanned)
     env = environment(tm, target, started, time.perf_counter() - t0)
     audit = Audit(tm, plan, results, status, env, target.describe())
     audit.gates = evaluate_gates(tm, results, plan.skipped)
@@ -278,12 +307,24 @@ def run_audit(
     return audit
 
 
-def _run_step(step: Step, ctx: RunContext) -> StepResult:
+def _run_step(step: Step, ctx: RunContext, debug: bool = False) -> StepResult:
     try:
         return CHECKS[step.check].run(step, ctx)
-    except SparringError as exc:  # a step that cannot run is a finding, not a crash of the whole audit
-        return StepResult(step_id=step.id, check=step.check, threat=step.threat, params=dict(step.params),
-                          status="error", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a step that cannot run is a finding, not a crash of the whole audit
+        return _error_result(step, exc, debug)
+
+
+def is_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a fault of the model or endpoint (not of the check): it cannot be reached, loaded or used
+    as the threat model says. ``sparring audit`` exits 4 when a step fails with one."""
+    return isinstance(exc, EndpointError | ModelLoadError | AccessError | ConnectionError | TimeoutError)
+
+
+def _error_result(step: Step, exc: BaseException, debug: bool) -> StepResult:
+    message = str(exc).strip() or "(no message)"
+    return StepResult(step_id=step.id, check=step.check, threat=step.threat, params=dict(step.params),
+                      status="error", error=f"{type(exc).__name__}: {message}", error_type=type(exc).__name__,
+                      fault=is_fault(exc), traceback="".join(traceback.format_exception(exc)) if debug else None)
 
 
 def _step_seed(seed: int, step_id: str) -> int:
@@ -317,7 +358,8 @@ def _read_checkpoint(path: Path, step: Step, spec_hash: str) -> StepResult | Non
         data = json.loads(path.read_text(encoding="utf-8"))
         if data["spec_hash"] != spec_hash or data["step"]["id"] != step.id:
             return None
-        return StepResult.from_dict(data["result"])
+        result = StepResult.from_dict(data["result"])
+        return result if result.status == "done" else None  # an error (older sparring wrote them): run it again
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None  # a torn or foreign file: run the step again
 

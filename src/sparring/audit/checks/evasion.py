@@ -67,7 +67,8 @@ def evasion_result(step: Step, result: EvasionResult, x: torch.Tensor, n_example
     y = torch.as_tensor(result.y).cpu()
     adv_pred = torch.as_tensor(result.adv_pred).cpu()
     clean = torch.as_tensor(result.clean_correct).cpu()
-    robust = adv_pred == y
+    unknown = torch.as_tensor(result.unknown_mask)  # the query budget ran out first: neither robust nor broken
+    robust = (adv_pred == y) & ~unknown
     broken = (clean & ~robust).nonzero().squeeze(1)[:n_examples]
     x_adv = torch.as_tensor(result.x_adv).cpu()
     p = step.params
@@ -79,8 +80,10 @@ def evasion_result(step: Step, result: EvasionResult, x: torch.Tensor, n_example
             Measurement("robust_accuracy", float(robust.float().mean()), common),
             Measurement("clean_accuracy", float(clean.float().mean()), common),
             Measurement("attack_success_rate", result.attack_success_rate, common),
+            Measurement("unknown_rate", float(unknown.float().mean()) if len(unknown) else 0.0, common),
         ],
-        per_point={"robust": robust.tolist(), "clean_correct": clean.tolist(), "adv_pred": adv_pred.tolist(),
+        per_point={"robust": robust.tolist(), "unknown": unknown.tolist(), "clean_correct": clean.tolist(),
+                   "adv_pred": adv_pred.tolist(),
                    "norm": [round(v, 6) for v in torch.as_tensor(result.norms).cpu().tolist()]},
         examples={"index": broken.tolist(), "x": x.cpu()[broken].tolist(), "x_adv": x_adv[broken].tolist(),
                   "y": y[broken].tolist(), "adv_pred": adv_pred[broken].tolist()},

@@ -29,7 +29,7 @@ def write_reports(audit: Audit, out_dir: str | Path, formats: tuple[str, ...] = 
         "json": lambda: json.dumps(data, indent=2, sort_keys=False),
         "markdown": lambda: render_markdown(data),
         "junit": lambda: render_junit(data),
-        "html": lambda: render_html(audit, data),
+        "html": lambda: _html_or_plain(audit, data),
     }
     paths = {}
     for fmt in formats:
@@ -39,3 +39,21 @@ def write_reports(audit: Audit, out_dir: str | Path, formats: tuple[str, ...] = 
         tmp.replace(p)
         paths[fmt] = p
     return paths
+
+
+def _html_or_plain(audit: Audit, data: dict[str, Any]) -> str:
+    """The HTML report; if drawing it fails (a plot or section on unexpected results), a plain page with the verdict,
+    the gates, the findings and the error, so that a report is always written."""
+    try:
+        return render_html(audit, data)
+    except Exception as exc:  # the audit's results are sound; only the drawing failed
+        import html
+
+        rows = "".join(f"<li>{html.escape(g['gate'])}: {html.escape(g['status'])} ({html.escape(g['message'])})</li>"
+                       for g in data["gates"])
+        finds = "".join(f"<li>{html.escape(f['severity'])}: {html.escape(f['title'])}</li>" for f in data["findings"])
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>sparring audit</title></head><body>"
+                f"<h1>sparring audit: {html.escape(data['name'])}</h1><p>Verdict: {data['verdict'].upper()}</p>"
+                f"<p>The full page could not be drawn ({html.escape(type(exc).__name__)}: {html.escape(str(exc))}); "
+                f"report.json has everything.</p><h2>Gates</h2><ul>{rows}</ul><h2>Findings</h2><ul>{finds}</ul>"
+                "</body></html>\n")

@@ -41,12 +41,21 @@ def render_html(audit: Audit, data: dict[str, Any]) -> str:
 
 
 def _family_sections(audit: Audit) -> list[ReportSection]:
-    """Sections of the checks that define ``section(results)``, each given only its own results."""
+    """Sections of the checks that define ``section(results)``, each given only its own results (a hook that raises
+    gives a section saying so instead)."""
     out = []
     for check in CHECKS.values():
         fn = getattr(check, "section", None)
         own = [r for r in audit.results if r.check == check.name]
-        if fn is not None and own and (sec := fn(own)) is not None:
+        if fn is None or not own:
+            continue
+        try:
+            sec = fn(own)
+        except Exception as exc:  # a family's report hook must not cost the whole report
+            sec = ReportSection(title=f"{check.name}: section unavailable",
+                                text=f"The check's report section could not be drawn ({type(exc).__name__}: {exc}); "
+                                     "its results are in report.json.")
+        if sec is not None:
             out.append(sec)
     return out
 

@@ -6,6 +6,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from sparring.audit.runner import Audit
+from sparring.audit.worstcase import step_unknown
 
 __all__ = ["REPORT_SCHEMA_VERSION", "render_junit", "render_markdown", "report_dict"]
 
@@ -15,17 +16,26 @@ REPORT_SCHEMA_VERSION = 1
 def report_dict(audit: Audit) -> dict[str, Any]:
     """The JSON report: everything except per-point arrays and example inputs (those stay in the checkpoints)."""
     steps = []
+    reasons = {s.id: s.reason for s in audit.plan.steps}
     for r in audit.results:
-        steps.append({
+        step: dict[str, Any] = {
             "id": r.step_id, "check": r.check, "threat": r.threat, "status": r.status, "params": r.params,
+            "reason": reasons.get(r.step_id, ""),
             "measurements": [{"metric": m.metric, "value": m.value, "params": m.params} for m in r.measurements],
-            "cost": r.cost, "notes": r.notes, "error": r.error,
-        })
+            "cost": r.cost, "notes": r.notes, "error": r.error, "error_type": r.error_type, "fault": r.fault,
+        }
+        if r.status == "done" and "robust" in r.per_point:
+            step["unknown"] = sum(step_unknown(r))  # points the attack did not finish (query budget): not robust
+        if r.traceback:
+            step["traceback"] = r.traceback
+        steps.append(step)
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "name": audit.threat_model.name,
         "status": audit.status,
         "verdict": audit.verdict,
+        "errors": len(audit.errors),
+        "faults": len(audit.faults),
         "gates": [g.to_dict() for g in audit.gates],
         "findings": [f.to_dict() for f in audit.findings],
         "plan": audit.plan.to_dict(),
@@ -70,6 +80,12 @@ def render_markdown(data: dict[str, Any]) -> str:
     status = "" if data["status"] == "complete" else " (interrupted: partial results)"
     lines.append(f"**Verdict: {data['verdict'].upper()}**{status}")
     lines.append("")
+    failed = [s for s in data["steps"] if s["status"] == "error"]
+    if failed:
+        lines.append(f"**{len(failed)} step(s) could not run** ({sum(bool(s.get('fault')) for s in failed)} "
+                     "model/endpoint fault(s)); re-run with `--resume` once fixed:")
+        lines += [f"- `{s['id']}`: {s['error']}" for s in failed[:8]]
+        lines.append("")
     if data["gates"]:
         lines += ["| gate | value | result |", "|---|---|---|"]
         for g in data["gates"]:
