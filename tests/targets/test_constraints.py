@@ -115,3 +115,53 @@ def test_shape_and_file_errors(c: FeatureConstraints, tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text(json.dumps([1, 2]))
     with pytest.raises(DataLoadError, match="mapping"):
         FeatureConstraints.load(tmp_path / "list.json")
+
+
+@pytest.mark.parametrize(("patch", "needles"), [
+    ({"features": [{"name": "amount", "low": "zero", "high": 1}]}, ["'amount'", "'low'", "'zero'", "number"]),
+    ({"features": [{"name": "amount", "low": 0, "high": 1, "mutable": "no"}]}, ["'amount'", "'mutable'", "true"]),
+    ({"features": [{"name": "amount", "low": 0, "high": 1, "cost": "cheap"}]}, ["'amount'", "'cost'"]),
+    ({"features": [{"name": "amount", "low": True, "high": 1}]}, ["'amount'", "'low'"]),
+    ({"features": [{"name": "amount", "lo": 0, "high": 1}]}, ["'lo'", "allowed"]),
+    ({"features": [{"name": "g", "type": "ordinal", "levels": "1,2,3"}]}, ["'g'", "'levels'", "list"]),
+    ({"features": [{"name": "a", "low": 0, "high": 1}], "derived": [{"feature": "a", "terms": {"b": "1"}}]},
+     ["derived[0]", "terms.b"]),
+    ({"features": [{"name": "a", "low": 0, "high": 1}, {"name": "b", "low": 0, "high": 1}],
+      "derived": [{"feature": "a", "terms": {"bb": 1}}]}, ["derived feature 'a'", "'bb'", "declare"]),
+    ({"features": [{"name": "a", "low": 0, "high": 1}], "inequalities": [{"terms": {"a": 1}}]}, ["'rhs'"]),
+    ({"features": [{"name": "a", "low": 0, "high": 1}], "inequalities": [{"terms": {"z": 1}, "rhs": 1}]},
+     ["inequality 'inequality0'", "'z'"]),
+    ({"feature": [{"name": "a", "low": 0, "high": 1}]}, ["'feature'", "allowed"]),
+    ({"features": []}, ["'features'", "empty"]),
+    ({"features": {"name": "a"}}, ["'features'", "list"]),
+])
+def test_wrong_types_and_names_are_typed_errors(patch: dict[str, Any], needles: list[str]) -> None:
+    with pytest.raises(ParameterError) as info:  # never a bare ValueError/KeyError, never silently coerced
+        FeatureConstraints.from_dict(patch)
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
+def test_file_errors_name_the_file_and_the_feature(tmp_path: Path) -> None:
+    (tmp_path / "c.json").write_text(json.dumps({"features": [{"name": "amount", "low": "zero", "high": 5}]}))
+    with pytest.raises(ParameterError, match=r"c\.json.*'amount'.*'low'"):
+        FeatureConstraints.load(tmp_path / "c.json")
+    with pytest.raises(DataLoadError, match="does not exist"):
+        FeatureConstraints.load(tmp_path / "nope.yaml")
+
+
+def test_constraints_must_match_the_model_and_the_data_columns(c: FeatureConstraints, tmp_path: Path) -> None:
+    c.save(tmp_path / "c.json")
+    assert FeatureConstraints.load(tmp_path / "c.json", n_features=8, columns=c.names) == c
+    with pytest.raises(InputSpecError, match="declares 8 features but the model takes 9"):
+        FeatureConstraints.load(tmp_path / "c.json", n_features=9)
+    cols = list(c.names)
+    cols[3] = "grade_level"
+    with pytest.raises(InputSpecError, match="feature 3 is 'grade' but data column 3 is 'grade_level'"):
+        FeatureConstraints.load(tmp_path / "c.json", columns=cols)
+    cols = list(c.names)
+    cols[0], cols[1] = cols[1], cols[0]
+    with pytest.raises(InputSpecError, match="column order"):
+        FeatureConstraints.load(tmp_path / "c.json", columns=cols)
+    with pytest.raises(InputSpecError, match="7 feature columns"):
+        FeatureConstraints.load(tmp_path / "c.json", columns=c.names[:7])

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sparring.errors import DataLoadError, InputSpecError, ParameterError
+from sparring.errors import InputSpecError, ParameterError
 
 __all__ = ["Derived", "Feature", "FeatureConstraints", "LinearInequality", "OneHotGroup", "Violations"]
 
@@ -154,7 +154,8 @@ class FeatureConstraints:
         try:
             return self._index[name]
         except KeyError:
-            raise ParameterError(f"unknown feature {name!r}; declared features: {', '.join(self.names)}.") from None
+            raise ParameterError(f"unknown feature {name!r}; declared features: {', '.join(self.names)}. Fix the name "
+                                 "or declare the feature under 'features'.") from None
 
     def derived_names(self) -> set[str]:
         return {d.feature for d in self.derived}
@@ -255,28 +256,20 @@ class FeatureConstraints:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureConstraints:
-        return _parse(d)
+        """Build from a mapping (the shape :meth:`to_dict` writes), strictly: every unknown key, wrong type or
+        undeclared name raises :class:`~sparring.errors.ParameterError` naming the feature and the fix."""
+        from sparring.targets.constraints_io import parse_constraints
+
+        return parse_constraints(d)
 
     @classmethod
-    def load(cls, path: str | Path) -> FeatureConstraints:
-        """Read a constraints file: ``.json``, or ``.yaml``/``.yml``."""
-        p = Path(path)
-        if not p.is_file():
-            raise DataLoadError(f"constraints file {str(p)!r} does not exist; give the path of a .json or .yaml file.")
-        text = p.read_text(encoding="utf-8")
-        try:
-            if p.suffix.lower() in (".yaml", ".yml"):
-                import yaml
+    def load(cls, path: str | Path, *, n_features: int | None = None,
+             columns: Sequence[str] | None = None) -> FeatureConstraints:
+        """Read a constraints file: ``.json``, or ``.yaml``/``.yml``; with ``n_features`` (the model's) and
+        ``columns`` (the data's feature names) also check that they match (see :mod:`.constraints_io`)."""
+        from sparring.targets.constraints_io import load_constraints
 
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # JSON and YAML parse errors both become one typed error
-            raise DataLoadError(f"constraints file {str(p)!r} is not valid {p.suffix or 'JSON'}: {exc}") from exc
-        if not isinstance(data, Mapping):
-            raise DataLoadError(f"constraints file {str(p)!r} must hold a mapping with a 'features' list; "
-                                f"got {type(data).__name__}.")
-        return cls.from_dict(data)
+        return load_constraints(path, n_features=n_features, columns=columns)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
@@ -286,6 +279,12 @@ class FeatureConstraints:
 # ---------------------------------------------------------------------- validation and parsing
 def _bad(msg: str) -> ParameterError:
     return ParameterError(msg)
+
+
+def _known(c: FeatureConstraints, name: str, where: str) -> None:
+    if name not in c._index:
+        raise _bad(f"{where} uses unknown feature {name!r}; declared features: {', '.join(c.names)}. Fix the name "
+                   "or declare the feature under 'features'.")
 
 
 def _validate(c: FeatureConstraints) -> None:
@@ -315,6 +314,7 @@ def _validate(c: FeatureConstraints) -> None:
         if len(g.features) < 2:
             raise _bad(f"one-hot group {g.name!r} needs at least 2 features; got {list(g.features)}.")
         for n in g.features:
+            _known(c, n, f"one-hot group {g.name!r}")
             if c.features[c.index(n)].type != "binary":
                 raise _bad(f"one-hot group {g.name!r}: member {n!r} must be declared type 'binary'.")
             if n in seen:
@@ -324,66 +324,21 @@ def _validate(c: FeatureConstraints) -> None:
             raise _bad(f"one-hot group {g.name!r}: cost must be a finite number >= 0; got {g.cost}.")
     done: set[str] = set()
     for d in c.derived:
-        c.index(d.feature)
+        _known(c, d.feature, "'derived'")
         if d.feature in done or d.feature in seen:
             raise _bad(f"derived feature {d.feature!r} is derived twice or is a one-hot member; derive it once.")
         if not d.terms or d.feature in d.terms:
             raise _bad(f"derived feature {d.feature!r} needs terms that do not include itself; got {dict(d.terms)}.")
         for n in d.terms:
-            c.index(n)
+            _known(c, n, f"derived feature {d.feature!r}")
         done.add(d.feature)
     for q in c.inequalities:
         if not q.terms:
             raise _bad(f"inequality {q.name!r} has no terms; give {{feature: coefficient}}.")
         for n in q.terms:
-            c.index(n)
+            _known(c, n, f"inequality {q.name!r}")
     if not c.tol > 0:
         raise _bad(f"tol must be > 0; got {c.tol}.")
-
-
-def _keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    if not isinstance(d, Mapping):
-        raise _bad(f"{where} must be a mapping; got {type(d).__name__}.")
-    extra = set(d) - allowed
-    if extra:
-        raise _bad(f"{where}: unknown keys {sorted(extra)}; allowed: {sorted(allowed)}.")
-
-
-def _parse(d: Mapping[str, Any]) -> FeatureConstraints:
-    _keys(d, {"features", "one_hot", "derived", "inequalities", "tol"}, "constraints")
-    feats = []
-    for i, fd in enumerate(d.get("features") or []):
-        _keys(fd, {"name", "low", "high", "type", "mutable", "direction", "cost", "levels"}, f"features[{i}]")
-        name, kind = fd.get("name"), fd.get("type", "continuous")
-        levels = tuple(float(v) for v in fd["levels"]) if fd.get("levels") is not None else None
-        low, high = fd.get("low"), fd.get("high")
-        if kind == "binary":
-            low, high = (0.0 if low is None else low), (1.0 if high is None else high)
-        elif kind == "ordinal" and levels:
-            low, high = (min(levels) if low is None else low), (max(levels) if high is None else high)
-        if not isinstance(name, str) or low is None or high is None:
-            raise _bad(f"features[{i}] ({name!r}) needs 'name', 'low' and 'high' (binary and ordinal features "
-                       "may omit the bounds); add the missing keys.")
-        feats.append(Feature(name=name, low=float(low), high=float(high), type=kind,
-                             mutable=bool(fd.get("mutable", True)), direction=fd.get("direction", "any"),
-                             cost=None if fd.get("cost") is None else float(fd["cost"]), levels=levels))
-    groups = []
-    for i, gd in enumerate(d.get("one_hot") or []):
-        _keys(gd, {"name", "features", "mutable", "cost"}, f"one_hot[{i}]")
-        groups.append(OneHotGroup(str(gd.get("name", f"group{i}")), tuple(gd.get("features", ())),
-                                  bool(gd.get("mutable", True)), float(gd.get("cost", 1.0))))
-    derived = []
-    for i, dd in enumerate(d.get("derived") or []):
-        _keys(dd, {"feature", "terms", "constant"}, f"derived[{i}]")
-        derived.append(Derived(str(dd.get("feature")), {str(k): float(v) for k, v in (dd.get("terms") or {}).items()},
-                               float(dd.get("constant", 0.0))))
-    ineqs = []
-    for i, qd in enumerate(d.get("inequalities") or []):
-        _keys(qd, {"name", "terms", "rhs"}, f"inequalities[{i}]")
-        ineqs.append(LinearInequality(str(qd.get("name", f"inequality{i}")),
-                                      {str(k): float(v) for k, v in (qd.get("terms") or {}).items()},
-                                      float(qd.get("rhs", 0.0))))
-    return FeatureConstraints(tuple(feats), tuple(groups), tuple(derived), tuple(ineqs), float(d.get("tol", 1e-3)))
 
 
 # ---------------------------------------------------------------------- checker and projection
