@@ -65,5 +65,6 @@ def print_certify(summary: dict[str, Any], as_json: bool, model: str) -> None:
     for r, a in summary["certified_accuracy"].items():
         table.add_row(r, f"{a:.3f}")
     Console().print(table)
-    extra = {k: summary[k] for k in ("clean_accuracy", "abstain_rate") if summary.get(k) is not None}
+    keys = ("smoothed_accuracy", "clean_accuracy", "abstain_rate")
+    extra = {k: summary[k] for k in keys if summary.get(k) is not None}
     Console().print("  " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in extra.items()))

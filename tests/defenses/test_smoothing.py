@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,37 @@ def test_coin_flip_classifier_makes_both_procedures_abstain() -> None:
     assert torch.all(res.labels == ABSTAIN) and torch.all(res.radii == 0)
     assert torch.all(res.counts[:, :2].sum(1) == 2000) and torch.all(res.counts[:, 2:] == 0)
     assert torch.all(smoothed.predict(x, n=1000) == ABSTAIN)
+
+
+def test_smoothed_accuracy_counts_an_abstention_as_wrong_as_cohen_et_al_do() -> None:
+    """Issue 22 item 10: smoothed_accuracy counted an abstention whose selected class was right as correct. Cohen et
+    al. (2019, §4) report the certified accuracy at r = 0: CERTIFY must return the true label. Four points on the
+    half-space boundary (CERTIFY abstains, whatever it selected) and four far from it (certified)."""
+    target = TorchTarget(_HalfSpace(), FEATURES)
+    x = torch.cat([torch.full((4, 4), 0.5), torch.tensor([[0.05, 0.5, 0.5, 0.5], [0.95, 0.5, 0.5, 0.5]]).repeat(2, 1)])
+    gen = torch.Generator().manual_seed(0)
+    first = SmoothedClassifier(target, SIGMA).certify(x, n0=50, n=2000, generator=gen)
+    y = first.top_class.clone()  # the selected class is "right" everywhere, abstentions included
+    y[4:] = torch.tensor([0, 1, 0, 1])
+    res = SmoothedClassifier(target, SIGMA).certify(x, y, n0=50, n=2000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.top_class, first.top_class)
+    assert torch.all(res.labels[:4] == ABSTAIN) and torch.equal(res.labels[4:], y[4:])
+    assert res.clean_accuracy == 1.0  # what smoothed_accuracy used to report
+    assert res.smoothed_accuracy == 0.5 == res.certified_accuracy(0.0)
+    assert res.summary()["smoothed_accuracy"] == 0.5
+
+
+def test_the_audit_reports_smoothed_accuracy_as_certified_accuracy_at_radius_zero(tmp_path: Path) -> None:
+    """The audit's smoothed_accuracy measurement read 0.958 here (above the base model's clean 0.917): it counted
+    the 3 abstentions whose selected class was right. Measured after the fix: 0.833, the r = 0 certified figure."""
+    from sparring.audit import parse_threat_model, run_audit
+
+    tm = parse_threat_model({"system": {"model": "digits-mlp", "data": {"n": 24}},
+                             "certification": {"smoothing": {"sigma": 0.25, "n0": 16, "n": 64, "radii": [0.0]}}})
+    step = next(r for r in run_audit(tm, tmp_path).results if r.check == "certify-smoothing")
+    m = {x.metric: x.value for x in step.measurements}
+    assert m["abstain_rate"] > 0
+    assert m["smoothed_accuracy"] == m["certified_accuracy"] == pytest.approx(np.mean(step.per_point["correct"]))
 
 
 def test_half_space_radius_is_close_to_and_below_the_true_distance() -> None:

@@ -101,7 +101,7 @@ class SmoothingCheck:
         meas = [Measurement("certified_accuracy", res.certified_accuracy(r),
                             {"norm": "l2", "radius": r, "method": "smoothing", "sigma": p["sigma"]})
                 for r in p["radii"]]
-        meas.append(Measurement("smoothed_accuracy", res.clean_accuracy, {"sigma": p["sigma"]}))
+        meas.append(Measurement("smoothed_accuracy", res.smoothed_accuracy, {"sigma": p["sigma"]}))  # Cohen: r = 0
         meas.append(Measurement("abstain_rate", res.abstain_rate, {"sigma": p["sigma"]}))
         return StepResult(
             step_id=step.id, check=self.name, threat="certification", params=dict(p), measurements=meas,

@@ -163,8 +163,16 @@ class CertifyResult:
         return _np(self.correct).astype(bool)
 
     @property
+    def smoothed_accuracy(self) -> float:
+        """The accuracy of the smoothed classifier as Cohen et al. (2019, §4) report it: the certified accuracy at
+        radius 0, the share of inputs on which CERTIFY returns the true label. An abstention is never correct."""
+        return self.certified_accuracy(0.0)
+
+    @property
     def clean_accuracy(self) -> float:
-        """Share of inputs whose selected class ``ĉ_A`` (the Monte Carlo estimate of ``g(x)``) is the true label."""
+        """Share of inputs whose *selected* class ``ĉ_A`` is the true label, abstentions included (the class
+        CERTIFY would have returned had it not abstained). Not a certified figure: it is at least
+        :attr:`smoothed_accuracy`, and the two differ by the correct guesses among the abstentions."""
         self._correct()
         return float(np.mean(_np(self.top_class) == _np(self.y)))
 
@@ -194,6 +202,7 @@ class CertifyResult:
             "median_radius": float(np.median(radii)),
         }
         if self.correct is not None:
+            out["smoothed_accuracy"] = self.smoothed_accuracy
             out["clean_accuracy"] = self.clean_accuracy
             sigma = float(self.params["sigma"])
             out["certified_accuracy"] = {f"{r:g}": a for r, a in self.curve([0.0, sigma / 2, sigma, 2 * sigma])}
