@@ -16,55 +16,71 @@ DEFENCES = ("none", "normalize", "normalize+spelling")
 _ALL_KINDS = ("swap", "substitute", "delete", "insert", "leet", "spacing", "homoglyph", "invisible")
 
 
-def _messages(data: str | None, n: int, label: int | None) -> tuple[list[str], list[int]]:
-    """The first ``n`` messages of class ``label`` (default spam) from the SMS test split or a file."""
-    from sparring.errors import DataLoadError
+def _messages(data: str | None, n: int, label: str | None, target: Any, *, text_col: str | None = None,
+              label_col: str | None = None, header: bool | None = None) -> tuple[list[str], list[int]]:
+    """The first ``n`` messages (of class ``label``, if given) and their class indices.
 
+    Without ``data``: spam (or class ``label``) of the SMS test split. From a file
+    (:func:`sparring.data.text_files.load_text_file`): labels are read from its label column and mapped by the
+    model's class names; an unlabelled file takes ``label`` for every message (default class 1 of a binary model).
+    """
+    from sparring.data.text_files import encode_labels, load_text_file
+    from sparring.errors import LabelError
+
+    names = target.class_names
+    want = None if label is None else int(encode_labels([label], names, target.n_classes, source="--label")[0])
     if data is None:
         from sparring.data.text import load_sms_spam
 
         ds = load_sms_spam()
-        want = 1 if label is None else label
+        want = 1 if want is None else want
         pairs = [(t, y) for t, y in zip(ds.x_test, ds.y_test.tolist(), strict=True) if y == want]
         return [t for t, _ in pairs[:n]], [y for _, y in pairs[:n]]
-    try:
-        lines = [ln for ln in Path(data).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataLoadError(f"cannot read messages from {data!r} ({exc}); expected a UTF-8 text file with one "
-                            "message per line, or 'label<TAB>message' lines (label ham/spam or 0/1).") from None
-    texts, ys = [], []
-    for ln in lines[:n]:
-        head, sep, rest = ln.partition("\t")
-        if sep and head in ("ham", "spam", "0", "1"):
-            texts.append(rest)
-            ys.append(1 if head in ("spam", "1") else 0)
-        else:
-            texts.append(ln)
-            ys.append(1 if label is None else label)
-    return texts, ys
+    table = load_text_file(data, text_col=text_col, label_col=label_col, header=header)
+    if table.labels is None:
+        if want is None and target.n_classes != 2:
+            raise LabelError(f"{data} has no label column and the model has {target.n_classes} classes; name the "
+                             "label column (--label-col) or give the class of every message (--label NAME).")
+        y = 1 if want is None else want
+        return table.texts[:n], [y] * min(n, len(table.texts))
+    ys = table.encode(names, target.n_classes).tolist()
+    pairs = [(t, c) for t, c in zip(table.texts, ys, strict=True) if want is None or c == want]
+    if not pairs:
+        raise LabelError(f"{data} has no message of class {label!r} (--label); its labels are "
+                         f"{sorted(set(table.labels))[:10]}.")
+    return [t for t, _ in pairs[:n]], [c for _, c in pairs[:n]]
 
 
-def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int = 50, label: int | None = None,
+def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int = 50, label: str | int | None = None,
                     max_chars: int | None = None, max_words: int | None = None, min_similarity: float = 0.8,
                     defence: str = "none", adaptive: bool = False, beam_width: int = 1,
                     query_budget: int | None = None, max_queries: int | None = None,
-                    threshold: float | None = None, examples: int = 3, html: str | None = None) -> dict[str, Any]:
-    """Attack ``n`` messages of ``model`` (a text zoo name or an http(s) URL) and summarise the result."""
+                    threshold: float | None = None, examples: int = 3, html: str | None = None,
+                    text_col: str | None = None, label_col: str | None = None, header: bool | None = None,
+                    classes: list[str] | None = None, trust_pickle: bool = False,
+                    trusted_types: tuple[str, ...] = (), http: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Attack ``n`` messages of ``model`` (a text zoo name, a skops/joblib pipeline, ``module:callable`` or an
+    http(s) URL; see :func:`sparring.targets.text_load.load_text_target`) and summarise the result.
+
+    ``http`` holds the HTTP settings (``headers``, ``timeout``, ``retries``, ``input_key``, ``output_key``,
+    ``output``) for a URL.
+    """
     from sparring.attacks.text import BidiReorder, CharAttack, Constraints, TextAttack, TextFooler, bad_characters
     from sparring.attacks.text.base import _preset
-    from sparring.data.text import load_sms_spam, load_text_model
+    from sparring.data.text import load_sms_spam
     from sparring.defenses.preprocess.text import DefendedTextTarget, SpellingCorrector, normalize
     from sparring.errors import ParameterError
-    from sparring.targets.text import HttpTextTarget, TextTarget
+    from sparring.targets.text import TextTarget
+    from sparring.targets.text_load import load_text_target
 
     if attack not in ATTACKS or defence not in DEFENCES:
         raise ParameterError(f"attack must be one of {ATTACKS} and defence one of {DEFENCES}; got {attack!r}, "
                              f"{defence!r}.")
-    target: TextTarget
-    if model.startswith(("http://", "https://")):
-        target = HttpTextTarget(model, query_budget=None if defence != "none" else query_budget)
-    else:
-        target = load_text_model(model, query_budget=None if defence != "none" else query_budget)
+    target: TextTarget = load_text_target(model, classes=classes, trust_pickle=trust_pickle,
+                                          trusted_types=trusted_types,
+                                          query_budget=None if defence != "none" else query_budget, **(http or {}))
+    texts, ys = _messages(data, n, None if label is None else str(label), target, text_col=text_col,
+                          label_col=label_col, header=header)
     transform: Callable[[str], str] | None = None
     if defence != "none":
         spell = SpellingCorrector.from_texts(load_sms_spam().x_train) if defence == "normalize+spelling" else None
@@ -91,7 +107,6 @@ def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int 
         kinds = {"bad-characters": ("homoglyph", "invisible"), "deepwordbug": ("swap", "substitute", "delete",
                  "insert"), "leetspeak": ("leet", "spacing")}[attack]
         atk = _preset(kinds, attack, max_chars, max_words, {"constraints": cons, **common})
-    texts, ys = _messages(data, n, label)
     res = atk(target, texts, ys, threshold=threshold)
     summary = res.summary()
     summary.update(model=model, defence=defence, adaptive=adaptive, examples=res.examples(examples))
@@ -100,6 +115,28 @@ def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int 
         Path(html).write_text(res.to_html(max(examples, 10)), encoding="utf-8")
         summary["html"] = html
     return summary
+
+
+def _http_settings(http_header: tuple[str, ...], timeout: float | None, input_key: str | None,
+                   output_key: str | None, scores: str | None) -> dict[str, Any]:
+    """The ``--http-header 'Name: value'``, ``--timeout``, ``--input-key``, ``--output-key``, ``--scores`` options as
+    :func:`~sparring.targets.text_load.load_text_target` keywords (only those given)."""
+    from sparring.errors import ParameterError
+
+    out: dict[str, Any] = {}
+    headers = {}
+    for h in http_header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise ParameterError(f"--http-header takes 'Name: value' (e.g. 'Authorization: Bearer ${{TOKEN}}'); got "
+                                 f"{h!r}.")
+        headers[name.strip()] = value.strip()
+    if headers:
+        out["headers"] = headers
+    for key, v in (("timeout", timeout), ("input_key", input_key), ("output_key", output_key), ("output", scores)):
+        if v is not None:
+            out[key] = v
+    return out
 
 
 def add_commands(cli: Any) -> None:
@@ -113,12 +150,24 @@ def add_commands(cli: Any) -> None:
     @group.command("attack-text", epilog=_EXIT_HELP)
     @click.argument("attack", type=click.Choice(ATTACKS))
     @click.option("--model", "-m", default="spam-tfidf-logreg", show_default=True,
-                  help="Text zoo model (spam-tfidf-logreg, spam-minilm) or the URL of a moderation API "
+                  help="Text zoo model (spam-tfidf-logreg, spam-minilm), a skops/joblib scikit-learn pipeline, "
+                       "'module:callable' (list[str] -> scores), or the URL of a moderation API "
                        "(POST {inputs: [...]} -> {scores: [[...]]}).")
-    @click.option("--data", "-d", type=click.Path(dir_okay=False), help="Messages: one per line, or "
-                  "'label<TAB>message'. Default: spam of the SMS test split.")
+    @click.option("--classes", help="Class names in the model's output order, comma-separated (e.g. ok,toxic,threat)"
+                  "; needed for a URL or callable with more than 2 classes and to read label names.")
+    @click.option("--trust-pickle", is_flag=True, help="Allow unpickling a joblib/pickle file or any skops type "
+                  "(runs code from the file: only for files you trust).")
+    @click.option("--trusted-type", "trusted_types", multiple=True, help="A skops type you trust (repeatable).")
+    @click.option("--data", "-d", type=click.Path(dir_okay=False), help="Messages: .csv, .tsv, .jsonl, .parquet "
+                  "with a text and a label column, or a text file (one message per line, or 'label<TAB>message')."
+                  " Default: spam of the SMS test split.")
+    @click.option("--text-col", help="Name (or 0-based position, without a header) of the text column.")
+    @click.option("--label-col", help="Name (or 0-based position, without a header) of the label column.")
+    @click.option("--header/--no-header", default=None, help="Whether the CSV/TSV starts with a header line "
+                  "(default: decided from the file).")
     @click.option("--n", "n", type=click.IntRange(min=1), default=50, show_default=True)
-    @click.option("--label", type=click.IntRange(min=0), help="True label of unlabelled messages (default 1, spam).")
+    @click.option("--label", help="A class (name or index): only messages of it are attacked; for unlabelled "
+                  "messages, their true class (default 1, spam, for a binary model).")
     @click.option("--max-chars", type=click.IntRange(min=1), help="Most edited characters per message.")
     @click.option("--max-words", type=click.IntRange(min=1), help="Most edited words per message.")
     @click.option("--min-similarity", type=float, default=0.8, show_default=True, help="textfooler: MiniLM floor.")
@@ -132,11 +181,20 @@ def add_commands(cli: Any) -> None:
     @click.option("--threshold", type=float, help="Success when the true class's probability falls below this.")
     @click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True)
     @click.option("--html", type=click.Path(dir_okay=False), help="Write the examples side by side to this HTML file.")
+    @click.option("--http-header", multiple=True, help="HTTP header 'Name: value' for a URL (repeatable); $VAR "
+                  "and ${VAR} are read from the environment (keep secrets there).")
+    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per HTTP request.")
+    @click.option("--input-key", help="Request key holding the messages (default inputs).")
+    @click.option("--output-key", help="Answer key holding the scores (default scores).")
+    @click.option("--scores", type=click.Choice(["probabilities", "logits"]), help="What the model's scores are.")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-    def attack_text(attack: str, model: str, data: str | None, n: int, label: int | None, max_chars: int | None,
-                    max_words: int | None, min_similarity: float, defence: str, adaptive: bool, beam_width: int,
-                    query_budget: int | None, max_queries: int | None, threshold: float | None, examples: int,
-                    html: str | None, as_json: bool) -> None:
+    def attack_text(attack: str, model: str, classes: str | None, trust_pickle: bool, trusted_types: tuple[str, ...],
+                    data: str | None, text_col: str | None, label_col: str | None, header: bool | None, n: int,
+                    label: str | None, max_chars: int | None, max_words: int | None, min_similarity: float,
+                    defence: str, adaptive: bool, beam_width: int, query_budget: int | None,
+                    max_queries: int | None, threshold: float | None, examples: int, html: str | None,
+                    http_header: tuple[str, ...], timeout: float | None, input_key: str | None,
+                    output_key: str | None, scores: str | None, as_json: bool) -> None:
         """Evade a text classifier (spam filter) with character, Unicode or word edits.
 
         \b
@@ -146,12 +204,19 @@ def add_commands(cli: Any) -> None:
           sparring attack-text reorder --max-chars 3 --n 50
           sparring attack-text all-chars --defence normalize --adaptive
           sparring attack-text textfooler --model spam-minilm --n 20
+          sparring attack-text deepwordbug --model tox.skops --data tox.csv --text-col message --label-col label
+          sparring attack-text bad-characters --model https://mod.example/score --classes ok,toxic,threat \\
+              --http-header 'Authorization: Bearer ${MOD_TOKEN}' --data tox.jsonl
         """
         try:
             s = run_attack_text(attack, model, data=data, n=n, label=label, max_chars=max_chars,
                                 max_words=max_words, min_similarity=min_similarity, defence=defence,
                                 adaptive=adaptive, beam_width=beam_width, query_budget=query_budget,
-                                max_queries=max_queries, threshold=threshold, examples=examples, html=html)
+                                max_queries=max_queries, threshold=threshold, examples=examples, html=html,
+                                text_col=text_col, label_col=label_col, header=header,
+                                classes=classes.split(",") if classes else None, trust_pickle=trust_pickle,
+                                trusted_types=trusted_types,
+                                http=_http_settings(http_header, timeout, input_key, output_key, scores))
         except errors.SparringError as exc:
             _fail(exc)
         if as_json:
@@ -162,8 +227,15 @@ def add_commands(cli: Any) -> None:
                         "mean_queries", "budget_exhausted"):
                 v = s.get(key)
                 click.echo(f"{key:22s} {round(v, 4) if isinstance(v, float) else v}")
+            if len(s["per_class"]) > 1 or (s["class_names"] or [])[2:]:
+                click.echo("\nper class (messages, clean accuracy, attack success, robust accuracy, unknown):")
+                for name, c in s["per_class"].items():
+                    moved = ", ".join(f"{k}: {v}" for k, v in c["moved_to"].items())
+                    click.echo(f"  {name:20s} {c['n']:5d} {c['clean_accuracy']:.3f} {c['attack_success_rate']:.3f} "
+                               f"{c['robust_accuracy']:.3f} {c['n_unknown']:4d}" + (f"  -> {moved}" if moved else ""))
             for ex in s["examples"]:
-                click.echo(f"\n  original:    {ex['original']}\n  adversarial: {ex['adversarial']}")
+                click.echo(f"\n  {ex['label']} -> {ex['adversarial_label']}\n  original:    {ex['original']}\n"
+                           f"  adversarial: {ex['adversarial']}")
         if s["budget_exhausted"]:
             click.echo(f"error (QueryBudgetExceeded): the query budget ({query_budget}) ran out: {s['n_unknown']} "
                        f"of {s['n']} messages are unknown (neither robust nor broken; not counted as robust). "

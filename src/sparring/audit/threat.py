@@ -8,7 +8,8 @@ The keys, in short::
 
     schema_version: 1
     name: digits classifier
-    system:    {model, spec, entry_point, trust_pickle, device, batch_size, data: {source, split, n}}
+    system:    {model, spec, entry_point, trust_pickle, device, batch_size, data: {source, split, n},
+                text: {classes, text_column, label_column, header, label, trusted_types, headers, ...}}
     exposure:  {audience: internal|public, output: scores|top-k|labels, top_k, decimals}
     attacker:  {knowledge: white-box|grey-box|black-box, evasion: [{norm, eps: [...]}], query_budget,
                 poisoning_share, physical_access}
@@ -30,6 +31,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sparring.audit.text_system import TextSystem
 from sparring.errors import ThreatModelError
 
 __all__ = [
@@ -75,6 +77,8 @@ class System(_Strict):
     data: DataSource = DataSource()
     constraints: str | None = None
     """Tabular feature constraints (.json/.yaml, see sparring.targets.constraints): enables the tabular checks."""
+    text: TextSystem | None = None
+    """A text model's classes, message columns and HTTP settings (see sparring.audit.text_system); no spec."""
 
 
 class Exposure(_Strict):

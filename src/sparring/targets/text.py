@@ -124,7 +124,9 @@ class TextTarget(ABC):
             out = self._scores_batch(chunk)
             if out.shape != (len(chunk), self.n_classes) or not bool(torch.isfinite(out).all()):
                 raise EndpointError(f"{type(self).__name__} produced scores of shape {tuple(out.shape)} "
-                                    f"(expected {(len(chunk), self.n_classes)}, finite); check the model.")
+                                    f"(expected {(len(chunk), self.n_classes)}, finite); check the model, and "
+                                    "declare its classes (classes=[...], --classes a,b,c) if it has not "
+                                    f"{self.n_classes}.")
             outs.append(out.float())
         return torch.cat(outs) if len(outs) != 1 else outs[0]
 
@@ -175,20 +177,35 @@ class SklearnTextTarget(TextTarget):
     """A fitted scikit-learn pipeline over raw strings (e.g. ``TfidfVectorizer`` + ``LogisticRegression``).
 
     Uses ``predict_proba`` when present, else ``decision_function`` (a binary margin ``m`` becomes
-    ``[-m/2, m/2]`` logits). The estimator's ``classes_`` must be ``0..n_classes-1``.
+    ``[-m/2, m/2]`` logits). Class ``i`` is the estimator's ``classes_[i]``: fitted on integer labels
+    ``0..k-1`` the classes are those indices; fitted on names (``"ok"``, ``"toxic"``, ``"threat"``) the names become
+    :attr:`class_names` (in ``classes_`` order, which scikit-learn sorts). ``n_classes`` defaults to
+    ``len(classes_)``.
     """
 
-    def __init__(self, pipeline: Any, n_classes: int = 2, **kwargs: Any) -> None:
+    def __init__(self, pipeline: Any, n_classes: int | None = None, **kwargs: Any) -> None:
         method = "predict_proba" if hasattr(pipeline, "predict_proba") else "decision_function"
         if not hasattr(pipeline, method):
             raise ParameterError(f"{type(pipeline).__name__} has neither predict_proba nor decision_function; "
                                  "pass a fitted scikit-learn classifier or pipeline.")
         classes = getattr(pipeline, "classes_", None)
-        if classes is not None and list(np.asarray(classes).tolist()) != list(range(n_classes)):
-            raise ParameterError(f"the pipeline's classes_ are {list(classes)}; expected 0..{n_classes - 1}. "
-                                 "Fit it on integer labels (ham=0, spam=1).")
+        if classes is not None:
+            found = list(np.asarray(classes).tolist())
+            if n_classes is not None and n_classes != len(found):
+                raise ParameterError(f"the pipeline has {len(found)} classes ({found}); n_classes={n_classes} was "
+                                     "given. Drop n_classes (it is read from the pipeline) or fix it.")
+            n_classes = len(found)
+            if found != list(range(n_classes)):  # fitted on names: they are the class names
+                names = [str(c) for c in found]
+                given = kwargs.get("class_names")
+                if given is not None and [str(g) for g in given] != names:
+                    order = " in that order (scikit-learn sorts them)" if sorted(map(str, given)) == sorted(
+                        names) else ""
+                    raise ParameterError(f"the pipeline's classes are {names}; class_names {list(given)} were "
+                                         f"given. Give the pipeline's names{order}, or drop class_names.")
+                kwargs["class_names"] = names
         kwargs.setdefault("output", "probabilities" if method == "predict_proba" else "logits")
-        super().__init__(n_classes, **kwargs)
+        super().__init__(2 if n_classes is None else n_classes, **kwargs)
         self.pipeline = pipeline
         self.method = method
 

@@ -104,7 +104,7 @@ class TextAttack(ABC):
             clean_correct=torch.zeros(n, dtype=torch.bool), adv_pred=torch.full((n,), -1, dtype=torch.long),
             attacked=torch.zeros(n, dtype=torch.bool), capped=torch.zeros(n, dtype=torch.bool),
             edits=[[] for _ in valid],
-            similarity=torch.full((n,), math.nan), queries=[0] * n,
+            similarity=torch.full((n,), math.nan), queries=[0] * n, class_names=target.class_names,
         )
         try:
             probs = target.query_proba(valid)

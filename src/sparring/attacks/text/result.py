@@ -50,6 +50,8 @@ class TextAttackResult(AttackResult):
         capped: per message, the attack's own ``max_queries`` cut candidates the search would have tried.
         unknown: per message, not broken and not finished (never attacked because the budget ran out, or
             ``capped``): neither robust nor broken; :attr:`robust_accuracy` does not count it.
+        class_names: the target's class names (``None``: classes are shown as indices); :meth:`per_class` and the
+            examples use them.
     """
 
     texts: list[str] = field(default_factory=list)
@@ -65,6 +67,7 @@ class TextAttackResult(AttackResult):
     budget_exhausted: bool = False
     capped: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
     unknown: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    class_names: tuple[str, ...] | None = None
 
     @property
     def n(self) -> int:
@@ -123,6 +126,31 @@ class TextAttackResult(AttackResult):
         m = self._mean_over_broken(self.similarity)
         return None if m is None or m != m else m
 
+    def class_name(self, c: int) -> str:
+        """The name of class ``c`` (its index as a string without class names; ``"?"`` for -1, not known)."""
+        if c < 0:
+            return "?"
+        return self.class_names[c] if self.class_names is not None and c < len(self.class_names) else str(c)
+
+    def per_class(self) -> dict[str, dict[str, Any]]:
+        """Per true class (by name, in class order): messages, clean accuracy, attack success rate (among the
+        correctly classified), robust accuracy, unknown count, and where the broken messages went (``moved_to``:
+        adversarial prediction -> count)."""
+        out: dict[str, dict[str, Any]] = {}
+        unknown = self.unknown if self.unknown.numel() else torch.zeros(self.n, dtype=torch.bool)
+        for c in sorted(set(self.y.tolist())):
+            m = self.y == c
+            cc, broken = self.clean_correct[m], self.broken[m]
+            moved: dict[str, int] = {}
+            for p in self.adv_pred[m][broken].tolist():
+                moved[self.class_name(int(p))] = moved.get(self.class_name(int(p)), 0) + 1
+            out[self.class_name(int(c))] = {
+                "n": int(m.sum()), "clean_accuracy": float(cc.float().mean()),
+                "attack_success_rate": float(self.success[m][cc].float().mean()) if bool(cc.any()) else 0.0,
+                "robust_accuracy": float((cc & ~self.success[m] & ~unknown[m]).float().mean()),
+                "n_unknown": int(unknown[m].sum()), "moved_to": moved}
+        return out
+
     def summary(self) -> dict[str, Any]:
         s = super().summary()
         s.update(n=self.n, attacked=int(self.attacked.sum()), clean_accuracy=float(self.clean_correct.float().mean())
@@ -131,7 +159,9 @@ class TextAttackResult(AttackResult):
                  mean_similarity=self.mean_similarity, budget_exhausted=self.budget_exhausted,
                  robust_accuracy=self.robust_accuracy, n_unknown=self.n_unknown,
                  unknown_rate=self.n_unknown / self.n if self.n else 0.0,
-                 mean_queries=sum(self.queries) / max(1, self.n))
+                 mean_queries=sum(self.queries) / max(1, self.n),
+                 class_names=list(self.class_names) if self.class_names is not None else None,
+                 per_class=self.per_class())
         return s
 
     def side_by_side(self, i: int, *, fmt: str = "text") -> tuple[str, str]:
@@ -156,7 +186,9 @@ class TextAttackResult(AttackResult):
         out = []
         for i in idx:
             o, a = self.side_by_side(i, fmt=fmt)
-            out.append({"index": i, "original": o, "adversarial": a, "edited_chars": int(self.edited_chars[i]),
+            out.append({"index": i, "label": self.class_name(int(self.y[i])),
+                        "adversarial_label": self.class_name(int(self.adv_pred[i])),
+                        "original": o, "adversarial": a, "edited_chars": int(self.edited_chars[i]),
                         "similarity": None if self.similarity[i] != self.similarity[i] else
                         round(float(self.similarity[i]), 3)})
         return out
@@ -167,13 +199,22 @@ class TextAttackResult(AttackResult):
         keys = ("n", "attack_success_rate", "mean_edited_chars", "mean_edited_words", "mean_similarity",
                 "mean_queries", "budget_exhausted")
         head = "".join(f"<tr><th>{key}</th><td>{html.escape(str(s[key]))}</td></tr>" for key in keys)
-        rows = "".join(f"<tr><td>{e['original']}</td><td>{e['adversarial']}</td><td>{e['edited_chars']}</td></tr>"
+        rows = "".join(f"<tr><td>{html.escape(e['label'])} → {html.escape(e['adversarial_label'])}</td>"
+                       f"<td>{e['original']}</td><td>{e['adversarial']}</td><td>{e['edited_chars']}</td></tr>"
                        for e in self.examples(k, fmt="html"))
+        classes = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{c['n']}</td><td>{c['clean_accuracy']:.3f}</td>"
+            f"<td>{c['attack_success_rate']:.3f}</td><td>{c['robust_accuracy']:.3f}</td><td>{c['n_unknown']}</td>"
+            f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in c['moved_to'].items()))}</td></tr>"
+            for name, c in s["per_class"].items())
         return (f"<!doctype html><meta charset=utf-8><title>{html.escape(self.attack)}</title>"
                 "<style>mark{background:#fd6}mark.u{background:#f88}td,th{border:1px solid #ccc;padding:4px;"
                 "vertical-align:top}</style>"
-                f"<h1>{html.escape(self.attack)}</h1><table>{head}</table><h2>Examples</h2><table>"
-                f"<tr><th>original</th><th>adversarial</th><th>edited chars</th></tr>{rows}</table>")
+                f"<h1>{html.escape(self.attack)}</h1><table>{head}</table><h2>Per class</h2><table><tr><th>class</th>"
+                "<th>messages</th><th>clean accuracy</th><th>attack success</th><th>robust accuracy</th>"
+                f"<th>unknown</th><th>broken messages now read as</th></tr>{classes}</table><h2>Examples</h2><table>"
+                "<tr><th>class → adversarial</th><th>original</th><th>adversarial</th><th>edited chars</th></tr>"
+                f"{rows}</table>")
 
 
 def _fmt(s: str, fmt: str, edited: bool, kind: str = "") -> str:
