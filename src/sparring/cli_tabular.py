@@ -1,8 +1,18 @@
-"""The ``sparring attack-tabular`` command: constrained feature-space evasion, with the unconstrained baseline."""
+"""The ``sparring attack-tabular`` command: constrained feature-space evasion, with the unconstrained baseline.
+
+Works on zoo models and on the user's own: model files (skops, with ``--trusted-type`` or ``--trust-pickle`` for
+types skops flags; TorchScript; ``torch.export``; ONNX) or a prediction API (``--url``), with ``--spec``, the user's
+data (``--data``: CSV with a header and a named label column, or ``.npz``) and constraints (``--constraints``),
+checked strictly against the model's feature count and the CSV's column names.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,18 +22,66 @@ __all__ = ["add_commands", "run_tabular_attack"]
 _ATTACKS = ("cpgd", "capgd", "search", "tree-milp")
 
 
-def _constraints(model: str, path: str | None) -> Any:
-    from sparring.data import transactions
+def _constraints(model: str, path: str | None, n_features: int, columns: Sequence[str] | None) -> Any:
+    from sparring.data import transactions, zoo
     from sparring.errors import ParameterError
     from sparring.targets.constraints import FeatureConstraints
 
     if path is not None:
-        return FeatureConstraints.load(path)
-    if model.startswith("fraud-"):
+        return FeatureConstraints.load(path, n_features=n_features, columns=columns)
+    if model in zoo.names() and model.startswith("fraud-"):
         return transactions.transactions_constraints()
-    if model.startswith("breast-cancer"):
+    if model in zoo.names() and model.startswith("breast-cancer"):
         return transactions.breast_cancer_constraints()
-    raise ParameterError(f"no built-in constraints for {model!r}; give --constraints PATH (.json or .yaml).")
+    raise ParameterError(f"no built-in constraints for {model!r}; give --constraints PATH (.json or .yaml) with one "
+                         "entry per feature column (see docs/tabular.md).")
+
+
+def _csv_columns(path: str, label_column: str) -> list[str] | None:
+    """The feature column names of a CSV/TSV (its header without the label column); None for other files."""
+    p = Path(path)
+    if p.suffix.lower() not in (".csv", ".tsv"):
+        return None
+    with p.open(newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","), [])
+    return [c.strip() for c in header if c.strip() != label_column]
+
+
+def _target(model: str, url: str | None, spec: str | None, trust_pickle: bool, trusted_types: Sequence[str],
+            output: str) -> Any:
+    from sparring.data import zoo
+    from sparring.errors import ParameterError
+    from sparring.targets.load import load_spec, load_target
+
+    if url is None:
+        return load_target(model, spec=spec, trust_pickle=trust_pickle, trusted_types=trusted_types)
+    from sparring.targets.http import HttpTarget
+
+    if spec is not None:
+        the_spec = load_spec(spec)
+    elif model in zoo.names():
+        the_spec = zoo.entry(model).spec()
+    else:
+        raise ParameterError(f"--url needs the API's input spec: give --spec spec.json (InputSpec keys: shape, "
+                             f"n_classes, bounds, layout 'features'), or a zoo --model; got --model {model!r}.")
+    return HttpTarget(url, the_spec, output=output)  # type: ignore[arg-type]
+
+
+def _data(model: str, data: str | None, label_column: str) -> tuple[Any, Any, list[str] | None]:
+    from sparring.data import zoo
+    from sparring.errors import ParameterError
+
+    if data is None:
+        if model not in zoo.names():
+            raise ParameterError(f"--data is needed for a model that is not in the zoo ({model!r}): a CSV with a "
+                                 "header and a label column (--label-column), or an .npz with arrays x and y.")
+        ds = zoo.data(model)
+        return ds.x_test, ds.y_test, None
+    from sparring.data.files import load_data
+
+    kw = {"label_column": label_column} if Path(data).suffix.lower() in (".csv", ".tsv") else {}
+    x, y, _ = load_data(data, **kw)
+    return x, y, _csv_columns(data, label_column)
 
 
 def _attack(name: str, constraints: Any, eps: float, steps: int, constrained: bool, seed: int) -> Any:
@@ -38,33 +96,47 @@ def _attack(name: str, constraints: Any, eps: float, steps: int, constrained: bo
     return TreeEvasion(constraints=constraints)
 
 
-def run_tabular_attack(attack: str, *, model: str = "fraud-mlp", constraints: str | None = None, n: int = 64,
-                       attacked_class: int | None = 1, eps: float = 0.3, steps: int = 40, compare: bool = True,
-                       seed: int = 0) -> dict[str, Any]:
+def run_tabular_attack(attack: str, *, model: str = "fraud-mlp", url: str | None = None, spec: str | None = None,
+                       data: str | None = None, label_column: str = "label", constraints: str | None = None,
+                       trust_pickle: bool = False, trusted_types: Sequence[str] = (), output: str = "scores",
+                       n: int = 64, attacked_class: int | None = 1, eps: float = 0.3, steps: int = 40,
+                       compare: bool = True, query_budget: int | None = None, seed: int = 0) -> dict[str, Any]:
     """What the command does, as one library call: attack the correctly classified rows of ``attacked_class``
-    (``None``: all classes) with constraints and, if ``compare``, the unconstrained baseline; JSON-ready summary."""
-    from sparring.data import zoo
+    (``None``: all classes) with constraints and, if ``compare``, the unconstrained baseline; JSON-ready summary.
+
+    ``query_budget`` is the attacker's budget for each run (the row selection before it is not charged); a run
+    that exhausts it reports its unfinished rows as unknown (``n_unknown``, ``budget_exhausted``), never robust.
+    """
     from sparring.errors import ParameterError
+    from sparring.targets.base import QueryCounter
 
     if attack not in _ATTACKS:
         raise ParameterError(f"unknown tabular attack {attack!r}; use one of {', '.join(_ATTACKS)}.")
-    c = _constraints(model, constraints)
-    target = zoo.load(model)
-    ds = zoo.data(model)
-    keep = target.predict(ds.x_test) == ds.y_test
+    target = _target(model, url, spec, trust_pickle, trusted_types, output)
+    x_all, y_all, columns = _data(model, data, label_column)
+    c = _constraints(model, constraints, target.spec.n_features, columns)
+    if attacked_class is not None and not 0 <= attacked_class < target.spec.n_classes:
+        raise ParameterError(f"--class {attacked_class} is not a class of this model (0..{target.spec.n_classes - 1}"
+                             "); give one of them, or -1 to attack every class.")
+    keep = target.predict(x_all) == y_all
     if attacked_class is not None:
-        keep &= ds.y_test == attacked_class
-    x, y = ds.x_test[keep][:n], ds.y_test[keep][:n]
+        keep &= y_all == attacked_class
+    x, y = x_all[keep][:n], y_all[keep][:n]
     if len(x) == 0:
-        raise ParameterError(f"no correctly classified test rows of class {attacked_class} to attack.")
-    out: dict[str, Any] = {"model": model, "attack": attack, "n": len(x), "results": []}
+        which = "any class" if attacked_class is None else f"class {attacked_class}"
+        raise ParameterError(f"no correctly classified rows of {which} to attack; check --data, --label-column and "
+                             "--class.")
+    out: dict[str, Any] = {"model": url or model, "attack": attack, "n": len(x), "query_budget": query_budget,
+                           "results": []}
     modes = (True, False) if compare and attack != "tree-milp" else (True,)
     for constrained in modes:
+        target.counter = QueryCounter(query_budget)  # each run gets the attacker's whole budget
         r = _attack(attack, c, eps, steps, constrained, seed)(target, x, y)
         checked = c.check(x, r.x_adv)
         s = r.summary()
         out["results"].append({
-            "constrained": constrained, "evasion_rate": s["success_rate"],
+            "constrained": constrained, "evasion_rate": s["success_rate"], "robust_accuracy": s["robust_accuracy"],
+            "n_unknown": s["n_unknown"], "budget_exhausted": s["budget_exhausted"],
             "feasible_rows": float(checked.ok.float().mean()), "median_cost": s["median_cost"],
             "median_claimed_cost": s["median_norm_of_successes"], "violations": checked.by_rule(),
             "queries": s["cost"]["queries"], "seconds": s["cost"]["seconds"],
@@ -73,47 +145,85 @@ def run_tabular_attack(attack: str, *, model: str = "fraud-mlp", constraints: st
 
 
 def add_commands(cli: click.Group) -> None:
-    from sparring.cli import _EXIT_HELP, _fail
+    from sparring.cli import _EXIT_HELP, EXIT_BUDGET, _fail
     from sparring.errors import SparringError
 
     @cli.command("attack-tabular", epilog=_EXIT_HELP)
     @click.argument("attack", type=click.Choice(_ATTACKS))
     @click.option("--model", "-m", default="fraud-mlp", show_default=True,
-                  help="Zoo model: fraud-mlp / fraud-gbm (transactions), breast-cancer-mlp / -logreg.")
+                  help="Zoo model (fraud-mlp / fraud-gbm, breast-cancer-mlp / -logreg) or a model file: skops, "
+                       "TorchScript, torch.export .pt2, ONNX (joblib/pickle only with --trust-pickle).")
+    @click.option("--url", help="Attack a prediction API at this URL instead (needs --spec, or a zoo --model whose "
+                  "spec it serves).")
+    @click.option("--output", type=click.Choice(["scores", "labels"]), default="scores", show_default=True,
+                  help="What the --url API returns.")
+    @click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
+                  help="InputSpec JSON for a model file or URL (shape, n_classes, bounds, layout 'features').")
+    @click.option("--data", "-d", type=click.Path(),
+                  help="Rows to attack: CSV/TSV with a header and a label column, or .npz (x, y). Default: the zoo "
+                       "model's test split.")
+    @click.option("--label-column", default="label", show_default=True, help="The CSV column holding the labels.")
     @click.option("--constraints", "constraints_path", type=click.Path(dir_okay=False),
-                  help="Constraints file (.json/.yaml); default: the built-in spec of the zoo model's data.")
+                  help="Constraints file (.json/.yaml), one entry per feature column in column order; default: the "
+                       "built-in spec of a zoo model's data.")
+    @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files and every type a skops file "
+                  "flags (they can run code).")
+    @click.option("--trusted-type", "trusted_types", multiple=True, metavar="TYPE",
+                  help="A type to trust in a skops file, e.g. sklearn.tree._tree.Tree (repeat for each).")
     @click.option("--n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Rows to attack.")
     @click.option("--class", "attacked_class", type=int, default=1, show_default=True,
                   help="Attack correctly classified rows of this class (fraud = 1); -1 for every class.")
-    @click.option("--eps", type=float, default=0.3, show_default=True, help="CPGD budget, fraction of each range.")
+    @click.option("--eps", type=float, default=0.3, show_default=True,
+                  help="CPGD budget, a fraction of each feature's range (the same for every feature).")
     @click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True)
     @click.option("--no-compare", is_flag=True, help="Skip the unconstrained baseline.")
+    @click.option("--query-budget", type=click.IntRange(min=0), help="Queries per run; past it a partial result "
+                  "whose unfinished rows are unknown (never robust), and exit code 5.")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-    def attack_tabular(attack: str, model: str, constraints_path: str | None, n: int, attacked_class: int,
-                       eps: float, steps: int, no_compare: bool, seed: int, as_json: bool) -> None:
+    def attack_tabular(attack: str, model: str, url: str | None, output: str, spec_path: str | None,
+                       data: str | None, label_column: str, constraints_path: str | None, trust_pickle: bool,
+                       trusted_types: tuple[str, ...], n: int, attacked_class: int, eps: float, steps: int,
+                       no_compare: bool, query_budget: int | None, seed: int, as_json: bool) -> None:
         """Evade a tabular model within its domain constraints, beside the unconstrained baseline.
 
         \b
         Every returned row is re-checked against the constraints; the baseline's "successes" are shown with the
         constraints they break (feasible rows, violations per rule).
+
+        \b
+        Examples:
+          sparring attack-tabular search -m fraud-gbm --n 64
+          sparring attack-tabular search -m gb.skops --trusted-type sklearn.tree._tree.Tree --spec spec.json \\
+              --data rows.csv --label-column fraud --constraints c.json
         """
         try:
-            out = run_tabular_attack(attack, model=model, constraints=constraints_path, n=n,
+            out = run_tabular_attack(attack, model=model, url=url, spec=spec_path, data=data,
+                                     label_column=label_column, constraints=constraints_path,
+                                     trust_pickle=trust_pickle, trusted_types=trusted_types, output=output, n=n,
                                      attacked_class=None if attacked_class < 0 else attacked_class, eps=eps,
-                                     steps=steps, compare=not no_compare, seed=seed)
+                                     steps=steps, compare=not no_compare, query_budget=query_budget, seed=seed)
         except SparringError as exc:
             _fail(exc)
         if as_json:
             click.echo(json.dumps(out, indent=1))
-            return
-        click.echo(f"{attack} on {model}, {out['n']} rows")
-        for r in out["results"]:
-            label = "constrained  " if r["constrained"] else "UNCONSTRAINED"
-            cost = "-" if r["median_cost"] is None else f"{r['median_cost']:.3f}"
-            if not r["constrained"] and r["median_claimed_cost"] is not None:
-                cost += f" (claimed {r['median_claimed_cost']:.3f})"
-            click.echo(f"  {label} evasion {r['evasion_rate']:.1%}  feasible rows {r['feasible_rows']:.1%}  "
-                       f"median cost of feasible evasions {cost}  ({r['queries']} queries, {r['seconds']:.1f} s)")
-            for rule, k in sorted(r["violations"].items(), key=lambda kv: -kv[1])[:8]:
-                click.echo(f"      violates {rule}: {k} rows")
+        else:
+            click.echo(f"{attack} on {out['model']}, {out['n']} rows")
+            for r in out["results"]:
+                label = "constrained  " if r["constrained"] else "UNCONSTRAINED"
+                cost = "-" if r["median_cost"] is None else f"{r['median_cost']:.3f}"
+                if not r["constrained"] and r["median_claimed_cost"] is not None:
+                    cost += f" (claimed {r['median_claimed_cost']:.3f})"
+                unknown = f"  unknown {r['n_unknown']}" if r["n_unknown"] else ""
+                click.echo(f"  {label} evasion {r['evasion_rate']:.1%}  robust {r['robust_accuracy']:.1%}{unknown}  "
+                           f"feasible rows {r['feasible_rows']:.1%}  median cost of feasible evasions {cost}  "
+                           f"({r['queries']} queries, {r['seconds']:.1f} s)")
+                for rule, k in sorted(r["violations"].items(), key=lambda kv: -kv[1])[:8]:
+                    click.echo(f"      violates {rule}: {k} rows")
+        cut = [r for r in out["results"] if r["budget_exhausted"]]
+        if cut:
+            counts = ", ".join(f"{r['n_unknown']} of {out['n']} rows unknown"
+                               f" ({'constrained' if r['constrained'] else 'baseline'})" for r in cut)
+            click.echo(f"error (QueryBudgetExceeded): the query budget ({query_budget}) ran out: {counts} (neither "
+                       "robust nor evaded; not counted as robust). Raise --query-budget or lower --n.", err=True)
+            sys.exit(EXIT_BUDGET)

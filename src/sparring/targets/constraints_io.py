@@ -84,9 +84,10 @@ def parse_constraints(d: Any, source: str = "constraints") -> FeatureConstraints
     feats = []
     for i, fd in enumerate(_list(d.get("features"), source, "features")):
         where = f"{source}: features[{i}]"
-        fd = _keys(fd, _FEATURE, where)
+        fd = _keys(fd, set(fd) if isinstance(fd, Mapping) else _FEATURE, where)
         name = _name(fd.get("name"), where, "name")
         where = f"{source}: feature {name!r} (features[{i}])"
+        _keys(fd, _FEATURE, where)
         kind = fd.get("type", "continuous")
         levels = None
         if fd.get("levels") is not None:

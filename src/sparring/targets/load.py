@@ -20,6 +20,7 @@ import os
 import re
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,7 @@ def load_target(
     trust_pickle: bool = False,
     device: str | torch.device = "cpu",
     entry_point: str | None = None,
+    trusted_types: Sequence[str] = (),
     **target_kwargs: Any,
 ) -> Target:
     """Load a model under test from a zoo name or a file, as the right kind of :class:`~sparring.targets.Target`.
@@ -202,6 +204,8 @@ def load_target(
         device: where to put a torch model.
         entry_point: ``"package.module:callable"`` building the ``nn.Module`` (with no arguments) whose weights the
             ``source`` state dict holds.
+        trusted_types: types to trust in a skops file beyond skops' defaults (e.g. ``"sklearn.tree._tree.Tree"``
+            for forests): the file loads only if every type skops flags is listed (``--trusted-type``).
         **target_kwargs: passed to the target (``query_budget=``, ``access=``, ``output=``, ``providers=`` ...).
 
     Raises:
@@ -260,7 +264,8 @@ def load_target(
         if str(device).startswith("cuda") and "providers" not in kw:
             kw["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return OnnxTarget(path, the_spec, **kw)
-    estimator = _load_skops(path, trust_pickle) if kind == "skops" else _load_pickle(path, trust_pickle)
+    estimator = (_load_skops(path, trust_pickle, trusted_types) if kind == "skops"
+                 else _load_pickle(path, trust_pickle))
     if isinstance(estimator, nn.Module):  # a trusted pickle may hold a whole torch model
         return _torch_target(estimator, the_spec, device, target_kwargs)
     return _sklearn_target(estimator, the_spec, path, target_kwargs)
@@ -335,7 +340,7 @@ def _check_export_input(ep: Any, spec: InputSpec, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- scikit-learn
-def _load_skops(path: Path, trust_pickle: bool) -> Any:
+def _load_skops(path: Path, trust_pickle: bool, trusted_types: Sequence[str] = ()) -> Any:
     try:
         import skops.io as sio
     except ImportError as exc:  # pragma: no cover
@@ -344,11 +349,12 @@ def _load_skops(path: Path, trust_pickle: bool) -> Any:
         untrusted = list(sio.get_untrusted_types(file=path))
     except Exception as exc:
         raise ModelLoadError(f"{path} could not be read as a skops file (truncated or corrupted?): {exc}") from exc
-    if untrusted and not trust_pickle:
+    unlisted = [t for t in untrusted if t not in set(trusted_types)]
+    if unlisted and not trust_pickle:
         raise ModelLoadError(
-            f"{path} contains types that skops does not trust by default: {untrusted}. Loading them can run their "
-            "code. If you trust this file and these types, pass trust_pickle=True (--trust-pickle), or load it "
-            "yourself with skops.io.load(path, trusted=[...]) and wrap it in SklearnTarget."
+            f"{path} contains types that skops does not trust by default: {unlisted}. Loading them can run their "
+            "code. If you trust this file and these types, list each one with trusted_types=[...] "
+            "(--trusted-type TYPE, once per type), or pass trust_pickle=True (--trust-pickle) to trust them all."
         )
     try:
         return sio.load(path, trusted=untrusted or None)
