@@ -60,11 +60,20 @@ def _print_membership(s: dict[str, Any]) -> None:
 
     table = Table(title=f"{s['attack']} on {s['model']} ({s['members']} members, {s['n'] - s['members']} "
                         "non-members)")
-    for col in ("AUC", "advantage", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "queries", "seconds"):
+    low = s["lowest_measurable_fpr"]
+
+    def at(key: str) -> str:  # a TPR only where 10 / FPR non-members resolve it, with its 95% interval
+        ci = s[f"{key}_ci"]
+        return "not measurable" if s[key] is None else f"{s[key]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    for col in ("AUC", "advantage", "TPR @ 0.1% FPR", "TPR @ 1% FPR", f"TPR @ {low:.1%} FPR (lowest measurable)",
+                "queries", "seconds"):
         table.add_column(col, justify="right")
-    table.add_row(f"{s['auc']:.3f}", f"{s['advantage']:.3f}", f"{s['tpr_at_0.001_fpr']:.3f}",
-                  f"{s['tpr_at_0.01_fpr']:.3f}", str(s["cost"]["queries"]), f"{s['cost']['seconds']:.1f}")
+    table.add_row(f"{s['auc']:.3f}", f"{s['advantage']:.3f}", at("tpr_at_0.001_fpr"), at("tpr_at_0.01_fpr"),
+                  f"{s['tpr_at_lowest_measurable_fpr']:.3f}", str(s["cost"]["queries"]), f"{s['cost']['seconds']:.1f}")
     Console().print(table)
+    for note in s["notes"]:
+        Console().print(f"  {note}")
     if s.get("roc"):
         Console().print(f"  ROC (log axes) written to {s['roc']}")
 
@@ -96,7 +105,8 @@ def add_commands(cli: click.Group) -> None:
                    device: str, as_json: bool) -> None:
         """Membership inference: how well can an attacker tell training examples from others?
 
-        Reports AUC, membership advantage and the TPR at 0.1% and 1% FPR (Carlini et al. 2022).
+        Reports AUC, membership advantage and the TPR at 0.1% and 1% FPR (Carlini et al. 2022) where there are
+        at least 10 / FPR non-members (else "not measurable"), and the TPR at the lowest measurable FPR.
 
         \b
         Examples:

@@ -61,14 +61,16 @@ def test_lira_beats_loss_threshold_at_low_fpr_on_overfit_model(overfit: Universe
                                                                lira_online: MembershipResult) -> None:
     x, y, member, target, _ = overfit
     loss = LossThreshold()(target, x, y, member)
-    assert lira_online.tpr_at(0.01) >= 0.04
-    assert lira_online.tpr_at(0.01) > 2 * loss.tpr_at(0.01)
+    # 500 non-members do not resolve 1% FPR (10 / FPR = 1,000): compare the raw readings, report none
+    assert lira_online.tpr_at(0.01) is None and lira_online.lowest_measurable_fpr == 0.02
+    assert lira_online.raw_tpr_at(0.01) >= 0.04
+    assert lira_online.raw_tpr_at(0.01) > 2 * loss.raw_tpr_at(0.01)
     assert lira_online.auc > loss.auc > 0.5
     assert lira_online.cost.queries == len(x)  # one query per example; shadow models cost the target nothing
     offline, _ = lira_scores(lira_online.extras["phi_target"], lira_online.extras["phi_shadow"],
                              lira_online.extras["inside"], online=False, fixed_variance=True)
     off = MembershipResult("lira-offline", {}, Cost(), scores=offline, member=member)
-    assert off.tpr_at(0.01) > loss.tpr_at(0.01)
+    assert off.raw_tpr_at(0.01) > loss.raw_tpr_at(0.01)
 
 
 def test_lira_puts_every_example_in_for_exactly_half_of_the_shadow_models(overfit: Universe) -> None:
@@ -120,8 +122,31 @@ def test_roc_curve_auc_and_tpr_on_known_scores() -> None:
     assert thr[0] == float("inf")
     res = MembershipResult("probe", {}, Cost(), scores=scores, member=member)
     assert res.auc == pytest.approx(7 / 9)
-    assert res.tpr_at(0.0) == pytest.approx(1 / 3)
+    assert res.raw_tpr_at(0.0) == pytest.approx(1 / 3) and res.tpr_at(0.0) is None
     assert membership_advantage(scores.numpy(), member.numpy()) == pytest.approx(2 / 3)
+
+
+def _gaussian(n_out: int, seed: int = 0) -> MembershipResult:
+    """Non-members N(0, 1), members N(1, 1): the true TPR at 0.1% FPR is 1 − Φ(3.090 − 1) = 0.0183."""
+    rng = np.random.default_rng(seed)
+    scores = np.r_[rng.standard_normal(n_out) + 1.0, rng.standard_normal(n_out)]
+    member = np.arange(2 * n_out) < n_out
+    return MembershipResult("gauss", {}, Cost(), scores=torch.as_tensor(scores), member=torch.as_tensor(member))
+
+
+def test_low_fpr_tpr_is_reported_only_with_ten_over_fpr_nonmembers() -> None:
+    small = _gaussian(200)
+    # no false positive allowed at 200: the reading is the TPR above the largest non-member score, not at 0.1%
+    s = small.summary()
+    assert small.tpr_at(0.001) is None and s["tpr_at_0.001_fpr"] is None and s["tpr_at_0.001_fpr_ci"] is None
+    assert s["tpr_at_0.01_fpr"] is None and s["lowest_measurable_fpr"] == 0.05
+    assert s["notes"][0].startswith("TPR at 0.1% FPR is not measurable at 200 non-members (it needs at least 10,000")
+    assert "not measurable at 200" in small.describe_tpr_at(0.001)
+    big = _gaussian(20_000)
+    tpr, ci = big.tpr_at(0.001), big.tpr_interval(0.001)
+    assert tpr is not None and ci is not None and ci[0] < 0.0183 < ci[1] and ci[1] - ci[0] < 0.025
+    assert big.summary()["tpr_at_0.001_fpr_ci"] == list(ci) and big.summary()["notes"] == []
+    assert _gaussian(1000).tpr_at(0.01) is not None and _gaussian(999).tpr_at(0.01) is None
 
 
 def test_plot_roc_uses_log_axes(lira_online: MembershipResult) -> None:
@@ -193,6 +218,11 @@ def test_cli_membership_and_invert(tmp_path: Any) -> None:
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["attack"] == "loss-threshold" and out["n"] == 120 and 0.0 <= out["auc"] <= 1.0
+    assert out["tpr_at_0.001_fpr"] is None and out["tpr_at_0.01_fpr"] is None and len(out["notes"]) == 2
+    r = CliRunner().invoke(build_cli(), ["membership", "loss-threshold", "--model", "breast-cancer-mlp"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # rich wraps the sentences
+    assert "TPR at 0.1% FPR is not measurable at 142 non-members (it needs at least 10,000" in text
     assert roc.read_bytes()[:4] == b"\x89PNG"
     img = tmp_path / "inv.png"
     r = CliRunner().invoke(build_cli(), ["invert", "--model", "breast-cancer-mlp", "--steps", "50", "--out",
@@ -228,4 +258,4 @@ def test_lira_with_64_shadows_finds_members_at_0_1_percent_fpr(overfit: Universe
     lira = LiRA(n_shadow=64)(target, x, y, member, train=train)
     loss = LossThreshold()(target, x, y, member)
     assert lira.params["fixed_variance"] is False
-    assert lira.tpr_at(0.001) > 0.02 > loss.tpr_at(0.001)
+    assert lira.raw_tpr_at(0.001) > 0.02 > loss.raw_tpr_at(0.001)
