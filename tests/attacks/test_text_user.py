@@ -279,3 +279,77 @@ def test_unlabelled_file_for_a_three_class_model_needs_a_label(files: dict[str, 
         from sparring.data.text_files import encode_labels
 
         encode_labels(["threatt"], CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------- audit YAML
+def _tm(model: str, csv_path: Path, n: int = 100, **text: Any) -> dict[str, Any]:
+    system: dict[str, Any] = {"model": model, "data": {"source": str(csv_path), "n": n}}
+    if text:
+        system["text"] = text
+    return {"schema_version": 1, "name": "moderation", "system": system,
+            "attacker": {"knowledge": "black-box", "query_budget": 60}, "effort": "quick",
+            "gates": [{"metric": "clean_accuracy", "min": 0.95},
+                      {"metric": "text_evasion_rate", "max_chars": 3, "max": 0.99}], "seed": 0}
+
+
+def test_audit_yaml_of_a_skops_text_pipeline_needs_no_spec(files: dict[str, Path]) -> None:
+    from sparring.audit import parse_threat_model
+    from sparring.audit.runner import load_system
+
+    # old: "loading tox.skops (skops file) needs an input spec: pass spec=InputSpec(shape=...": text has no shape
+    target, attacker, x, y = load_system(parse_threat_model(_tm(str(files["skops"]), files["csv"])))
+    assert attacker is target
+    assert isinstance(target, SklearnTextTarget) and target.class_names == tuple(CLASSES)
+    assert x == [t for t, _ in _rows()] and y.tolist() == [CLASSES.index(c) for _, c in _rows()]
+    declared = parse_threat_model(_tm(str(files["skops"]), files["csv"], classes=CLASSES, text_column="message",
+                                      label_column="label"))
+    assert load_system(declared)[3].tolist() == y.tolist()
+    with pytest.raises(LabelError, match="'threat'"):  # a label the declared classes do not have
+        load_system(parse_threat_model(_tm(f"{files['module']}:score", files["csv"],
+                                           classes=["ok", "toxic", "spam"])))
+
+
+def test_audit_yaml_of_a_url_says_text_or_spec(files: dict[str, Path]) -> None:
+    from sparring.audit import parse_threat_model
+    from sparring.audit.runner import load_system
+
+    # old: "system.spec (an InputSpec JSON file) is needed for an http(s) endpoint"
+    with pytest.raises(ParameterError, match=r"system\.text: \{classes"):
+        load_system(parse_threat_model(_tm("http://127.0.0.1:9/moderate", files["csv"])))
+
+
+def _audit_cli(tm: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``sparring audit`` on ``tm`` written as YAML; the gates of report.json by metric."""
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tm.yaml").write_text(yaml.safe_dump(tm), encoding="utf-8")
+    res = CliRunner().invoke(build_cli(), ["audit", str(out / "tm.yaml"), "--out", str(out / "report"),
+                                           "--no-progress", "--format", "json"], env={"MOD_TOKEN": TOKEN})
+    assert res.exit_code == 0, res.output
+    report = (out / "report" / "report.json").read_text(encoding="utf-8")
+    assert TOKEN not in report
+    gates = {g["metric"]: g for g in json.loads(report)["gates"]}
+    assert all(g["status"] == "pass" for g in gates.values()), gates
+    return gates
+
+
+@pytest.fixture(scope="module")
+def skops_audit(files: dict[str, Path]) -> dict[str, Any]:
+    return _audit_cli(_tm(str(files["skops"]), files["csv"], n=8), files["dir"] / "audit-skops")
+
+
+def test_sparring_audit_cli_on_a_skops_text_pipeline(skops_audit: dict[str, Any]) -> None:
+    assert skops_audit["clean_accuracy"]["value"] == 1.0
+    assert 0 < skops_audit["text_evasion_rate"]["value"] < 1
+
+
+def test_sparring_audit_cli_on_an_http_moderation_api(files: dict[str, Path], endpoint: tuple[str, _Moderation],
+                                                      skops_audit: dict[str, Any], tmp_path: Path) -> None:
+    url, srv = endpoint
+    gates = _audit_cli(_tm(url, files["csv"], n=8, classes=CLASSES, input_key="texts", output_key="probs",
+                           headers={"Authorization": "Bearer ${MOD_TOKEN}"}, retries=0), tmp_path)
+    assert srv.requests > 0 and srv.unauthorised == 0
+    assert gates["clean_accuracy"]["value"] == 1.0
+    # the same model on disk and behind the API: the same evasions
+    assert gates["text_evasion_rate"]["value"] == skops_audit["text_evasion_rate"]["value"]

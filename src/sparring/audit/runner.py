@@ -84,11 +84,15 @@ def load_system(
     """The target (full access), the target as the attacker sees it, and the audit data ``(x, y)``.
 
     ``target`` and ``data`` replace ``tm.system.model`` and ``tm.system.data`` (an in-memory model under audit).
-    A text model (``spam-tfidf-logreg``, ``spam-minilm``, or an in-memory
-    :class:`~sparring.targets.text.TextTarget`) gives a text target and ``x`` as a list of messages.
+    A text system (a text zoo model, ``system.text``, a text pipeline file, ``module:callable``, or an in-memory
+    :class:`~sparring.targets.text.TextTarget`; see :mod:`sparring.audit.text_system`) gives a text target and ``x``
+    as a list of messages.
     """
-    if _is_text(target) or (target is None and tm.system.model in TEXT_MODELS):
-        return _load_text(tm, target, data)  # type: ignore[return-value]
+    from sparring.audit.text_system import load_text_system
+
+    text = load_text_system(tm, target, data)
+    if text is not None:
+        return text  # type: ignore[return-value]
     exp = tm.exposure
     view: dict[str, Any] = {}
     if exp.output == "top-k":
@@ -109,36 +113,17 @@ def load_system(
         x, y_ = target.spec.validate(data[0][:n], data[1][:n])
         assert y_ is not None
         y = y_
+    if tm.system.units != "raw":  # per-feature budget units: every check sees the model and rows in them
+        from sparring.audit.units import system_in_units
+
+        return system_in_units(tm, target, attacker, x, y)
     return target, attacker, x, y
-
-
-TEXT_MODELS = ("spam-tfidf-logreg", "spam-minilm")
-"""Zoo text models an audit loads by name (``sparring.data.text.load_text_model``)."""
 
 
 def _is_text(target: Any) -> bool:
     from sparring.targets.text import TextTarget
 
     return isinstance(target, TextTarget)
-
-
-def _load_text(tm: ThreatModel, target: Any, data: tuple[Any, Any] | None) -> tuple[Any, Any, list[str], torch.Tensor]:
-    """A text system: the target (also the attacker's view: text targets return scores), messages and labels."""
-    from sparring.data.text import load_sms_spam, load_text_model
-    from sparring.targets.text import _validate_labels, validate_texts
-
-    d = tm.system.data
-    if target is None:
-        target = load_text_model(tm.system.model, batch_size=min(tm.system.batch_size, 256))
-    if data is None:
-        if d.source != "zoo":
-            raise ParameterError(f"system.data.source {d.source!r}: text models are audited on the zoo's messages "
-                                 "only (source: zoo, the SMS Spam Collection); pass data=(texts, labels) to "
-                                 "run_audit for your own messages.")
-        ds = load_sms_spam()
-        data = (ds.x_test, ds.y_test) if d.split == "test" else (ds.x_train, ds.y_train)
-    texts = validate_texts(data[0][: d.n])  # a bare string stays a string: refused with a clear message
-    return target, target, texts, _validate_labels(data[1][: d.n], len(texts), target.n_classes)
 
 
 def _view(target: Target, view: dict[str, Any]) -> Target:
@@ -166,7 +151,7 @@ def _load(tm: ThreatModel, extra: dict[str, Any]) -> Target:
     from sparring.targets.load import load_target
 
     return load_target(s.model, spec=s.spec, entry_point=s.entry_point, trust_pickle=s.trust_pickle,
-                       device=s.device, batch_size=s.batch_size, **extra)
+                       trusted_types=s.trusted_types, device=s.device, batch_size=s.batch_size, **extra)
 
 
 def _data(tm: ThreatModel, target: Target) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,21 +69,27 @@ def wants_text(tm: Any) -> bool:
         ParameterError: a URL that declares neither ``system.text`` nor ``system.spec``.
         ModelLoadError: a skops/joblib file without a spec that cannot be loaded as the threat model allows.
     """
+    return _detect(tm)[0]
+
+
+def _detect(tm: Any) -> tuple[bool, Any]:
+    """``(is text, the estimator already loaded to find out, or None)``."""
     from sparring.data.text import text_model_names
     from sparring.targets.text_load import is_entry_point
 
     s = tm.system
     if getattr(s, "text", None) is not None or s.model in text_model_names():
-        return True
+        return True, None
     if s.spec is not None or s.entry_point is not None:
-        return False
+        return False, None
     if _is_url(s.model):
         raise ParameterError(f"system.model {s.model!r} is a URL: say what it takes. A text API declares its "
                              "classes: system.text: {classes: [ok, toxic]}; a tensor API an input spec: system.spec: "
                              "spec.json (InputSpec.to_dict keys).")
     if is_entry_point(s.model):
-        return True
-    return _text_pipeline(s) is not None
+        return True, None
+    est = _text_pipeline(s)
+    return est is not None, est
 
 
 def _text_pipeline(s: Any) -> Any | None:
@@ -123,12 +129,13 @@ def load_text_system(tm: Any, target: Any = None, data: tuple[Any, Any] | None =
     s = tm.system
     if target is not None and not isinstance(target, TextTarget):
         return None
-    if target is None and not wants_text(tm):
-        return None
     text: TextSystem = getattr(s, "text", None) or TextSystem()
-    d = s.data
     if target is None:
-        target = _load_target(s, text)
+        is_text, estimator = _detect(tm)
+        if not is_text:
+            return None
+        target = _load_target(s, text) if estimator is None else _from_estimator(estimator, s, text)
+    d = s.data
     if data is None:
         data = _messages(s, text, target)
     texts = validate_texts(data[0][: d.n])  # a bare string stays a string: refused with a clear message
@@ -142,6 +149,17 @@ def _load_target(s: Any, text: TextSystem) -> Any:
                             trusted_types=text.trusted_types, output=text.output, headers=text.headers,
                             timeout=text.timeout, retries=text.retries, input_key=text.input_key,
                             output_key=text.output_key, batch_size=min(s.batch_size, 256))
+
+
+def _from_estimator(estimator: Any, s: Any, text: TextSystem) -> Any:
+    from sparring.targets.text import SklearnTextTarget
+
+    kw: dict[str, Any] = {"batch_size": min(s.batch_size, 256)}
+    if text.output is not None:
+        kw["output"] = text.output
+    if text.classes is not None:
+        kw["class_names"] = tuple(text.classes)
+    return SklearnTextTarget(estimator, **kw)
 
 
 def _messages(s: Any, text: TextSystem, target: Any) -> tuple[list[str], torch.Tensor]:
