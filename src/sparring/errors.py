@@ -13,6 +13,8 @@ working. Messages name the value seen, the value expected, and what to do about 
      ├── AccessError (PermissionError)        the target cannot give what the attack needs (gradients, scores)
      ├── QueryBudgetExceeded (RuntimeError)   a black-box target's query budget would be exceeded
      ├── ModelLoadError (OSError)             a model file is missing, corrupted, of the wrong kind, or untrusted
+     │    └── OnnxConversionError             an ONNX graph has operators the torch conversion lacks, or the
+     │                                        converted model's outputs differ from onnxruntime's
      ├── DataLoadError (OSError)              a data file or dataset is missing or malformed
      ├── EndpointError (ConnectionError)      a remote prediction API is unreachable, slow, or answers nonsense
      ├── ThreatModelError (ValueError)        an audit's threat model file is missing, not YAML, or invalid
@@ -30,6 +32,7 @@ __all__ = [
     "LabelError",
     "ModelGraphError",
     "ModelLoadError",
+    "OnnxConversionError",
     "ParameterError",
     "QueryBudgetExceeded",
     "SparringError",
@@ -77,6 +80,17 @@ class QueryBudgetExceeded(SparringError, RuntimeError):
 
 class ModelLoadError(SparringError, OSError):
     """A model could not be loaded: missing, corrupted, truncated, of an unknown kind, or untrusted."""
+
+
+class OnnxConversionError(ModelLoadError):
+    """An ONNX model cannot be run as torch for gradients: its graph uses operators (or attributes) the conversion
+    does not support, named in the message, or the converted model's outputs differ from onnxruntime's by more than
+    the tolerance (``max_abs_diff`` holds the difference seen; ``None`` for an unsupported operator)."""
+
+    def __init__(self, message: str, *, max_abs_diff: float | None = None, ops: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff
+        self.ops = ops
 
 
 class DataLoadError(SparringError, OSError):
