@@ -353,3 +353,18 @@ def test_sparring_audit_cli_on_an_http_moderation_api(files: dict[str, Path], en
     assert gates["clean_accuracy"]["value"] == 1.0
     # the same model on disk and behind the API: the same evasions
     assert gates["text_evasion_rate"]["value"] == skops_audit["text_evasion_rate"]["value"]
+
+
+def test_init_template_for_a_text_pipeline_declares_classes_and_no_spec(files: dict[str, Path]) -> None:
+    import yaml
+
+    from sparring.audit import parse_threat_model
+    from sparring.audit.template_text import text_threat_model_template
+
+    text = text_threat_model_template(str(files["skops"]), data=str(files["csv"]), n=200, path="tox.yaml")
+    assert text is not None and "sparring audit tox.yaml" in text and "{this file}" not in text
+    tm = parse_threat_model(yaml.safe_load(text))
+    assert tm.system.spec is None and tm.system.text is not None and tm.system.text.classes == CLASSES
+    assert tm.system.data.n == len(_rows())  # the rows there are, not 200
+    assert [g.min for g in tm.gates if g.metric == "clean_accuracy"] == [0.98]  # measured 1.0, minus 0.02
+    assert text_threat_model_template("digits-cnn") is None  # not a text model: the tensor template

@@ -106,8 +106,7 @@ def _text_pipeline(s: Any) -> Any | None:
         return None
     if kind not in ("skops", "pickle"):
         return None
-    text = getattr(s, "text", None)
-    est = load_text_pipeline(p, trust_pickle=s.trust_pickle, trusted_types=text.trusted_types if text else ())
+    est = load_text_pipeline(p, trust_pickle=s.trust_pickle, trusted_types=_trusted(s))
     try:
         probe_text_estimator(est, s.model)
     except ModelLoadError:
@@ -142,13 +141,19 @@ def load_text_system(tm: Any, target: Any = None, data: tuple[Any, Any] | None =
     return target, target, texts, _validate_labels(data[1][: d.n], len(texts), target.n_classes)
 
 
+def _trusted(s: Any) -> list[str]:
+    """The skops types trusted by ``system.trusted_types`` and ``system.text.trusted_types``."""
+    text = getattr(s, "text", None)
+    return list(getattr(s, "trusted_types", None) or ()) + (list(text.trusted_types) if text is not None else [])
+
+
 def _load_target(s: Any, text: TextSystem) -> Any:
     from sparring.targets.text_load import load_text_target
 
-    return load_text_target(s.model, classes=text.classes, trust_pickle=s.trust_pickle,
-                            trusted_types=text.trusted_types, output=text.output, headers=text.headers,
-                            timeout=text.timeout, retries=text.retries, input_key=text.input_key,
-                            output_key=text.output_key, batch_size=min(s.batch_size, 256))
+    return load_text_target(s.model, classes=text.classes, trust_pickle=s.trust_pickle, trusted_types=_trusted(s),
+                            output=text.output, headers=text.headers, timeout=text.timeout, retries=text.retries,
+                            input_key=text.input_key, output_key=text.output_key,
+                            batch_size=min(s.batch_size, 256))
 
 
 def _from_estimator(estimator: Any, s: Any, text: TextSystem) -> Any:
