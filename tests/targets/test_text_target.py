@@ -180,3 +180,19 @@ def test_a_missing_text_extra_names_the_install_command(monkeypatch: pytest.Monk
     with pytest.raises(ModelLoadError, match=re.escape("pip install 'sparring[text]'")):
         SentenceEncoder()(["hello"])
     transforms._confusables.cache_clear()
+
+
+def test_sklearn_pipeline_fitted_on_names_names_its_classes() -> None:
+    from sparring.data.text import fit_tfidf_logreg
+
+    x = ["hello there friend", "hello there pal", "you idiot moron", "you idiot fool", "I will hurt you",
+         "I will find you"]
+    named = fit_tfidf_logreg(x, ["ok", "ok", "toxic", "toxic", "threat", "threat"])
+    assert named.n_classes == 3 and named.class_names == ("ok", "threat", "toxic")  # scikit-learn's sorted order
+    assert named.predict(["I will hurt you"]).tolist() == [1]
+    assert fit_tfidf_logreg(x, [0, 0, 1, 1, 2, 2]).class_names is None  # indices: no names invented
+    assert fit_tfidf_logreg(x[:4], [0, 0, 1, 1]).class_names == ("ham", "spam")
+    with pytest.raises(ParameterError, match="3 classes"):
+        SklearnTextTarget(named.pipeline, n_classes=2)
+    with pytest.raises(ParameterError, match="in that order"):
+        SklearnTextTarget(named.pipeline, class_names=("ok", "toxic", "threat"))

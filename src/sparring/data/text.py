@@ -154,10 +154,12 @@ def _dataset_embeddings(ds: TextDataset, *, compute: bool = True) -> tuple[torch
 
 
 # ---------------------------------------------------------------------------------------------- zoo builders
-def fit_tfidf_logreg(texts: list[str], y: torch.Tensor | list[int], **target_kwargs: Any) -> SklearnTextTarget:
+def fit_tfidf_logreg(texts: list[str], y: torch.Tensor | list[int] | list[str],
+                     **target_kwargs: Any) -> SklearnTextTarget:
     """The ``spam-tfidf-logreg`` recipe fitted on your messages (e.g. a training set augmented with adversarial
     messages, for robust training): TF-IDF word 1-2-grams and char_wb 2-5-grams (sublinear tf, min_df 2),
-    class-balanced logistic regression (C = 20)."""
+    class-balanced logistic regression (C = 20). Labels are class indices (binary 0/1 is named ham/spam) or class
+    names (``"ok"``, ``"toxic"``, ...: they become the target's class names, sorted)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
@@ -169,8 +171,11 @@ def fit_tfidf_logreg(texts: list[str], y: torch.Tensor | list[int], **target_kwa
         TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2),
     )
     pipe = make_pipeline(features, LogisticRegression(C=20.0, max_iter=2000, class_weight="balanced"))
-    pipe.fit(validate_texts(texts), np.asarray(torch.as_tensor(y)))
-    target_kwargs.setdefault("class_names", ("ham", "spam"))
+    labels = np.asarray(y) if isinstance(y, list | tuple) and y and isinstance(y[0], str) else np.asarray(
+        torch.as_tensor(y))
+    pipe.fit(validate_texts(texts), labels)
+    if list(pipe.classes_) == [0, 1]:  # the SMS convention; labels fitted as names name their own classes
+        target_kwargs.setdefault("class_names", ("ham", "spam"))
     return SklearnTextTarget(pipe, **target_kwargs)
 
 
