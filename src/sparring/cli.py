@@ -295,15 +295,25 @@ def build_cli() -> Any:
     @click.option("--output", "-o", "output", default="threat.yaml", show_default=True,
                   type=click.Path(dir_okay=False), help="Where to write the template ('-' for stdout).")
     @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+    @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files and every type a skops file "
+                  "flags (they can run code).")
+    @click.option("--trusted-type", "trusted_types", multiple=True, metavar="TYPE",
+                  help="A type to trust in a skops file, e.g. sklearn.tree._tree.Tree for forests (repeat).")
     def init(model: str, data: str | None, spec: str | None, entry_point: str | None, n: int, output: str,
-             force: bool) -> None:
-        """Write an annotated threat-model template for MODEL, pre-filled from the model and its data."""
+             force: bool, trust_pickle: bool, trusted_types: tuple[str, ...]) -> None:
+        """Write an annotated threat-model template for MODEL, pre-filled from the model and its data.
+
+        On tabular data (flat features with different ranges) the budgets are fractions of each feature's range
+        (units: range), so eps 0.01 moves every feature by 1 % of its own range.
+        """
         from sparring.audit.template import threat_model_template
 
         if output != "-" and Path(output).exists() and not force:
             raise click.UsageError(f"{output} exists; pass --force to overwrite it or choose another --output.")
         try:
-            text = threat_model_template(model, data=data, spec=spec, entry_point=entry_point, n=n)
+            text = threat_model_template(model, data=data, spec=spec, entry_point=entry_point, n=n,
+                                         trust_pickle=trust_pickle, trusted_types=trusted_types,
+                                         path="threat.yaml" if output == "-" else output)
         except errors.SparringError as exc:
             _fail(exc)
         if output == "-":

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
-from sparring.targets.spec import Access
+import torch
+
+from sparring.targets.spec import Access, InputSpec
 
 __all__ = ["threat_model_template"]
 
@@ -18,36 +21,68 @@ def _nice(v: float) -> float:
     return round(v, digits)
 
 
+def _widths(spec: InputSpec) -> tuple[float, float]:
+    lo, hi = spec.bounds_tensors(dtype=torch.float64)
+    w = (hi - lo).reshape(-1)
+    return float(w.min()), float(w.max())
+
+
 def _yaml(v: str | None) -> str:
     return "null" if v is None else repr(v)
 
 
+def _per_feature(spec: InputSpec) -> bool:
+    """Flat features whose ranges differ (tabular data): one raw budget cannot fit them all."""
+    if spec.layout != "features" or len(spec.shape) != 1:
+        return False
+    lo, hi = spec.bounds_tensors(dtype=torch.float64)
+    w = (hi - lo).reshape(-1)
+    return w.numel() > 1 and float(w.max() / w.min()) > 1.5
+
+
 def threat_model_template(model: str, *, data: str | None = None, spec: str | None = None,
-                          entry_point: str | None = None, n: int = 200, device: str = "cpu") -> str:
+                          entry_point: str | None = None, n: int = 200, device: str = "cpu",
+                          trust_pickle: bool = False, trusted_types: Sequence[str] = (),
+                          path: str = "threat.yaml") -> str:
     """Load ``model`` (and ``data``), measure its clean accuracy, and return an annotated YAML threat model.
 
-    Budgets are scaled to the spec's input range and dimension; the clean-accuracy gate is set just under the
-    accuracy measured now, so a regression fails CI. Every value is a starting point to edit.
+    Budgets are scaled to the input: on flat features with different ranges (tabular data) they are fractions of
+    each feature's range (``system.units: range``, :mod:`sparring.targets.units`), else raw units scaled to the
+    range and dimension. The clean-accuracy gate is set just under the accuracy measured now, so a regression fails
+    CI; ``n`` is capped at the rows the data has. ``path`` is where the file will be written (for the header's
+    command). Every value is a starting point to edit.
     """
     from sparring.audit.runner import _data, _load
     from sparring.audit.threat import parse_threat_model
 
     draft: dict[str, Any] = {"system": {"model": model, "spec": spec, "entry_point": entry_point, "device": device,
+                                        "trust_pickle": trust_pickle, "trusted_types": list(trusted_types),
                                         "data": {"source": data or "zoo", "n": n}}}
     tm = parse_threat_model(draft, source="sparring init")
     target = _load(tm, {})
     x, y = _data(tm, target)
+    n = min(n, int(x.shape[0]))
     acc = float((target.query_labels(x).cpu() == y.cpu()).float().mean())
-    width = target.spec.range_width
     d = target.spec.n_features
+    per_feature = _per_feature(target.spec)
+    width = 1.0 if per_feature else target.spec.range_width
     linf = [_nice(f * width) for f in (0.01, 0.03, 0.1)]
     l2 = [_nice(f * width * math.sqrt(d)) for f in (0.01, 0.03, 0.1)]
+    units = "range" if per_feature else "raw"
+    if per_feature:
+        measured = (f"{d} features with ranges from {_nice(_widths(target.spec)[0]):g} to "
+                    f"{_nice(_widths(target.spec)[1]):g}, so budgets are fractions of each feature's range")
+        budget_note = "fractions of each feature's range (system.units: range; 1 = the whole range)"
+    else:
+        measured = f"input range width {width:g}, {d} features"
+        budget_note = f"in raw input units ({width:g} = the whole range)"
+    trusted = "[" + ", ".join(repr(t) for t in trusted_types) + "]"
     knowledge = "white-box" if target.access >= Access.GRADIENTS else "black-box"
     output = "labels" if target.access == Access.LABELS else "scores"
     gate = max(0.0, math.floor((acc - 0.02) * 100) / 100)
     return f"""# sparring threat model (schema version 1). Written by `sparring init`; edit, then run:
-#   sparring audit {{this file}} --out sparring-report
-# Measured now: clean accuracy {acc:.4f} on {x.shape[0]} examples; input range width {width:g}, {d} features.
+#   sparring audit {path} --out sparring-report
+# Measured now: clean accuracy {acc:.4f} on {x.shape[0]} examples; {measured}.
 schema_version: 1
 name: {model} audit
 
@@ -55,7 +90,9 @@ system:
   model: {model}              # zoo name, model file (TorchScript, .pt2, ONNX, skops, state dict), or http(s):// URL
   spec: {_yaml(spec)}               # InputSpec JSON (needed for model files and URLs)
   entry_point: {_yaml(entry_point)}        # 'package.module:build_fn' for a state-dict file
-  trust_pickle: false       # pickle/joblib files can run code: only for files you trust
+  trust_pickle: {str(trust_pickle).lower()}       # pickle/joblib files can run code: only for files you trust
+  trusted_types: {trusted}         # skops types to trust, e.g. ['sklearn.tree._tree.Tree'] for forests
+  units: {units}               # budget units: raw | range (fraction of each feature's range) | std | scale.json
   device: {device}
   data:
     source: {data or 'zoo'}            # 'zoo' (the zoo model's data) or a .npz / .csv / image folder
@@ -70,7 +107,7 @@ exposure:
 
 attacker:
   knowledge: {knowledge}       # white-box (has the model) | grey-box | black-box (queries the API only)
-  evasion:                  # budgets in raw input units ({width:g} = the whole range)
+  evasion:                  # budgets {budget_note}
     - {{norm: linf, eps: {linf}}}
     - {{norm: l2, eps: {l2}}}
   query_budget: null        # queries per example for black-box attacks (null: by effort)

@@ -79,6 +79,19 @@ class System(_Strict):
     """Tabular feature constraints (.json/.yaml, see sparring.targets.constraints): enables the tabular checks."""
     text: TextSystem | None = None
     """A text model's classes, message columns and HTTP settings (see sparring.audit.text_system); no spec."""
+    trusted_types: list[str] = Field(default_factory=list)
+    """Types to trust in a skops file beyond skops' defaults, e.g. ``sklearn.tree._tree.Tree`` for forests."""
+    units: str = "raw"
+    """Units of every evasion budget (and certification radius) on flat tabular features: ``raw`` (the inputs' own
+    units), ``range`` (a fraction of each feature's range), ``std`` (each feature's standard deviation over the audit
+    data) or a JSON scale file (one unit per feature); see sparring.targets.units and sparring.audit.units."""
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, v: str) -> str:
+        if v not in ("raw", "range", "std") and not v.lower().endswith(".json"):
+            raise ValueError(f"units must be raw, range, std or the path of a .json scale file; got {v!r}")
+        return v
 
 
 class Exposure(_Strict):
