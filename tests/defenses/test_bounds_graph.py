@@ -111,8 +111,25 @@ class TwoBranches(nn.Module):
         return self.head(self.act(self.a(x)) - 0.5 * self.act(self.b(x)))  # type: ignore[no-any-return]
 
 
+class Reordered(nn.Module):
+    """Tensor plumbing in forward: a dtype-keeping cast, transpose, a flipped copy concatenated, a crop, permute to
+    channels-last before the dense layer, and a gathered copy of the features concatenated to them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.act = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1), nn.ReLU()
+        self.fc1, self.fc2 = nn.Linear(4 * 6 * 6, 16), nn.Linear(32, 10)
+        self.register_buffer("pick", torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.c1(x.float().transpose(2, 3)))
+        h = self.act(self.c2(torch.cat([h, h.flip(3)], dim=1)))[:, :, 1:-1, 1:-1]
+        z = self.act(self.fc1(h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)))
+        return self.fc2(torch.cat((z, z[:, self.pick]), -1))  # type: ignore[no-any-return]
+
+
 NETS = {"reused-activation": ReusedActivation, "reused-block": ReusedBlock, "functional": Functional,
-        "residual": ResidualNet, "two-branches": TwoBranches}
+        "residual": ResidualNet, "two-branches": TwoBranches, "reordered": Reordered}
 
 
 def test_issue_reused_relu_sequential_is_bounded_as_the_network_it_is(digits8: Dataset) -> None:
@@ -153,7 +170,7 @@ def test_no_point_verified_on_a_user_written_network_is_broken_by_random_search_
     name: str, digits8: Dataset
 ) -> None:
     net = train_torch_classifier(_seeded(NETS[name]), digits8, SPEC, epochs=4, seed=0).eval()
-    x = digits8.x_test[: 48 if name in ("residual", "functional") else 100]  # CROWN on convolutions costs more
+    x = digits8.x_test[: 48 if name in ("residual", "functional", "reordered") else 100]  # CROWN on convs costs more
     with torch.no_grad():
         y = net(x).argmax(1)  # every point starts correct, so verification is decided by the bounds alone
     target = TorchTarget(net, SPEC)
@@ -205,10 +222,12 @@ def test_a_network_read_wrongly_is_refused_with_the_difference(digits8: Dataset)
     [
         (lambda m, x: m.fc(F.max_pool2d(x, 2).flatten(1)), "max_pool2d"),
         (lambda m, x: m.fc(torch.tanh(x.flatten(1) @ torch.ones(64, 16))), "tanh"),
-        (lambda m, x: m.fc(x[:, 0, :4].flatten(1)), "getitem"),
-        (lambda m, x: m.fc(x.flatten(1) * x.flatten(1)[:, :16].sum(1, keepdim=True)), "getitem"),
+        (lambda m, x: m.fc(x.flatten(1)[:, :16] * x.flatten(1)[:, :16].sum(1, keepdim=True)), "mul"),
+        (lambda m, x: m.fc(x.flatten(1)[:, x.flatten(1)[0, :16].long()]), "getitem"),
+        (lambda m, x: m.fc(x.double().flatten(1)[:, :16].float()), "double"),
+        (lambda m, x: m.fc(torch.cat([x.flatten(1)[:, :8], torch.ones(1, 8).expand(x.shape[0], 8)], 1)), "cat"),
     ],
-    ids=["max-pool", "tanh", "slicing", "product"],
+    ids=["max-pool", "tanh", "product", "input-dependent-index", "dtype-change", "cat-with-a-constant"],
 )
 def test_an_unsupported_operation_is_named_with_its_position_in_the_graph(forward: object, named: str) -> None:
     class Custom(nn.Module):

@@ -30,8 +30,11 @@ __all__ = ["SUPPORTED_LAYERS", "parse"]
 SUPPORTED_LAYERS = (
     "Linear / F.linear / x @ W", "Conv2d / F.conv2d (zero padding)", "ReLU / F.relu / torch.relu / Tensor.relu",
     "BatchNorm1d/2d (eval)", "AvgPool2d / AdaptiveAvgPool2d / F.avg_pool2d", "mean / sum over non-batch axes",
-    "Flatten / flatten / view / reshape / squeeze / unsqueeze (per example)", "Identity / Dropout (eval)",
-    "x + y and x - y of two branches (residual connections)", "+ - * / with constants",
+    "Flatten / flatten / view / reshape / squeeze / unsqueeze (per example)",
+    "permute / transpose / flip / roll / slicing and indexing with constants (non-batch axes)",
+    "float() / to() / type_as() that keep the dtype and device", "Identity / Dropout (eval)",
+    "x + y and x - y of two branches (residual connections)", "torch.cat of branches (non-batch axis)",
+    "+ - * / with constants",
 )
 
 Tensor = torch.Tensor
@@ -64,7 +67,14 @@ KINDS: dict[str, set[Any]] = {
                                                "unsqueeze.default"),
     "identity": {torch.clone, "contiguous", "clone", "detach"} | _ops("clone.default", "alias.default",
                                                                      "detach.default"),
+    "cast": {"float", "to", "type_as"} | _ops("to.dtype", "to.dtype_layout", "to.device", "_to_copy.default"),
+    # each output element is one input element: an exact selection, whatever the indices
+    "gather": {torch.permute, torch.transpose, torch.flip, torch.roll, torch.narrow, torch.select, "permute",
+               "transpose", "flip", "roll", "narrow", "select"}
+    | _ops("permute.default", "transpose.int", "flip.default", "roll.default", "narrow.default", "select.int",
+           "slice.Tensor", "index.Tensor", "index_select.default"),
     "dropout": {F.dropout} | _ops("dropout.default"),
+    "cat": {torch.cat, torch.concat, torch.concatenate} | _ops("cat.default", "concat.default"),
     # in-place variants too: what they do to a tensor that is used again is caught by the probe check
     "add": {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__radd__", "__iadd__"}
     | _ops("add.Tensor", "add.Scalar", "add_.Tensor", "add_.Scalar"),
@@ -76,7 +86,8 @@ KINDS: dict[str, set[Any]] = {
     "div": {operator.truediv, operator.itruediv, torch.div, "div", "div_", "__truediv__", "__itruediv__"}
     | _ops("div.Tensor", "div.Scalar", "div_.Tensor", "div_.Scalar"),
     "neg": {operator.neg, torch.neg, "neg", "__neg__"} | _ops("neg.default"),
-    "meta": {"size", "dim", getattr, operator.getitem} | _ops("sym_size.int"),
+    "meta": {"size", "dim", getattr, operator.getitem} | _ops("sym_size.int", "_assert_tensor_metadata.default",
+                                                               "_assert_scalar.default"),
 }
 MODULES: dict[type[nn.Module], str] = {
     nn.Linear: "linear", nn.Conv2d: "conv", nn.ReLU: "relu", nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn",
@@ -302,7 +313,7 @@ class _Parser:
             with torch.no_grad():
                 v = self.run(node, self.env)
             if isinstance(v, Tensor) and kind == "meta":
-                raise self.unsupported(node, " on an input-dependent tensor (indexing or slicing)")
+                raise self.unsupported(node, " on an input-dependent tensor")
             self.env[node], self.const[node] = v, (lambda: v)
             return
         self.check(node, kind)
@@ -315,9 +326,17 @@ class _Parser:
         first = out[0] if isinstance(out, tuple) and kind == "bn" else out  # aten's (output, mean, rstd)
         if not isinstance(first, Tensor) or first.ndim < 1 or first.shape[0] != self.batch:
             raise self.unsupported(node, " with these arguments (it mixes the batch axis)")
+        if kind == "cast":
+            inp = self.env_tensor(next(a for a in node.all_input_nodes if a in self.var))
+            if first.dtype != inp.dtype or first.device != inp.device:
+                raise self.unsupported(node, f" that changes {inp.dtype} on {inp.device} to {first.dtype} on "
+                                       f"{first.device} (bounds are computed in the model's own precision)")
         self.env[node] = out
         if kind in ("add", "sub", "rsub", "mul", "div", "neg"):
             src = [a for a in node.args[:2] if isinstance(a, fx.Node) and a in self.var]
+        elif kind == "cat":
+            parts = node.args[0] if node.args else node.kwargs["tensors"]
+            src = list(parts)  # type: ignore[arg-type]  # every part follows the input (checked)
         else:
             src = [a for a in node.all_input_nodes if a in self.var][:1]
         op = self.make(node, kind, src, tuple(self.env_tensor(src[0]).shape[1:]), tuple(first.shape[1:]))
@@ -342,6 +361,8 @@ class _Parser:
             src = node.args[0]
             if isinstance(src, fx.Node) and self.kind_of_node(src) == "bn":
                 return "identity" if node.args[1] == 0 else "dead"  # the saved statistics: unused
+            if isinstance(src, fx.Node) and isinstance(self.env.get(src), Tensor):
+                return "gather"  # indexing or slicing a tensor (x.shape[0] stays "meta")
         kind = _kind_of(node.target)
         if kind is None:
             raise self.unsupported(node)
@@ -387,6 +408,14 @@ class _Parser:
             raise self.unsupported(node, " with the input-dependent tensor on the right")
         if kind == "div" and node.kwargs.get("rounding_mode") is not None:
             raise self.unsupported(node, " with rounding")
+        if kind == "gather" and (not (isinstance(node.args[0], fx.Node) and node.args[0] in self.var)
+                                 or sum(a in self.var for a in node.all_input_nodes) > 1):
+            raise self.unsupported(node, " with an input-dependent index")
+        if kind == "cat":
+            parts = node.args[0] if node.args else node.kwargs.get("tensors")
+            if not isinstance(parts, tuple | list) or not all(isinstance(a, fx.Node) and a in self.var
+                                                               for a in parts):
+                raise self.unsupported(node, " of a constant tensor (concatenate input-dependent tensors only)")
         if kind == "reduce":
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             nd = self.env_tensor(node.args[0]).ndim if isinstance(node.args[0], fx.Node) else 1
@@ -399,7 +428,7 @@ class _Parser:
              ) -> O.Op | None:
         where, args = self.where(node), [self.var[s] for s in src]
         m = self.root.get_submodule(str(node.target)) if node.op == "call_module" else None
-        if kind in ("identity", "dropout"):
+        if kind in ("identity", "dropout", "cast"):
             return None
         if kind == "relu":
             return O.ReLU(where, args, ins, outs)
@@ -422,6 +451,12 @@ class _Parser:
             return self.batch_norm(node, where, args, ins, m)
         if kind in ("pool", "reduce"):
             return O.PositiveLinear(where, args, ins, outs, self.linear_map(node, m))
+        if kind == "gather":
+            return O.Gather(where, args, ins, outs, self.selection(node, ins, outs))
+        if kind == "cat":
+            dim = int(self.value(node, 1, "dim", 0)) % (len(outs) + 1)
+            sizes = [int(self.env_tensor(a).shape[dim]) for a in src]
+            return O.Concat(where, args, ins, outs, dim, sizes)
         if outs != ins:
             raise self.unsupported(node, f" that broadcasts the input-dependent tensor from {ins} to {outs}")
         return self.arithmetic(node, kind, where, args, ins)
@@ -429,13 +464,25 @@ class _Parser:
     def linear_map(self, node: fx.Node, m: nn.Module | None) -> Callable[[Tensor], Tensor]:
         if m is not None:
             return m  # type: ignore[return-value]
-        rest = [self.getter(a)() for a in node.args[1:]]
-        kw = {k: self.getter(v)() for k, v in node.kwargs.items()}
+        rest = fx.node.map_arg(node.args[1:], lambda n: self.const[n]())  # constants, nested ones too
+        kw = fx.node.map_arg(node.kwargs, lambda n: self.const[n]())
         if node.op == "call_method":
             name = str(node.target)
             return lambda t: getattr(t, name)(*rest, **kw)  # type: ignore[no-any-return]
         fn = node.target
         return lambda t: fn(t, *rest, **kw)  # type: ignore[operator, no-any-return]
+
+    def selection(self, node: fx.Node, ins: tuple[int, ...], outs: tuple[int, ...]) -> Tensor:
+        """Which input element each output element of a gather-like op is, found by running the op on the
+        elements' own indices (two examples, to see that it keeps them apart)."""
+        fn, n = self.linear_map(node, None), _numel(ins)
+        ids = torch.arange(2 * n, dtype=torch.float64, device=self.device).reshape(2, *ins)
+        with torch.no_grad():
+            got = fn(ids)
+        if not isinstance(got, Tensor) or tuple(got.shape) != (2, *outs) or not torch.equal(got[1] - got[0],
+                                                                                          torch.full_like(got[0], n)):
+            raise self.unsupported(node, " with these arguments (it mixes the batch axis)")
+        return got[0].reshape(-1).to(torch.long)
 
     def conv(self, node: fx.Node, where: str, args: list[int], ins: tuple[int, ...], outs: tuple[int, ...],
              m: nn.Module | None) -> O.Op:

@@ -159,6 +159,55 @@ class Reshape(Op):
         return [a.reshape(*a.shape[:2], *self.in_shape)], None
 
 
+class Gather(Op):
+    """Every output element is one input element, ``out.flatten()[i] = x.flatten()[index[i]]`` per example (permute,
+    transpose, flip, roll, slicing and indexing with constants): exact forward and interval; the backward pass adds
+    each coefficient onto the element it came from (an element used twice gets both)."""
+
+    mixing = 0
+
+    def __init__(self, where: str, args: Sequence[int], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 index: Tensor) -> None:
+        super().__init__(where, args, in_shape, out_shape)
+        self.index = index
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        x = xs[0]
+        return x.flatten(1)[:, self.index.to(x.device)].reshape(x.shape[0], *self.out_shape)
+
+    def interval(self, *bounds: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.forward(bounds[0][0]), self.forward(bounds[0][1])
+
+    def backward(self, a: Tensor) -> Backward:
+        n, s = a.shape[:2]
+        k = 1
+        for d in self.in_shape:
+            k *= int(d)
+        back = a.new_zeros(n, s, k).index_add(2, self.index.to(a.device), a.flatten(2))
+        return [back.reshape(n, s, *self.in_shape)], None
+
+
+class Concat(Op):
+    """``torch.cat`` of input-dependent tensors along a non-batch axis ``dim`` (counted with the batch axis):
+    exact; the backward pass splits the coefficients back onto the parts."""
+
+    mixing = 0
+
+    def __init__(self, where: str, args: Sequence[int], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 dim: int, sizes: list[int]) -> None:
+        super().__init__(where, args, in_shape, out_shape)
+        self.dim, self.sizes = dim, sizes
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return torch.cat(xs, self.dim)
+
+    def interval(self, *bounds: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        return torch.cat([b[0] for b in bounds], self.dim), torch.cat([b[1] for b in bounds], self.dim)
+
+    def backward(self, a: Tensor) -> Backward:
+        return list(torch.split(a, self.sizes, self.dim + 1)), None  # a has the spec axis after the batch axis
+
+
 class Sum(Op):
     """``x1 * w1 + x2 * w2`` of two input-dependent values of one shape (``w`` = ±1, or ``alpha``): residual
     connections, differences of branches. IBP is not exact on it even after one linear layer (the branches are
