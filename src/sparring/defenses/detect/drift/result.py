@@ -140,21 +140,44 @@ def correct(p: np.ndarray, correction: str) -> np.ndarray:
 
 
 def lag1_pvalue(x: torch.Tensor) -> float:
-    """Smallest Bonferroni-corrected two-sided p-value of the lag-1 autocorrelation over features
-    (``sqrt(n) r1 ~ N(0, 1)`` for i.i.d. data, Box and Jenkins 1970); 1.0 for fewer than 10 rows."""
-    from scipy.stats import norm
+    """Bonferroni-corrected two-sided p-value of a lag-1 rank autocorrelation test (``sqrt(n) r1 ~ N(0, 1)`` for
+    i.i.d. data, Box and Jenkins 1970; on ranks, Wald and Wolfowitz 1943) on a few one-dimensional summaries of the
+    rows: the feature itself when there is one; else, with features standardised, the first two principal
+    component scores, the squared distance to the mean and the mean over features. 1.0 for fewer than 10 rows.
+
+    Testing every feature instead (as before) raised false warnings on 9% of random orders of 500 digits at the
+    1% level: a pixel that is nonzero in two rows out of 500 has a far-from-normal ``r1`` when those two rows meet.
+    The summaries measured 1.7% (500 rows), 1.0% (1,500) and 1.0% (400 breast-cancer rows) over 300 orders each.
+    """
+    from scipy.stats import norm, rankdata
 
     n = x.shape[0]
     if n < 10:
         return 1.0
-    c = x - x.mean(0)
-    var = (c * c).sum(0)
-    ok = var > 0
-    if not bool(ok.any()):
+    c = x.reshape(n, -1).double()
+    c = c - c.mean(0)
+    c = c[:, (c * c).sum(0) > 0]
+    if c.shape[1] == 0:
         return 1.0
-    r1 = (c[1:] * c[:-1]).sum(0)[ok] / var[ok]
-    z = float(r1.abs().max()) * math.sqrt(n)
-    return min(1.0, 2 * float(norm.sf(z)) * int(ok.sum()))
+    if c.shape[1] == 1:
+        series = [c[:, 0]]
+    else:
+        z = c / c.std(0)
+        if z.shape[1] <= n:
+            vec = torch.linalg.eigh(z.T @ z)[1]
+            scores = z @ vec[:, -2:]
+        else:
+            scores = torch.linalg.eigh(z @ z.T)[1][:, -2:]
+        series = [scores[:, 0], scores[:, 1], (z * z).sum(1), z.mean(1)]
+    ps = []
+    for s in series:
+        r = rankdata(s.detach().cpu().numpy())
+        r = r - r.mean()
+        den = float((r * r).sum())
+        if den > 0:
+            r1 = float((r[1:] * r[:-1]).sum()) / den
+            ps.append(2 * float(norm.sf(abs(r1) * math.sqrt(n))))
+    return min(1.0, min(ps) * len(ps)) if ps else 1.0
 
 
 def permutation_p(observed: float, permuted: torch.Tensor | np.ndarray, alpha: float) -> tuple[float, float]:
