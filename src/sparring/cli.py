@@ -142,6 +142,9 @@ def build_cli() -> Any:
     @click.option("--draws", type=click.IntRange(min=1), help="Randomized model: judge every prediction by the "
                   "majority over this many fresh draws (1: treat as deterministic). Default: detected, then 100.")
     @click.option("--device", default="cpu", show_default=True, help="Torch device for zoo/torch models.")
+    @click.option("--units", default="raw", show_default=True, help="Units of --eps on flat tabular features: raw, "
+                  "range (a fraction of each feature's range), std (of each feature over --data), or a JSON scale "
+                  "file with one unit per feature.")
     @click.option("--save-adv", type=click.Path(dir_okay=False), help="Write x_adv, y, success to this .npz.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (machine output) instead of a table.")
     @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
@@ -151,8 +154,8 @@ def build_cli() -> Any:
                aa_version: str | None, square_queries: int | None, confidence: float | None,
                binary_steps: int | None, overshoot: float | None, n_queries: int | None, max_queries: int | None,
                max_iter: int | None, target_class: int | None, seed: int, batch_size: int,
-               query_budget: int | None, draws: int | None, device: str, save_adv: str | None, as_json: bool,
-               no_progress: bool) -> None:
+               query_budget: int | None, draws: int | None, device: str, units: str, save_adv: str | None,
+               as_json: bool, no_progress: bool) -> None:
         """Run an evasion ATTACK on a model and report clean vs robust accuracy.
 
         \b
@@ -189,12 +192,21 @@ def build_cli() -> Any:
                 skipped = int((~keep).sum())
                 x, y = x[keep], y[keep]
                 kwargs["target_labels"] = torch.full((len(y),), target_class, dtype=torch.long)
+            scale = None
+            if units != "raw":  # per-feature budgets: attack the same model in those units (sparring.targets.units)
+                from sparring.targets.units import FeatureScale, in_units
+
+                scale = FeatureScale.resolve(units, target.spec, x)
+                assert scale is not None
+                target, x = in_units(target, scale), scale.to_units(x)
             result = cls(**params)(target, x, y, progress=not (no_progress or as_json) and sys.stderr.isatty(),
                                    draws=draws, **kwargs)
+            if scale is not None:
+                result.x_adv = scale.from_units(result.x_adv)  # saved and returned in raw units
         except errors.SparringError as exc:
             _fail(exc)
         summary = result.summary()
-        summary.update(model=model, data=data or f"zoo:{model}:{split}", skipped_target_class=skipped)
+        summary.update(model=model, data=data or f"zoo:{model}:{split}", skipped_target_class=skipped, units=units)
         if save_adv:
             _save_adv(Path(save_adv), result)
             summary["saved"] = save_adv

@@ -84,3 +84,20 @@ def test_init_sets_up_a_random_forest_with_trusted_skops_types(tmp_path: Path) -
     acc = float((target.query_labels(x) == y).float().mean())
     assert acc == pytest.approx(float((rf.predict(ds.x_test[:50].numpy()) == ds.y_test[:50].numpy()).mean()))
     assert f"clean accuracy {acc:.4f}" in (tmp_path / "rf.yaml").read_text()
+
+
+def test_cli_attack_takes_per_feature_units(tmp_path: Path) -> None:
+    import numpy as np
+
+    ds = zoo.data("breast-cancer-mlp")
+    out = tmp_path / "adv.npz"
+    r = CliRunner().invoke(build_cli(), ["attack", "pgd", "-m", "breast-cancer-mlp", "--eps", "0.03", "--units",
+                                         "range", "--n", "60", "--json", "--save-adv", str(out)])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["units"] == "range" and s["robust_accuracy"] < s["clean_accuracy"]
+    lo, hi = (v.reshape(-1).numpy() for v in ds.spec.bounds_tensors())
+    frac = np.abs(np.load(out)["x_adv"] - ds.x_test[:60].numpy()) / (hi - lo)  # saved in raw units
+    assert frac.max() <= 0.03 + 1e-5 and int((frac.max(0) > 0.02).sum()) >= 20
+    bad = CliRunner().invoke(build_cli(), ["attack", "pgd", "-m", "breast-cancer-mlp", "--units", "percent"])
+    assert bad.exit_code == 3 and "'percent'" in bad.stderr
