@@ -108,11 +108,26 @@ def run_tabular_attack(attack: str, *, model: str = "fraud-mlp", url: str | None
     that exhausts it reports its unfinished rows as unknown (``n_unknown``, ``budget_exhausted``), never robust.
     """
     from sparring.errors import ParameterError
-    from sparring.targets.base import QueryCounter
 
     if attack not in _ATTACKS:
         raise ParameterError(f"unknown tabular attack {attack!r}; use one of {', '.join(_ATTACKS)}.")
     target = _target(model, url, spec, trust_pickle, trusted_types, output)
+    try:
+        return _run(target, attack, model=model, url=url, data=data, label_column=label_column,
+                    constraints=constraints, n=n, attacked_class=attacked_class, eps=eps, steps=steps,
+                    compare=compare, query_budget=query_budget, seed=seed)
+    finally:
+        close = getattr(target, "close", None)  # an HttpTarget holds a connection pool
+        if close is not None:
+            close()
+
+
+def _run(target: Any, attack: str, *, model: str, url: str | None, data: str | None, label_column: str,
+         constraints: str | None, n: int, attacked_class: int | None, eps: float, steps: int, compare: bool,
+         query_budget: int | None, seed: int) -> dict[str, Any]:
+    from sparring.errors import ParameterError
+    from sparring.targets.base import QueryCounter
+
     x_all, y_all, columns = _data(model, data, label_column)
     c = _constraints(model, constraints, target.spec.n_features, columns)
     if attacked_class is not None and not 0 <= attacked_class < target.spec.n_classes:

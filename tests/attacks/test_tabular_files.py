@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -126,3 +127,46 @@ def test_cli_refuses_broken_files_with_exit_3_naming_the_fix(files: dict[str, An
     assert untrusted.exit_code == 4 and TREE in untrusted.stderr and "--trusted-type" in untrusted.stderr
     no_label = _cli(files, "--label-column", "is_fraud")
     assert no_label.exit_code == 3 and "'is_fraud'" in no_label.stderr
+
+
+def test_cli_attacks_a_prediction_api_with_the_librarys_numbers(files: dict[str, Any]) -> None:
+    from sparring.serving import make_server
+
+    served = SklearnTarget(files["model"], files["spec"])
+    with make_server(served, output="labels") as srv:
+        d = files["dir"]
+        r = CliRunner().invoke(build_cli(), [
+            "attack-tabular", "search", "--url", srv.url + "/predict", "--output", "labels", "--spec",
+            str(d / "spec.json"), "--data", str(d / "rows.csv"), "--label-column", "fraud", "--constraints",
+            str(d / "c.json"), "--n", "6", "--no-compare", "--json"])
+    assert r.exit_code == 0, r.output
+    (res,) = json.loads(r.stdout)["results"]
+    x, y = _detected(files, 6)
+    from sparring.targets.spec import Access
+
+    lib = CostSearch(constraints=files["c"])(SklearnTarget(files["model"], files["spec"], access=Access.LABELS), x, y)
+    assert res["evasion_rate"] == lib.success_rate and res["queries"] == lib.cost.queries
+    assert res["median_cost"] == pytest.approx(lib.median_cost)
+
+
+def test_cli_attacks_a_torchscript_model_on_npz_rows(files: dict[str, Any]) -> None:
+    from sparring.attacks.tabular import CPGD
+
+    mlp = zoo.load("fraud-mlp")
+    d = files["dir"]
+    with warnings.catch_warnings():  # TorchScript is deprecated, but it is how many users ship models
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.trace(mlp.model, torch.zeros(1, mlp.spec.n_features))  # type: ignore[attr-defined]
+        scripted.save(str(d / "mlp.pt"))
+    (d / "mlp_spec.json").write_text(json.dumps(mlp.spec.to_dict()))
+    np.savez(d / "rows.npz", x=files["x"], y=files["y"])
+    r = CliRunner().invoke(build_cli(), [
+        "attack-tabular", "cpgd", "-m", str(d / "mlp.pt"), "--spec", str(d / "mlp_spec.json"), "--data",
+        str(d / "rows.npz"), "--constraints", str(d / "c.json"), "--n", "8", "--steps", "10", "--no-compare",
+        "--json"])
+    assert r.exit_code == 0, r.output
+    (res,) = json.loads(r.stdout)["results"]
+    x, y = torch.from_numpy(files["x"]), torch.from_numpy(files["y"]).long()
+    keep = (mlp.predict(x) == y) & (y == 1)
+    lib = CPGD(constraints=files["c"], steps=10)(mlp, x[keep][:8], y[keep][:8])
+    assert res["evasion_rate"] == lib.success_rate > 0 and res["feasible_rows"] == 1.0
