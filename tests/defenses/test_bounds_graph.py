@@ -319,3 +319,32 @@ def test_python_control_flow_on_shapes_falls_back_to_torch_export() -> None:
     with torch.no_grad():
         assert bool((lb <= net(x)).all() and (net(x) <= ub).all())
     assert float((ub - lb).max()) < 10
+
+
+def test_data_dependent_control_flow_is_refused_quietly_for_modules_and_scripts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Neither tracer can follow a branch on the input's values: a typed error that says why and what to do, and
+    none of torch.export's partial-graph printout on stderr."""
+
+    class ValueBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x.flatten(1)
+            if bool(h.sum() > 10):
+                h = h * 2
+            return self.fc(h)  # type: ignore[no-any-return]
+
+    net = _seeded(ValueBranch)
+    with pytest.raises(ModelGraphError, match=r"could not trace ValueBranch: torch.fx said .*torch.export said .*"
+                                              r"Rewrite forward without data-dependent control flow"):
+        BoundedModel(net, SPEC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(net)  # type: ignore[no-untyped-call]
+    with pytest.raises(ModelGraphError, match="does not support"):  # the converted graph computes the condition
+        BoundedModel(scripted, SPEC)
+    assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ TorchScript-to-export converter. Each failure is a :class:`~sparring.errors.Mode
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,15 +23,16 @@ Tensor = torch.Tensor
 
 @contextlib.contextmanager
 def _quiet_torch_export() -> Iterator[None]:
-    """torch.export logs shape specialisations and, when it fails, the graph; the TorchScript converter warns about
-    unused buffers. All of it is expected here (a failure becomes a typed error), so none of it is shown."""
+    """torch.export logs shape specialisations and, when it fails, prints the partial graph to stderr; the
+    TorchScript converter warns about unused buffers. All of it is expected here (a failure becomes a typed error),
+    so none of it is shown."""
     loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch.fx", "torch._dynamo",
                                               "torch._subclasses", "torch._functorch")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL + 1)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
