@@ -120,3 +120,24 @@ def test_drift_report_is_the_library_call_behind_the_command() -> None:
     r = drift_report(a, b, method="cvm", window=100)
     assert r["drift"] and [f["feature"] for f in r["features"] if f["drift"]] == [2]
     assert len(r["windows"]) == 2 and all(w["drift"] for w in r["windows"])
+
+
+@pytest.mark.slow  # loads MiniLM and embeds 500 messages (~15 s of CPU, more on a busy machine)
+def test_text_files_are_embedded_and_a_spam_campaign_is_drift(tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers")
+    from sparring.data.text import load_sms_spam
+
+    ds = load_sms_spam()
+    ham = [m for m, y in zip(ds.x_train, ds.y_train.tolist(), strict=True) if y == 0]
+    spam = [m for m, y in zip(ds.x_train, ds.y_train.tolist(), strict=True) if y == 1]
+    files = {"ref": ham[:200], "same": ham[200:300], "campaign": ham[300:350] + spam[:50]}
+    for name, msgs in files.items():
+        (tmp_path / f"{name}.txt").write_text("\n".join(m.replace("\n", " ") for m in msgs) + "\n")
+    code, out, _ = _run("drift", str(tmp_path / "ref.txt"), str(tmp_path / "same.txt"), "--json",
+                        "--n-permutations", "100")
+    d = json.loads(out)
+    assert code == 0 and d["drift"] is False and len(d["features"]) == 384  # MiniLM dimensions
+    code, out, _ = _run("drift", str(tmp_path / "ref.txt"), str(tmp_path / "campaign.txt"), "--json",
+                        "--n-permutations", "100")
+    d = json.loads(out)
+    assert d["drift"] is True and d["result"]["p_value"] < 0.05
