@@ -348,3 +348,26 @@ def test_data_dependent_control_flow_is_refused_quietly_for_modules_and_scripts(
     with pytest.raises(ModelGraphError, match="does not support"):  # the converted graph computes the condition
         BoundedModel(scripted, SPEC)
     assert capsys.readouterr().err == ""
+
+
+def test_an_export_program_with_a_fixed_batch_size_is_refused_with_the_fix() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    for batch in (2, 3):  # 2 is the size the graph is read with; the probes then use other sizes
+        ep = torch.export.export(net, (torch.rand(batch, 1, 8, 8),))
+        with pytest.raises(ModelGraphError, match=r"fails on \d+ probe inputs .*Dim\('batch'\)"):
+            crown_bounds(ep, torch.rand(5, 1, 8, 8), 0.01)
+
+
+def test_the_probe_check_leaves_the_callers_data_alone_when_forward_works_in_place(digits8: Dataset) -> None:
+    class InPlaceInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.sub_(0.5).flatten(1))  # type: ignore[no-any-return]
+
+    net, x = _seeded(InPlaceInput), digits8.x_test[:8].clone()
+    before = x.clone()
+    BoundedModel(net, SPEC, probe=x)
+    assert torch.equal(x, before)

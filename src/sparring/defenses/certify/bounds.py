@@ -38,6 +38,7 @@ from sparring.attacks.evasion._checks import check_eps
 from sparring.attacks.norms import Norm
 from sparring.defenses.certify import ops as O
 from sparring.defenses.certify.graph import SUPPORTED_LAYERS, parse
+from sparring.defenses.certify.trace import first_line
 from sparring.errors import AccessError, InputSpecError, ModelGraphError, ParameterError
 from sparring.targets.base import Target
 from sparring.targets.spec import Access, InputSpec
@@ -143,7 +144,13 @@ class BoundedModel:
             return self.max_abs_diff
         with torch.no_grad():
             ours = self.forward(x)
-            ref = self._call(self._normalise(x))
+            try:  # a copy: an in-place op in the model's forward must not touch the caller's data
+                ref = self._call(self._normalise(x).clone())
+            except Exception as exc:
+                raise ModelGraphError(
+                    f"the model fails on {x.shape[0]} probe inputs of shape {tuple(x.shape[1:])}: {first_line(exc)}. "
+                    "A torch.export program exported with a fixed batch size rejects other sizes: export it with "
+                    "dynamic_shapes=({0: torch.export.Dim('batch')},).") from exc
         if not isinstance(ref, Tensor) or ref.shape != ours.shape:
             got = tuple(ref.shape) if isinstance(ref, Tensor) else type(ref).__name__
             raise ModelGraphError(f"the network read from the model gives outputs of shape {tuple(ours.shape)}, "
