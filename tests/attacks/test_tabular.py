@@ -183,3 +183,17 @@ def test_cost_search_evasions_found_before_the_budget_ran_out_are_kept(gbm: Targ
     assert part.summary()["budget_exhausted"] and part.success_rate == full.success_rate >= 0.9
     assert bool((torch.as_tensor(gbm.predict(part.x_adv)) != y)[torch.as_tensor(part.success)].all())
     _all_feasible(part, x)
+
+
+def test_white_box_and_milp_attacks_out_of_budget_report_unknown_not_robust(mlp: Target, gbm: Target) -> None:
+    from sparring.targets import TorchTarget
+
+    x, y = _detected_fraud(mlp, 16)
+    t = TorchTarget(mlp.model, mlp.spec, query_budget=200)  # type: ignore[attr-defined]
+    r = CPGD(constraints=C, steps=20)(t, x, y)  # used to raise QueryBudgetExceeded
+    assert r.summary()["budget_exhausted"] and r.robust_accuracy == 0.0 and r.n_unknown == len(x)
+    x, y = _detected_fraud(gbm, 3)
+    g = SklearnTarget(gbm.estimator, gbm.spec, query_budget=3)  # type: ignore[attr-defined]
+    exact = TreeEvasion(constraints=C)(g, x, y)  # the clean predictions only: no query left to verify an evasion
+    assert exact.summary()["budget_exhausted"] and exact.n_unknown == 3 and exact.robust_accuracy == 0.0
+    _all_feasible(exact, x)
