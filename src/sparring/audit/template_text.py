@@ -30,7 +30,7 @@ def text_threat_model_template(model: str, *, data: str | None = None, n: int = 
     and the clean-accuracy gate is set just under it.
     """
     from sparring.audit.text_system import TextSystem, load_text_system
-    from sparring.audit.threat import System, parse_threat_model
+    from sparring.audit.threat import parse_threat_model
 
     text: dict[str, Any] = {k: v for k, v in (("classes", list(classes) if classes else None),
                                               ("text_column", text_column), ("label_column", label_column))
@@ -38,10 +38,7 @@ def text_threat_model_template(model: str, *, data: str | None = None, n: int = 
     system: dict[str, Any] = {"model": model, "trust_pickle": trust_pickle, "data": {"source": data or "zoo", "n": n}}
     if text:
         system["text"] = text
-    if "trusted_types" in System.model_fields:
-        system["trusted_types"] = list(trusted_types)
-    elif trusted_types:
-        system.setdefault("text", {})["trusted_types"] = list(trusted_types)
+    system["trusted_types"] = list(trusted_types)
     tm = parse_threat_model({"system": system}, source="sparring init")
     loaded = load_text_system(tm)
     if loaded is None:
@@ -58,8 +55,7 @@ def text_threat_model_template(model: str, *, data: str | None = None, n: int = 
     timeout: {ts.timeout:g}
 """ if url else "")
     trusted = _list(list(trusted_types))
-    trusted_line = (f"  trusted_types: {trusted}         # skops types to trust beyond skops' defaults\n"
-                    if "trusted_types" in System.model_fields else "")
+    trusted_line = f"  trusted_types: {trusted}         # skops types to trust beyond skops' defaults\n"
     return f"""# sparring threat model (schema version 1). Written by `sparring init`; edit, then run:
 #   sparring audit {path} --out sparring-report
 # Measured now: clean accuracy {acc:.4f} on {len(texts)} messages; a text model with {target.n_classes} classes

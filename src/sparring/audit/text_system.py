@@ -40,8 +40,6 @@ class TextSystem(BaseModel):
     header: bool | None = None
     label: str | None = None
     """The class of every message of an unlabelled file."""
-    trusted_types: list[str] = Field(default_factory=list)
-    """skops types to trust when loading the model file (``trust_pickle: true`` trusts all)."""
     output: Literal["probabilities", "logits"] | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     """HTTP headers; ``${VAR}`` is read from the environment (never written to reports)."""
@@ -142,9 +140,8 @@ def load_text_system(tm: Any, target: Any = None, data: tuple[Any, Any] | None =
 
 
 def _trusted(s: Any) -> list[str]:
-    """The skops types trusted by ``system.trusted_types`` and ``system.text.trusted_types``."""
-    text = getattr(s, "text", None)
-    return list(getattr(s, "trusted_types", None) or ()) + (list(text.trusted_types) if text is not None else [])
+    """The skops types trusted by ``system.trusted_types`` (``trust_pickle: true`` trusts all)."""
+    return list(getattr(s, "trusted_types", None) or ())
 
 
 def _load_target(s: Any, text: TextSystem) -> Any:

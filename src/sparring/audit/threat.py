@@ -9,7 +9,7 @@ The keys, in short::
     schema_version: 1
     name: digits classifier
     system:    {model, spec, entry_point, trust_pickle, device, batch_size, data: {source, split, n},
-                text: {classes, text_column, label_column, header, label, trusted_types, headers, ...}}
+                text: {classes, text_column, label_column, header, label, headers, input_key, ...}}
     exposure:  {audience: internal|public, output: scores|top-k|labels, top_k, decimals}
     attacker:  {knowledge: white-box|grey-box|black-box, evasion: [{norm, eps: [...]}], query_budget,
                 poisoning_share, physical_access}

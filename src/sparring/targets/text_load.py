@@ -174,7 +174,7 @@ def _load_skops(p: Path, trust_pickle: bool, trusted_types: Sequence[str]) -> An
         flags = " ".join(f"--trusted-type {t}" for t in refused)
         raise ModelLoadError(f"{p} contains types that skops does not trust by default: {refused}. Loading them can "
                              f"run their code. If you trust this file and these types, pass {flags} (YAML "
-                             "system.text.trusted_types), or --trust-pickle to accept every type.")
+                             "system.trusted_types), or --trust-pickle to accept every type.")
     try:
         return sio.load(p, trusted=untrusted or None)
     except Exception as exc:
