@@ -241,7 +241,20 @@ def run_audit(
     """
     started = _dt.datetime.now(_dt.UTC)
     t0 = time.perf_counter()
+    given = target is not None
     target, attacker, x, y = load_system(tm, target, data)
+    try:
+        return _run_loaded(tm, out_dir, resume, progress, on_step, debug, target, attacker, x, y, started, t0)
+    finally:
+        if not given:  # an endpoint the audit connected to itself: close its connections
+            for t in {id(target): target, id(attacker): attacker}.values():
+                close = getattr(t, "close", None)
+                if callable(close):
+                    close()
+
+
+def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bool, on_step: Any, debug: bool,
+                target: Target, attacker: Target, x: Any, y: Any, started: _dt.datetime, t0: float) -> Audit:
     plan = plan_audit(tm, target)
     ckdir = Path(out_dir) / "checkpoints"
     spec_hash = tm.spec_hash()
