@@ -63,13 +63,35 @@ def _attacks() -> dict[str, type]:
     return {name: get_attack(name) for name in attack_names()}
 
 
-def _load_target(model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool, device: str,
-                 **target_kwargs: Any) -> Any:
+def _load_target(model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool, device: str, *,
+                 url: str | None = None, output: str = "scores", white_box: bool = False, **target_kwargs: Any) -> Any:
+    """The target of a command: ``--model`` (zoo name or file; an ONNX file converted to torch when ``white_box``)
+    or, with ``--url``, the prediction API there (its spec from ``--spec`` or the zoo ``--model`` it serves)."""
     from sparring.targets.load import load_spec, load_target
 
     spec = load_spec(spec_path) if spec_path else None
-    return load_target(model, spec=spec, trust_pickle=trust_pickle, device=device, entry_point=entry_point,
-                       **target_kwargs)
+    if url is None:
+        return load_target(model, spec=spec, trust_pickle=trust_pickle, device=device, entry_point=entry_point,
+                           white_box=white_box, **target_kwargs)
+    from sparring.data import zoo
+    from sparring.targets.http import HttpTarget
+
+    if spec is None:
+        if model not in zoo.names():
+            raise errors.ParameterError(
+                f"--url needs the API's input spec: give --spec spec.json (InputSpec keys: shape, n_classes, bounds, "
+                f"layout), or the zoo --model the API serves; got --model {model!r}.")
+        spec = zoo.entry(model).spec()
+    return HttpTarget(url, spec, output=output, **target_kwargs)  # type: ignore[arg-type]
+
+
+def _onnx_adversarial_check(target: Any, result: Any) -> dict[str, Any]:
+    """An ONNX model attacked through its torch conversion: onnxruntime must agree on the adversarial examples."""
+    try:
+        target.check_adversarial(result.x_adv, result.adv_pred)
+    except errors.SparringError as exc:
+        _fail(exc)
+    return target.describe()["onnx"]  # type: ignore[no-any-return]
 
 
 def _load_data(model: str, data: str | None, n: int, split: str) -> tuple[Any, Any]:
@@ -107,7 +129,12 @@ def build_cli() -> Any:
     @click.argument("attack", type=click.Choice(sorted(_attacks())))
     @click.option("--model", "-m", default="digits-cnn", show_default=True,
                   help="Zoo name, or a model file (TorchScript, torch.export .pt2, state dict with --entry-point, "
-                       "ONNX, skops; joblib/pickle only with --trust-pickle).")
+                       "ONNX, skops; joblib/pickle only with --trust-pickle). An ONNX model is converted to torch "
+                       "for gradient attacks and checked against onnxruntime.")
+    @click.option("--url", help="Attack a prediction API at this URL instead (score/label attacks: square, "
+                  "hopskipjump; needs --spec, or the zoo --model the API serves).")
+    @click.option("--output", type=click.Choice(["scores", "labels"]), default="scores", show_default=True,
+                  help="What the --url API returns.")
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
     @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
@@ -148,7 +175,8 @@ def build_cli() -> Any:
     @click.option("--save-adv", type=click.Path(dir_okay=False), help="Write x_adv, y, success to this .npz.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (machine output) instead of a table.")
     @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-    def attack(attack: str, model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool,
+    def attack(attack: str, model: str, url: str | None, output: str, spec_path: str | None,
+               entry_point: str | None, trust_pickle: bool,
                data: str | None, split: str, n: int, eps: float | None, norm: str, steps: int | None,
                alpha: float | None, restarts: int | None, loss: str | None, n_target_classes: int | None,
                aa_version: str | None, square_queries: int | None, confidence: float | None,
@@ -162,6 +190,7 @@ def build_cli() -> Any:
         Examples:
           sparring attack pgd --model digits-cnn --eps 0.1 --n 256
           sparring attack fgsm --model model.onnx --spec spec.json --data test.npz --json
+          sparring attack square --url http://127.0.0.1:8000/predict --spec spec.json --data test.npz
           sparring attack autoattack --eps 0.1 --n 200
           sparring attack cw --binary-steps 5 --steps 100 --json
         """
@@ -179,10 +208,18 @@ def build_cli() -> Any:
                 raise click.UsageError(f"--{key.replace('_', '-')} does not apply to {attack}; it takes: "
                                        f"{', '.join('--' + a for a in takes)}.")
         params = {k: v for k, v in given.items() if v is not None and k in allowed}
+        api = None
         try:
-            target = _load_target(model, spec_path, entry_point, trust_pickle, device, batch_size=batch_size,
+            from sparring.targets.spec import Access
+
+            target = _load_target(model, spec_path, entry_point, trust_pickle, device, url=url, output=output,
+                                  white_box=getattr(cls, "needs", None) == Access.GRADIENTS, batch_size=batch_size,
                                   query_budget=query_budget)
+            api = target if url else None
             x, y = _load_data(model, data, n, split)
+            converted = target if hasattr(target, "check_adversarial") else None  # an ONNX graph run as torch
+            if converted is not None:
+                converted.check_agreement(x)  # it must answer like onnxruntime on these very inputs
             kwargs: dict[str, Any] = {}
             skipped = 0
             if target_class is not None:
@@ -205,8 +242,15 @@ def build_cli() -> Any:
                 result.x_adv = scale.from_units(result.x_adv)  # saved and returned in raw units
         except errors.SparringError as exc:
             _fail(exc)
+        finally:
+            if api is not None:
+                api.close()
         summary = result.summary()
+        if converted is not None:
+            summary["onnx"] = _onnx_adversarial_check(converted, result)
         summary.update(model=model, data=data or f"zoo:{model}:{split}", skipped_target_class=skipped, units=units)
+        if url:
+            summary.update(model=url, url=url)
         if save_adv:
             _save_adv(Path(save_adv), result)
             summary["saved"] = save_adv

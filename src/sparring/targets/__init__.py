@@ -5,6 +5,7 @@ from sparring.targets.constraints import Derived, Feature, FeatureConstraints, L
 from sparring.targets.http import HttpTarget
 from sparring.targets.load import load_spec, load_target
 from sparring.targets.onnx import OnnxTarget
+from sparring.targets.onnx_torch import OnnxTorchTarget
 from sparring.targets.sklearn import SklearnTarget
 from sparring.targets.spec import Access, InputSpec
 from sparring.targets.text import (
@@ -28,6 +29,7 @@ __all__ = [
     "LinearInequality",
     "OneHotGroup",
     "OnnxTarget",
+    "OnnxTorchTarget",
     "QueryCounter",
     "SklearnTarget",
     "SklearnTextTarget",

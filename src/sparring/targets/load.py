@@ -191,6 +191,7 @@ def load_target(
     device: str | torch.device = "cpu",
     entry_point: str | None = None,
     trusted_types: Sequence[str] = (),
+    white_box: bool = False,
     **target_kwargs: Any,
 ) -> Target:
     """Load a model under test from a zoo name or a file, as the right kind of :class:`~sparring.targets.Target`.
@@ -206,6 +207,10 @@ def load_target(
             ``source`` state dict holds.
         trusted_types: types to trust in a skops file beyond skops' defaults (e.g. ``"sklearn.tree._tree.Tree"``
             for forests): the file loads only if every type skops flags is listed (``--trusted-type``).
+        white_box: for an ONNX file, convert the graph to torch and return an
+            :class:`~sparring.targets.onnx_torch.OnnxTorchTarget` (gradients; checked against onnxruntime, which it
+            keeps as ``.reference``) instead of the onnxruntime :class:`~sparring.targets.OnnxTarget` (scores).
+            Other kinds ignore it (torch models have gradients already; scikit-learn models have none).
         **target_kwargs: passed to the target (``query_budget=``, ``access=``, ``output=``, ``providers=`` ...).
 
     Raises:
@@ -213,6 +218,8 @@ def load_target(
             point cannot be imported or the state dict does not fit it.
         ParameterError: no spec was given for a file.
         InputSpecError: the model does not take the spec's shape or give its number of classes.
+        OnnxConversionError: ``white_box=True`` on an ONNX graph with operators the conversion lacks (named), or
+            whose conversion differs from onnxruntime beyond ``tolerance=`` (the largest difference is given).
     """
     from sparring.data import zoo
 
@@ -263,6 +270,10 @@ def load_target(
         kw = dict(target_kwargs)
         if str(device).startswith("cuda") and "providers" not in kw:
             kw["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if white_box:
+            from sparring.targets.onnx_torch import OnnxTorchTarget
+
+            return OnnxTorchTarget(path, the_spec, device=device, **kw)
         return OnnxTarget(path, the_spec, **kw)
     estimator = (_load_skops(path, trust_pickle, trusted_types) if kind == "skops"
                  else _load_pickle(path, trust_pickle))

@@ -1,0 +1,262 @@
+"""White-box ONNX: a model trained and exported in the test is attacked through its torch conversion with the numbers
+the torch model gives, the conversion is checked against onnxruntime, and what it cannot convert is named."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from sparring import FGSM, PGD
+from sparring.cli import EXIT_MODEL, build_cli
+from sparring.data import Dataset
+from sparring.errors import AccessError, OnnxConversionError
+from sparring.targets import OnnxTarget, TorchTarget
+from sparring.targets.load import load_target
+from sparring.targets.onnx_torch import OnnxTorchTarget, onnx_to_torch
+from sparring.targets.spec import InputSpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPEC = InputSpec(shape=(1, 28, 28), n_classes=10, bounds=(0.0, 1.0))
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU-MaxPool, a strided conv, ``x.view(x.size(0), -1)`` (Shape/Gather/Concat/Reshape in ONNX)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 8, 3, stride=2)
+        self.fc = nn.Linear(8 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.bn(self.c1(x))), 2)
+        x = torch.relu(self.c2(x))
+        return self.fc(x.view(x.size(0), -1))  # type: ignore[no-any-return]
+
+
+def bounds_net() -> nn.Module:
+    """Layers bound propagation supports: strided conv, ReLU, average pooling, Flatten, Linear."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def train(model: nn.Module, ds: Dataset, steps: int = 60) -> nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(ds.x_train), (64,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx]).backward()
+        opt.step()
+    return model.eval()
+
+
+def export(model: nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():  # the TorchScript-based exporter warns that it is deprecated
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(2, 1, 28, 28),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def cnn(digits: Dataset, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    torch.manual_seed(0)
+    model = train(SmallCNN(), digits)
+    return model, export(model, tmp_path_factory.mktemp("onnx") / "cnn.onnx")
+
+
+@pytest.fixture(scope="module")
+def data(digits: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return digits.x_test[:64], digits.y_test[:64]
+
+
+def unsupported_model(path: Path) -> Path:
+    """A 4-feature, 3-class model whose graph uses Einsum and Hardmax (onnxruntime runs both; the conversion not)."""
+    w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Einsum", ["x", "w"], ["z"], equation="bi,ij->bj", name="mix"),
+         helper.make_node("Hardmax", ["z"], ["h"], name="pick"), helper.make_node("Add", ["z", "h"], ["scores"])],
+        "unsupported", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+FEATURES4 = InputSpec(shape=(4,), n_classes=3, bounds=(-3.0, 3.0), layout="features")
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+def test_converted_cnn_matches_torch_and_onnxruntime(cnn: tuple[nn.Module, Path],
+                                                     data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model, path = cnn
+    x, _ = data
+    module = onnx_to_torch(path)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), model(x), atol=1e-5, rtol=1e-5)
+    target = load_target(path, spec=SPEC, white_box=True)
+    assert isinstance(target, OnnxTorchTarget) and isinstance(target.reference, OnnxTarget)
+    assert target.checked_points == 64  # the probe inputs drawn in the bounds at construction
+    diff = target.check_agreement(x)
+    assert 0 <= diff < 1e-4 and target.checked_points == 128
+    d = target.describe()["onnx"]
+    assert d["max_abs_diff"] == target.max_abs_diff < 1e-4 and d["reference"] == "onnxruntime"
+    assert isinstance(load_target(path, spec=SPEC), OnnxTarget)  # the default stays onnxruntime, scores only
+
+
+def test_gradients_flow_to_the_input_through_the_conversion(cnn: tuple[nn.Module, Path],
+                                                            data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model, path = cnn
+    x, y = data
+    ours = OnnxTorchTarget(path, SPEC).loss_gradient(x[:16], y[:16])
+    theirs = TorchTarget(model, SPEC).loss_gradient(x[:16], y[:16])
+    # the exporter folds BatchNorm into the convolution, so values differ by rounding and max-pool near-ties may
+    # route a gradient to the other pixel; everywhere else the gradients are the same
+    close = torch.isclose(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert float(close.float().mean()) > 0.995
+    assert float(nn.functional.cosine_similarity(ours.flatten(), theirs.flatten(), dim=0)) > 0.999
+
+
+def test_pgd_on_the_onnx_file_gives_the_torch_models_robust_accuracy(
+        cnn: tuple[nn.Module, Path], data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model, path = cnn
+    x, y = data
+    attack = PGD(eps=0.05, steps=10, seed=0)
+    on_torch = attack(TorchTarget(model, SPEC), x, y)
+    target = load_target(path, spec=SPEC, white_box=True)
+    on_onnx = attack(target, x, y)
+    assert on_torch.clean_accuracy == on_onnx.clean_accuracy > 0.5
+    assert 0 < on_torch.robust_accuracy < on_torch.clean_accuracy  # the attack does something
+    assert int((on_torch.success != on_onnx.success).sum()) <= 1  # the same points, within one
+    assert isinstance(target, OnnxTorchTarget)
+    assert target.check_adversarial(on_onnx.x_adv, on_onnx.adv_pred) >= 63 / 64  # onnxruntime sees the same labels
+
+
+def test_bpda_through_a_defence_in_front_of_the_converted_model(
+        cnn: tuple[nn.Module, Path], data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    from sparring.defenses.preprocess import BitDepth, bpda, defend
+
+    model, path = cnn
+    x, y = data
+    attack = PGD(eps=0.1, steps=10, seed=0)
+    converted = OnnxTorchTarget(path, SPEC)
+    onnx_def = defend(TorchTarget(converted.model, SPEC), BitDepth(2))  # defend() takes plain TorchTargets
+    naive, honest = attack(onnx_def, x, y), attack(bpda(onnx_def), x, y)
+    assert honest.robust_accuracy < naive.robust_accuracy  # quantisation shatters the gradient; BPDA gets through
+    torch_honest = attack(bpda(defend(TorchTarget(model, SPEC), BitDepth(2))), x, y)
+    assert abs(honest.robust_accuracy - torch_honest.robust_accuracy) <= 1 / 64
+
+
+def test_bound_propagation_verifies_the_converted_model_like_the_torch_model(
+        digits: Dataset, tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    from sparring.defenses.certify import verify
+
+    torch.manual_seed(0)
+    model = train(bounds_net(), digits)
+    target = OnnxTorchTarget(export(model, tmp_path / "b.onnx"), SPEC)
+    x, y = data[0][:32], data[1][:32]
+    ours, theirs = verify(target, x, y, eps=0.01), verify(TorchTarget(model, SPEC), x, y, eps=0.01)
+    assert ours.verified_accuracy == theirs.verified_accuracy > 0
+    torch.testing.assert_close(torch.as_tensor(ours.margin_lower), torch.as_tensor(theirs.margin_lower),
+                               atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+def test_unsupported_operators_are_all_named(tmp_path: Path) -> None:
+    path = unsupported_model(tmp_path / "u.onnx")
+    with pytest.raises(OnnxConversionError, match=r"Einsum \(node 'mix'\).*Hardmax \(node 'pick'\)") as info:
+        load_target(path, spec=FEATURES4, white_box=True)
+    assert info.value.ops == ("Einsum", "Hardmax")
+    assert isinstance(load_target(path, spec=FEATURES4), OnnxTarget)  # still scoreable on onnxruntime
+
+
+def test_a_conversion_that_drifts_from_onnxruntime_is_refused_with_the_difference(
+        cnn: tuple[nn.Module, Path], data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    _, path = cnn
+    target = OnnxTorchTarget(path, SPEC)
+    fc = next(m for m in target.model.modules() if isinstance(m, nn.Linear))
+    with torch.no_grad():
+        fc.bias.add_(0.05)  # what a wrong conversion would look like: outputs shifted against onnxruntime
+    with pytest.raises(OnnxConversionError, match=r"differs from onnxruntime by up to 0\.05") as info:
+        target.check_agreement(data[0])
+    assert info.value.max_abs_diff == pytest.approx(0.05, abs=1e-3)
+
+
+def test_onnxruntime_target_still_refuses_gradients(cnn: tuple[nn.Module, Path],
+                                                    data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    with pytest.raises(AccessError):
+        PGD(eps=0.1)(OnnxTarget(cnn[1], SPEC), *data)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(build_cli(), list(args))
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r.exit_code, r.stdout, r.stderr
+
+
+def _files(tmp_path: Path, x: torch.Tensor, y: torch.Tensor, spec: InputSpec) -> tuple[str, str]:
+    (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    return str(tmp_path / "spec.json"), str(tmp_path / "d.npz")
+
+
+def test_cli_attack_fgsm_on_an_onnx_file(cnn: tuple[nn.Module, Path], data: tuple[torch.Tensor, torch.Tensor],
+                                         tmp_path: Path) -> None:
+    model, path = cnn
+    x, y = data
+    spec, npz = _files(tmp_path, x, y, SPEC)
+    code, out, err = _run("attack", "fgsm", "--model", str(path), "--spec", spec, "--data", npz, "--eps", "0.1",
+                          "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    expected = FGSM(eps=0.1)(TorchTarget(model, SPEC), x, y)
+    assert d["n"] == 64 and d["clean_accuracy"] == expected.clean_accuracy
+    assert abs(d["robust_accuracy"] - expected.robust_accuracy) <= 1 / 64
+    assert d["onnx"]["max_abs_diff"] < 1e-4 and d["onnx"]["checked_points"] == 64 + 64 + 64
+    assert d["onnx"]["adv_label_agreement"] >= 63 / 64
+
+
+def test_cli_attack_names_the_operators_it_cannot_convert(tmp_path: Path) -> None:
+    path = unsupported_model(tmp_path / "u.onnx")
+    x = torch.zeros(4, 4)
+    spec, npz = _files(tmp_path, x, torch.zeros(4, dtype=torch.long), FEATURES4)
+    code, _, err = _run("attack", "pgd", "--model", str(path), "--spec", spec, "--data", npz, "--json")
+    assert code == EXIT_MODEL
+    assert "OnnxConversionError" in err and "Einsum" in err and "Hardmax" in err
+
+
+def test_cli_attack_takes_a_url(cnn: tuple[nn.Module, Path], data: tuple[torch.Tensor, torch.Tensor],
+                                tmp_path: Path) -> None:
+    from sparring.serving import make_server
+
+    model, _ = cnn
+    x, y = data[0][:8], data[1][:8]
+    spec, npz = _files(tmp_path, x, y, SPEC)
+    with make_server(TorchTarget(model, SPEC)) as srv:
+        url = srv.url + "/predict"
+        code, out, err = _run("attack", "square", "--url", url, "--spec", spec, "--data", npz, "--eps", "0.2",
+                              "--n-queries", "30", "--json", "--no-progress")
+        assert code == 0, err
+        d = json.loads(out)
+        assert d["url"] == url and d["n"] == 8 and d["robust_accuracy"] <= d["clean_accuracy"]
+        code, _, err = _run("attack", "pgd", "--url", url, "--spec", spec, "--data", npz)
+    assert code == EXIT_MODEL and "AccessError" in err  # an API gives no gradients
+    code, _, err = _run("attack", "square", "--url", url, "--model", "mine.onnx", "--data", npz)
+    assert code == 3 and "--spec" in err
