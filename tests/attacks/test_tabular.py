@@ -188,10 +188,16 @@ def test_cost_search_evasions_found_before_the_budget_ran_out_are_kept(gbm: Targ
 def test_white_box_and_milp_attacks_out_of_budget_report_unknown_not_robust(mlp: Target, gbm: Target) -> None:
     from sparring.targets import TorchTarget
 
-    x, y = _detected_fraud(mlp, 16)
-    t = TorchTarget(mlp.model, mlp.spec, query_budget=200)  # type: ignore[attr-defined]
-    r = CPGD(constraints=C, steps=20)(t, x, y)  # used to raise QueryBudgetExceeded
-    assert r.summary()["budget_exhausted"] and r.robust_accuracy == 0.0 and r.n_unknown == len(x)
+    x, y = _detected_fraud(mlp, 32)
+    c = _one_mutable("distance_km")  # most rows stay robust
+    full = CPGD(constraints=c, steps=10)(TorchTarget(mlp.model, mlp.spec, batch_size=8), x, y)  # type: ignore[attr-defined]
+    assert full.robust_accuracy >= 0.5 and full.n_unknown == 0
+    t = TorchTarget(mlp.model, mlp.spec, batch_size=8, query_budget=full.cost.queries // 2)  # type: ignore[attr-defined]
+    r = CPGD(constraints=c, steps=10)(t, x, y)  # used to raise QueryBudgetExceeded
+    unknown, robust, broken = r.unknown_mask, r.robust_mask, np.asarray(r.success, dtype=bool)
+    assert r.summary()["budget_exhausted"] and 8 <= r.n_unknown < len(x)  # the batches of 8 finished stay measured
+    assert not (unknown & robust).any() and bool((unknown | robust | broken).all())
+    assert bool((robust <= full.robust_mask).all()) and r.robust_accuracy < full.robust_accuracy
     x, y = _detected_fraud(gbm, 3)
     g = SklearnTarget(gbm.estimator, gbm.spec, query_budget=3)  # type: ignore[attr-defined]
     exact = TreeEvasion(constraints=C)(g, x, y)  # the clean predictions only: no query left to verify an evasion

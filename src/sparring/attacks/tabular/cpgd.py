@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from sparring.attacks.tabular.result import ConstrainedResult, run_tabular
-from sparring.attacks.tabular.search import refine
-from sparring.errors import ParameterError
+from sparring.attacks.tabular.search import _Best, _Evaluator, _refine
+from sparring.errors import ParameterError, QueryBudgetExceeded
 from sparring.targets.base import Target
 from sparring.targets.constraints import FeatureConstraints
 from sparring.targets.spec import Access
@@ -87,18 +87,28 @@ class CPGD:
         c = self.constraints if self.constrained else self.constraints.relaxed()
 
         def attack(x0: torch.Tensor, y0: torch.Tensor, notes: dict[str, Any]) -> torch.Tensor:
-            out = []
-            for s in range(0, x0.shape[0], target.batch_size):
-                xb, yb = x0[s:s + target.batch_size], y0[s:s + target.batch_size]
-                best = self._run(target, c, xb, yb, notes)
-                out.append(refine(target, c, xb, yb, best) if self.refine else best)
-            return torch.cat(out)
+            best = _Best.start(x0)  # filled in place batch by batch: a budget stop keeps what was found
+            finished = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
+            try:
+                for s in range(0, x0.shape[0], target.batch_size):
+                    rows = slice(s, s + target.batch_size)
+                    xb, yb, b = x0[rows], y0[rows], best.rows(rows)
+                    self._run(target, c, xb, yb, notes, into=b)
+                    if self.refine:
+                        _refine(_Evaluator(target, c, xb, yb, use_scores=False), c, xb, b, b.pred >= 0)
+                    finished[rows] = True
+            except QueryBudgetExceeded:
+                notes["budget_exhausted"] = True
+            notes["finished"], notes["adv_pred"] = finished, best.pred
+            return best.x
 
         return run_tabular(self.name, self.get_params(), target, self.constraints, x, y, attack,
                            constrained=self.constrained)
 
     def _run(self, target: Any, c: FeatureConstraints, x0: torch.Tensor, y: torch.Tensor,
-             notes: dict[str, Any], max_loss: bool = False) -> torch.Tensor:
+             notes: dict[str, Any], max_loss: bool = False, into: _Best | None = None) -> torch.Tensor:
+        """The cheapest feasible misclassified repair seen per row (``max_loss``: the feasible point of highest
+        loss); ``into`` receives the cheapest evasions in place as they are found, with the labels the model gave."""
         f = target.differentiable(type(self).__name__)  # every gradient-access target provides it
         dev, dt = x0.device, x0.dtype
         low, high = c.vector("low", dev, dt), c.vector("high", dev, dt)
@@ -115,15 +125,17 @@ class CPGD:
             notes["gradients"] += z.shape[0]
             return loss.detach(), g
 
-        best, best_cost = x0.clone(), torch.full((x0.shape[0],), float("inf"), device=dev)
+        state = into if into is not None else _Best.start(x0)
+        best, best_cost = state.x, state.cost
 
         def keep(z: torch.Tensor) -> None:
             zd = c.repair(x0, z)
             with torch.no_grad():
-                succ = c.check(x0, zd).ok & (f(zd).argmax(1) != y)
+                pred = f(zd).argmax(1)
+            succ = c.check(x0, zd).ok & (pred != y)
             cost = torch.where(succ, c.cost(x0, zd), torch.full_like(best_cost, float("inf")))
             better = cost < best_cost
-            best[better], best_cost[better] = zd[better], cost[better]
+            best[better], best_cost[better], state.pred[better] = zd[better], cost[better], pred[better]
 
         alpha = torch.full((x0.shape[0], 1), self.step_size or self.eps / 4, device=dev, dtype=dt)
         if self.adaptive:
