@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,7 +44,8 @@ def threat_model_template(model: str, *, data: str | None = None, spec: str | No
                           entry_point: str | None = None, n: int = 200, device: str = "cpu",
                           trust_pickle: bool = False, trusted_types: Sequence[str] = (),
                           path: str = "threat.yaml", classes: Sequence[str] | None = None,
-                          text_column: str | None = None, label_column: str | None = None) -> str:
+                          text_column: str | None = None, label_column: str | None = None,
+                          http: Mapping[str, Any] | None = None) -> str:
     """Load ``model`` (and ``data``), measure its clean accuracy, and return an annotated YAML threat model.
 
     Budgets are scaled to the input: on flat features with different ranges (tabular data) they are fractions of
@@ -52,7 +53,7 @@ def threat_model_template(model: str, *, data: str | None = None, spec: str | No
     range and dimension. The clean-accuracy gate is set just under the accuracy measured now, so a regression fails
     CI; ``n`` is capped at the rows the data has. ``path`` is where the file will be written (for the header's
     command). Every value is a starting point to edit. A text model (``classes``, ``text_column``,
-    ``label_column``) gets the text template of :mod:`sparring.audit.template_text`.
+    ``label_column``, ``http`` settings) gets the text template of :mod:`sparring.audit.template_text`.
     """
     from sparring.audit.runner import _data, _load
     from sparring.audit.template_text import text_threat_model_template
@@ -61,7 +62,7 @@ def threat_model_template(model: str, *, data: str | None = None, spec: str | No
     if spec is None and entry_point is None:
         text = text_threat_model_template(model, data=data, n=n, trust_pickle=trust_pickle,
                                           trusted_types=trusted_types, classes=classes, text_column=text_column,
-                                          label_column=label_column, path=path)
+                                          label_column=label_column, path=path, http=http)
         if text is not None:
             return text
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["text_threat_model_template"]
@@ -11,6 +11,10 @@ __all__ = ["text_threat_model_template"]
 
 def _list(values: Sequence[str]) -> str:
     return "[" + ", ".join(_scalar(v) for v in values) + "]"
+
+
+def _mapping(m: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{_scalar(k)}: {_scalar(v)}" for k, v in m.items()) + "}"
 
 
 def _scalar(v: str | None) -> str:
@@ -22,12 +26,14 @@ def _scalar(v: str | None) -> str:
 def text_threat_model_template(model: str, *, data: str | None = None, n: int = 200, trust_pickle: bool = False,
                                trusted_types: Sequence[str] = (), classes: Sequence[str] | None = None,
                                text_column: str | None = None, label_column: str | None = None,
-                               path: str = "threat.yaml") -> str | None:
+                               path: str = "threat.yaml", http: Mapping[str, Any] | None = None) -> str | None:
     """The template for a text system (see :mod:`sparring.audit.text_system`), or ``None`` when ``model`` is not
     a text model (``sparring init`` then writes the tensor template).
 
     The model and its messages are loaded as ``sparring audit`` will load them, the clean accuracy is measured,
-    and the clean-accuracy gate is set just under it.
+    and the clean-accuracy gate is set just under it. ``http`` holds ``system.text``'s HTTP keys for a URL
+    (``input_key``, ``output_key``, ``headers``, ``timeout``, ``output``); header values are written as given, so
+    ``${VAR}`` stays a reference to the environment and no secret lands in the file.
     """
     from sparring.audit.text_system import TextSystem, load_text_system
     from sparring.audit.threat import parse_threat_model
@@ -35,6 +41,7 @@ def text_threat_model_template(model: str, *, data: str | None = None, n: int = 
     text: dict[str, Any] = {k: v for k, v in (("classes", list(classes) if classes else None),
                                               ("text_column", text_column), ("label_column", label_column))
                             if v is not None}
+    text.update({k: v for k, v in (http or {}).items() if v not in (None, {}, ())})
     system: dict[str, Any] = {"model": model, "trust_pickle": trust_pickle, "data": {"source": data or "zoo", "n": n}}
     if text:
         system["text"] = text
@@ -49,10 +56,11 @@ def text_threat_model_template(model: str, *, data: str | None = None, n: int = 
     ts = tm.system.text or TextSystem()
     gate = max(0.0, math.floor((acc - 0.02) * 100) / 100)
     url = model.startswith(("http://", "https://"))
-    http = (f"""    input_key: {ts.input_key}         # request key holding the messages: POST {{input_key: [str, ...]}}
+    http_keys = (f"""    input_key: {ts.input_key}         # request key of the messages: POST {{input_key: [str, ...]}}
     output_key: {ts.output_key}        # answer key holding the scores: {{output_key: [[...], ...]}}
-    headers: {{}}               # e.g. {{Authorization: "Bearer ${{MOD_TOKEN}}"}}: read from the environment
+    headers: {_mapping(ts.headers)}   # e.g. {{Authorization: "Bearer ${{MOD_TOKEN}}"}} (${{VAR}}: from the environment)
     timeout: {ts.timeout:g}
+    output: {_scalar(ts.output)}              # probabilities | logits (null: probabilities)
 """ if url else "")
     trusted = _list(list(trusted_types))
     trusted_line = f"  trusted_types: {trusted}         # skops types to trust beyond skops' defaults\n"
@@ -71,7 +79,7 @@ system:
     text_column: {_scalar(ts.text_column)}        # null: found by name (text, message, ...) or content
     label_column: {_scalar(ts.label_column)}       # null: found by name (label, class, ...) or content
     header: {_scalar(None) if ts.header is None else str(ts.header).lower()}             # null: decided from the file
-{http}  data:
+{http_keys}  data:
     source: {_scalar(data or 'zoo')}   # 'zoo' (SMS messages, zoo models) or .csv / .tsv / .jsonl / .parquet / .txt
     n: {len(texts)}                   # messages audited (the first n of the file)
 
