@@ -355,21 +355,36 @@ def build_cli() -> Any:
                   "flags (they can run code).")
     @click.option("--trusted-type", "trusted_types", multiple=True, metavar="TYPE",
                   help="A type to trust in a skops file, e.g. sklearn.tree._tree.Tree for forests (repeat).")
+    @click.option("--classes", help="Text model: class names in its output order, comma-separated (e.g. "
+                  "ok,toxic,threat); needed for a URL or callable.")
+    @click.option("--text-col", help="Text model: the text column of --data.")
+    @click.option("--label-col", help="Text model: the label column of --data.")
+    @click.option("--input-key", help="Text API: request key holding the messages (default inputs).")
+    @click.option("--output-key", help="Text API: answer key holding the scores (default scores).")
+    @click.option("--http-header", multiple=True, help="Text API: header 'Name: value' (repeatable); write "
+                  "secrets as ${VAR}, read from the environment and kept out of the file.")
     def init(model: str, data: str | None, spec: str | None, entry_point: str | None, n: int, output: str,
-             force: bool, trust_pickle: bool, trusted_types: tuple[str, ...]) -> None:
+             force: bool, trust_pickle: bool, trusted_types: tuple[str, ...], classes: str | None,
+             text_col: str | None, label_col: str | None, input_key: str | None, output_key: str | None,
+             http_header: tuple[str, ...]) -> None:
         """Write an annotated threat-model template for MODEL, pre-filled from the model and its data.
 
         On tabular data (flat features with different ranges) the budgets are fractions of each feature's range
-        (units: range), so eps 0.01 moves every feature by 1 % of its own range.
+        (units: range), so eps 0.01 moves every feature by 1 % of its own range. A text model (a skops/joblib
+        text pipeline, 'module:callable', a URL with --classes) gets system.text and no spec.
         """
         from sparring.audit.template import threat_model_template
+        from sparring.cli_text import _http_settings
 
         if output != "-" and Path(output).exists() and not force:
             raise click.UsageError(f"{output} exists; pass --force to overwrite it or choose another --output.")
         try:
             text = threat_model_template(model, data=data, spec=spec, entry_point=entry_point, n=n,
                                          trust_pickle=trust_pickle, trusted_types=trusted_types,
-                                         path="threat.yaml" if output == "-" else output)
+                                         path="threat.yaml" if output == "-" else output,
+                                         classes=classes.split(",") if classes else None, text_column=text_col,
+                                         label_column=label_col,
+                                         http=_http_settings(http_header, None, input_key, output_key, None))
         except errors.SparringError as exc:
             _fail(exc)
         if output == "-":

@@ -370,3 +370,27 @@ def test_init_template_for_a_text_pipeline_declares_classes_and_no_spec(files: d
     assert tm.system.data.n == len(_rows())  # the rows there are, not 200
     assert [g.min for g in tm.gates if g.metric == "clean_accuracy"] == [0.98]  # measured 1.0, minus 0.02
     assert text_threat_model_template("digits-cnn") is None  # not a text model: the tensor template
+
+
+def test_sparring_init_cli_on_text_models(files: dict[str, Path], endpoint: tuple[str, _Moderation],
+                                               tmp_path: Path) -> None:
+    import yaml
+
+    url, _ = endpoint
+    out = tmp_path / "tm.yaml"
+    code, text = _cli("init", "--model", url, "--output", str(out))
+    assert code == 3 and "system.text" in text and "system.spec" in text  # old: "system.spec ... is needed"
+    code, text = _cli("init", "--model", url, "--classes", ",".join(CLASSES), "--input-key", "texts",
+                      "--output-key", "probs", "--http-header", "Authorization: Bearer ${MOD_TOKEN}", "--data",
+                      str(files["csv"]), "--output", str(out), env={"MOD_TOKEN": TOKEN})
+    assert code == 0, text
+    written = out.read_text(encoding="utf-8")
+    assert TOKEN not in written and "Bearer ${MOD_TOKEN}" in written and "clean accuracy 1.0000" in written
+    tm = yaml.safe_load(written)
+    assert tm["system"]["text"]["input_key"] == "texts" and tm["system"]["text"]["classes"] == CLASSES
+    code, text = _cli("init", "--model", str(files["skops"]), "--data", str(files["csv"]), "--text-col", "message",
+                      "--label-col", "label", "--output", str(out), "--force")
+    assert code == 0, text
+    tm = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert tm["system"]["text"]["classes"] == CLASSES and tm["system"]["text"]["text_column"] == "message"
+    assert "spec" not in tm["system"]
