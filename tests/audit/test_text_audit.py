@@ -15,7 +15,7 @@ from sparring.audit.report import write_reports
 from sparring.audit.runner import load_system, plan_audit
 from sparring.cli import EXIT_GATE, EXIT_OK, build_cli
 from sparring.data.text import load_sms_spam
-from sparring.errors import InputSpecError, ParameterError, ThreatModelError
+from sparring.errors import DataLoadError, InputSpecError, ThreatModelError
 from sparring.targets.text import TextTarget
 
 TEXT_TM: dict[str, Any] = {
@@ -110,7 +110,7 @@ def test_text_gate_needs_a_budget_and_a_known_defence() -> None:
 
 def test_text_system_errors_are_typed() -> None:
     bad_source = {**TEXT_TM, "system": {**TEXT_TM["system"], "data": {"source": "messages.csv", "n": 5}}}
-    with pytest.raises(ParameterError, match="zoo"):
+    with pytest.raises(DataLoadError, match=r"messages\.csv"):  # a text system reads its own messages' file
         load_system(parse_threat_model(bad_source))
     tm = parse_threat_model(TEXT_TM)
     target = load_system(tm)[0]
