@@ -371,3 +371,29 @@ def test_the_probe_check_leaves_the_callers_data_alone_when_forward_works_in_pla
     before = x.clone()
     BoundedModel(net, SPEC, probe=x)
     assert torch.equal(x, before)
+
+
+def test_crown_intermediate_bounds_in_chunks_are_the_bounds_in_one_pass(
+    monkeypatch: pytest.MonkeyPatch, digits8: Dataset
+) -> None:
+    """A conv layer's unstable neurons are back-substituted a chunk at a time (memory stays bounded on large
+    layers); with chunks of one or two rows the bounds are those of one pass over all of them."""
+    from sparring.defenses.certify import bounds
+
+    net = _seeded(ResidualNet)
+    x = digits8.x_test[:6]
+    one_pass = crown_bounds(net, x, 0.02, lower=0.0, upper=1.0)
+    seen: list[int] = []
+    back = bounds.BoundedModel._back
+
+    def counting(self: BoundedModel, start: int, a0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        seen.append(a0.shape[1])
+        return back(self, start, a0)
+
+    monkeypatch.setattr(bounds.BoundedModel, "_back", counting)
+    widest = 4 * 8 * 8
+    monkeypatch.setattr(bounds, "CHUNK_ELEMENTS", 2 * 6 * widest * 2)  # two neurons (four rows) per pass
+    chunked = crown_bounds(net, x, 0.02, lower=0.0, upper=1.0)
+    assert max(seen[:-1]) <= 4 and len(seen) > 10  # the last pass is the output specification
+    for a, b in zip(one_pass, chunked, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -51,6 +51,8 @@ Intermediate = Literal["crown", "ibp"]
 Bounds = tuple[Tensor, Tensor]
 #: probe outputs must agree within ``ATOL + RTOL * max |output|``; float32 rounding is ~1e-6 of it
 ATOL, RTOL = 1e-5, 1e-4
+#: the most coefficients one CROWN back-substitution for intermediate bounds holds per op (2**25: 128 MiB float32)
+CHUNK_ELEMENTS = 2**25
 
 
 class Residual(nn.Module):
@@ -283,13 +285,22 @@ class BoundedModel:
         k = idx.numel()
         if k == 0:
             return lo, hi
-        e = torch.zeros(k, flo.shape[1], device=lo.device, dtype=lo.dtype)
-        e[torch.arange(k, device=lo.device), idx] = 1.0
-        a0 = torch.cat([e, -e]).reshape(2 * k, *shape).expand(n, 2 * k, *shape)
-        a, bias = self._back(v, a0)
-        bnd = _concretize(a, bias, box_lo, box_hi)
-        new_lo = torch.maximum(flo[:, idx], bnd[:, :k])
-        new_hi = torch.minimum(fhi[:, idx], -bnd[:, k:])
+        # each backward row holds (n, rows, value) coefficients at every op it passes: a chunk of the unstable
+        # neurons at a time keeps that under CHUNK_ELEMENTS, so a large conv layer is slow rather than out of memory
+        widest = max([math.prod(op.in_shape) for op in self.ops[:v]] + [flo.shape[1]])
+        step = max(1, CHUNK_ELEMENTS // (2 * n * widest))
+        lows, highs = [], []
+        for part in torch.split(idx, step):
+            c = part.numel()
+            e = torch.zeros(c, flo.shape[1], device=lo.device, dtype=lo.dtype)
+            e[torch.arange(c, device=lo.device), part] = 1.0
+            a0 = torch.cat([e, -e]).reshape(2 * c, *shape).expand(n, 2 * c, *shape)
+            a, bias = self._back(v, a0)
+            bnd = _concretize(a, bias, box_lo, box_hi)
+            lows.append(bnd[:, :c])
+            highs.append(-bnd[:, c:])
+        new_lo = torch.maximum(flo[:, idx], torch.cat(lows, 1))
+        new_hi = torch.minimum(fhi[:, idx], torch.cat(highs, 1))
         return flo.index_copy(1, idx, new_lo).reshape(lo.shape), fhi.index_copy(1, idx, new_hi).reshape(hi.shape)
 
 
