@@ -305,11 +305,16 @@ def build_cli() -> Any:
         from sparring.cli_certify import print_certify, run_certify
 
         try:
-            target = _load_target(model, spec_path, entry_point, trust_pickle, device, batch_size=batch_size)
+            target = _load_target(model, spec_path, entry_point, trust_pickle, device, batch_size=batch_size,
+                                  white_box=method == "bounds")  # an ONNX graph is bounded through torch
             x, y = _load_data(model, data, n, split)
+            if hasattr(target, "check_agreement"):
+                target.check_agreement(x)  # the converted graph answers like onnxruntime on these inputs
             summary = run_certify(method, target, x, y, sigma=sigma, n0=n0, n_samples=n_samples, alpha=alpha,
                                   radii=radii, eps=eps, bound=bound, seed=seed,
                                   progress=not (no_progress or as_json) and sys.stderr.isatty())
+            if hasattr(target, "check_agreement"):
+                summary["onnx"] = target.describe()["onnx"]
         except errors.SparringError as exc:
             _fail(exc)
         print_certify(summary, as_json, model)

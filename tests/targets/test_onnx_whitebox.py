@@ -78,6 +78,13 @@ def cnn(digits: Dataset, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.M
 
 
 @pytest.fixture(scope="module")
+def bounded(digits: Dataset, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    torch.manual_seed(0)
+    model = train(bounds_net(), digits)
+    return model, export(model, tmp_path_factory.mktemp("onnx") / "bounds.onnx")
+
+
+@pytest.fixture(scope="module")
 def data(digits: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return digits.x_test[:64], digits.y_test[:64]
 
@@ -163,12 +170,11 @@ def test_bpda_through_a_defence_in_front_of_the_converted_model(
 
 
 def test_bound_propagation_verifies_the_converted_model_like_the_torch_model(
-        digits: Dataset, tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+        bounded: tuple[nn.Module, Path], data: tuple[torch.Tensor, torch.Tensor]) -> None:
     from sparring.defenses.certify import verify
 
-    torch.manual_seed(0)
-    model = train(bounds_net(), digits)
-    target = OnnxTorchTarget(export(model, tmp_path / "b.onnx"), SPEC)
+    model, path = bounded
+    target = OnnxTorchTarget(path, SPEC)
     x, y = data[0][:32], data[1][:32]
     ours, theirs = verify(target, x, y, eps=0.01), verify(TorchTarget(model, SPEC), x, y, eps=0.01)
     assert ours.verified_accuracy == theirs.verified_accuracy > 0
@@ -260,3 +266,18 @@ def test_cli_attack_takes_a_url(cnn: tuple[nn.Module, Path], data: tuple[torch.T
     assert code == EXIT_MODEL and "AccessError" in err  # an API gives no gradients
     code, _, err = _run("attack", "square", "--url", url, "--model", "mine.onnx", "--data", npz)
     assert code == 3 and "--spec" in err
+
+
+def test_cli_certify_bounds_on_an_onnx_file(bounded: tuple[nn.Module, Path],
+                                            data: tuple[torch.Tensor, torch.Tensor], tmp_path: Path) -> None:
+    from sparring.defenses.certify import verify
+
+    model, path = bounded
+    x, y = data[0][:32], data[1][:32]
+    spec, npz = _files(tmp_path, x, y, SPEC)
+    code, out, err = _run("certify", "bounds", "--model", str(path), "--spec", spec, "--data", npz, "--eps", "0.01",
+                          "--json", "--no-progress")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["certified_accuracy"]["0.01"] == verify(TorchTarget(model, SPEC), x, y, eps=0.01).verified_accuracy
+    assert d["onnx"]["max_abs_diff"] < 1e-4 and d["onnx"]["checked_points"] == 64 + 32
