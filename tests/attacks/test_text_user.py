@@ -394,3 +394,11 @@ def test_sparring_init_cli_on_text_models(files: dict[str, Path], endpoint: tupl
     tm = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert tm["system"]["text"]["classes"] == CLASSES and tm["system"]["text"]["text_column"] == "message"
     assert "spec" not in tm["system"]
+
+
+def test_http_api_with_more_classes_than_declared_asks_for_classes(endpoint: tuple[str, _Moderation]) -> None:
+    url, _ = endpoint
+    t = load_text_target(url, headers={"Authorization": f"Bearer {TOKEN}"}, input_key="texts", output_key="probs",
+                         retries=0)
+    with pytest.raises(EndpointError, match="--classes"):
+        t.predict(["hello"])

@@ -305,7 +305,8 @@ class HttpTextTarget(TextTarget):
                                 "Check the URL and output_key.") from None
         if arr.shape != (n, self.n_classes):
             raise EndpointError(f"{self._shown} answered scores of shape {arr.shape}; expected {(n, self.n_classes)}"
-                                ". Check n_classes and output_key.")
+                                ". Declare the API's classes (--classes a,b,c; YAML system.text.classes) and check "
+                                "output_key.")
         return torch.from_numpy(arr)
 
     def close(self) -> None:
