@@ -66,3 +66,49 @@ def test_cli_attack_tabular_shows_the_baseline_violations() -> None:
     assert not unc["constrained"] and unc["feasible_rows"] < 0.5 and unc["violations"]
     bad = CliRunner().invoke(build_cli(), ["attack-tabular", "cpgd", "-m", "digits-cnn"])
     assert bad.exit_code == 3 and "--constraints" in bad.output
+
+
+def test_audit_refuses_a_broken_constraints_file_naming_the_feature(tmp_path: Path) -> None:
+    """Issue 17: a wrong feature count or a bad value used to skip the check silently (exit 0, "NO GATES")."""
+    import yaml
+
+    good = json.loads(json.dumps(transactions_constraints().to_dict()))
+    bad_value = json.loads(json.dumps(good))
+    bad_value["features"][0]["low"] = "zero"
+    short = json.loads(json.dumps(good))
+    short["features"] = short["features"][:-1]
+    for name, doc, words in (("value", bad_value, ("low", "zero")), ("count", short, ("features",))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc), encoding="utf-8")
+        tm = {"schema_version": 1, "name": "fraud", "effort": "quick",
+              "system": {"model": "fraud-mlp", "constraints": str(tmp_path / f"{name}.json"),
+                         "data": {"source": "zoo", "split": "test", "n": 20}},
+              "gates": [{"metric": "clean_accuracy", "min": 0.5}]}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(tm), encoding="utf-8")
+        r = CliRunner().invoke(build_cli(), ["audit", str(tmp_path / f"{name}.yaml"), "--out",
+                                             str(tmp_path / f"out-{name}")])
+        assert r.exit_code == 3, r.output
+        assert all(w in r.output for w in words), r.output
+        assert not (tmp_path / f"out-{name}" / "report.json").exists()
+
+
+def test_tabular_rows_cut_by_the_query_budget_are_a_finding_not_robust(tmp_path: Path) -> None:
+    from sparring import zoo
+    from sparring.targets.base import QueryCounter
+
+    transactions_constraints().save(tmp_path / "tx.json")
+    tm = parse_threat_model({
+        "schema_version": 1, "name": "fraud", "effort": "quick", "seed": 0,
+        "system": {"model": "fraud-gbm", "constraints": str(tmp_path / "tx.json")},
+        "attacker": {"knowledge": "black-box"},
+    })
+    gbm = zoo.load("fraud-gbm")
+    ds = zoo.data("fraud-gbm")
+    x, y = ds.x_test[:80], ds.y_test[:80]
+    gbm.counter = QueryCounter(budget=80 + 80 + 400)  # the clean baseline, the rows to attack, then 400 queries
+    audit = run_audit(tm, tmp_path / "out", target=gbm, data=(x, y))
+    search = {r.step_id: r for r in audit.results}["tabular/search/constrained"]
+    assert search.status == "done", search.error
+    k = sum(search.per_point["unknown"])
+    assert k > 0 and search.value("tabular_unknown_rate") == k / len(search.per_point["unknown"])
+    (f,) = [f for f in audit.findings if f.id == "budget:tabular/search/constrained"]
+    assert f.evidence["unknown"] == k and "unknown" in f.title

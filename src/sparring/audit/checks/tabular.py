@@ -27,7 +27,6 @@ from sparring.audit.registry import (
     StepResult,
     register_check,
 )
-from sparring.errors import SparringError
 from sparring.targets.spec import Access
 
 __all__ = ["TabularCheck"]
@@ -61,13 +60,9 @@ class TabularCheck:
             return Skip(self.name, "tabular", "no feature constraints declared (system.constraints)")
         from sparring.targets.constraints import FeatureConstraints
 
-        try:
-            c = FeatureConstraints.load(path)
-        except SparringError as exc:
-            return Skip(self.name, "tabular", f"constraints not usable: {exc}")
-        if c.n_features != ctx.target.spec.n_features:
-            return Skip(self.name, "tabular", f"the constraints declare {c.n_features} features, the model takes "
-                                              f"{ctx.target.spec.n_features}")
+        # Read strictly: a broken file (missing, wrong feature count, unknown key or feature, bad types) is the
+        # user's error to fix, raised with the feature named (sparring audit exits 3), never a silent skip.
+        FeatureConstraints.load(path, n_features=ctx.target.spec.n_features)
         steps = []
         for attack in _attacks(ctx):
             for constrained in ((True,) if attack == "tree-milp" else (True, False)):
@@ -108,12 +103,14 @@ class TabularCheck:
         evaded = success & feasible
         median = float(costs[evaded].median()) if bool(evaded.any()) else None
         claimed = float(costs[success].median()) if bool(success.any()) else None
+        unknown = torch.as_tensor(r.unknown).cpu() & ~evaded  # the query budget ran out first: neither way
         meas = [Measurement("tabular_evasion_rate", float(evaded.float().mean()), {"attack": p["attack"]}),
+                Measurement("tabular_unknown_rate", float(unknown.float().mean()), {"attack": p["attack"]}),
                 Measurement("tabular_claimed_evasion_rate", float(success.float().mean()), {"attack": p["attack"]}),
                 Measurement("feasible_rate", float(feasible.float().mean()), {"attack": p["attack"]})]
         return StepResult(
             step_id=step.id, check=self.name, threat="tabular", params=dict(p), measurements=meas,
-            per_point={"success": success.tolist(), "feasible": feasible.tolist(),
+            per_point={"success": success.tolist(), "feasible": feasible.tolist(), "unknown": unknown.tolist(),
                        "cost": [round(float(v), 6) for v in costs]},
             examples={"violations": checked.by_rule(), "median_cost": median, "median_claimed_cost": claimed,
                       "n": len(x)},
@@ -123,6 +120,16 @@ class TabularCheck:
     def findings(self, tm: Any, results: list[StepResult]) -> list[Finding]:
         out = []
         for r in results:
+            k = sum(bool(u) for u in r.per_point.get("unknown", []))
+            if k:
+                out.append(Finding(
+                    id=f"budget:{r.step_id}", threat="tabular", severity="medium",
+                    title=f"{r.params['attack']} ran out of queries on {k} of {len(r.per_point['unknown'])} rows: "
+                          "unknown, neither evaded nor robust",
+                    evidence={"unknown": k, "n": len(r.per_point["unknown"]),
+                              "evasion_rate_at_least": r.value("tabular_evasion_rate")},
+                    recommendation="Raise attacker.query_budget (or the target's query budget) and re-run: the "
+                                   "evasion rate is a lower bound while rows are unknown.", steps=[r.step_id]))
             if not r.params.get("constrained") or r.value("tabular_evasion_rate") is None:
                 continue
             rate = float(r.value("tabular_evasion_rate") or 0.0)
