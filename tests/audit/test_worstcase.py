@@ -118,3 +118,35 @@ def test_text_union_counts_only_messages_every_step_attacked_correctly_classifie
     b.per_point["clean_correct"] = [True, True, False]  # message 2 was misclassified clean: not attacked
     tu = text_union([a, b], 3, "none")
     assert tu is not None and (tu.n_attacked, tu.n_evaded) == (2, 1) and tu.rate == pytest.approx(0.5)
+
+
+def test_an_audit_whose_target_runs_out_of_queries_reports_unknown_points_and_an_unmeasured_gate(
+    tmp_path: Any,
+) -> None:
+    import torch
+    from torch import nn
+
+    from sparring.audit import run_audit
+    from sparring.data import load_digits
+    from sparring.targets import Access, TorchTarget
+
+    ds = load_digits(8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(ds.x_train), ds.y_train).backward()
+        opt.step()
+    n = 8  # the clean pass takes 8 queries; Square gets 8 x 40 queries but the target allows 8 + 60 in all
+    target = TorchTarget(model.eval(), ds.spec, access=Access.SCORES, query_budget=n + 60)
+    tm = parse_threat_model({"system": {"model": "a model trained in the test", "data": {"n": n}},
+                             "attacker": {"knowledge": "black-box", "query_budget": 40,
+                                          "evasion": [{"norm": "linf", "eps": [0.02]}]}, "effort": "quick",
+                             "gates": [{"metric": "robust_accuracy", "norm": "linf", "eps": 0.02, "min": 0.0}]})
+    audit = run_audit(tm, tmp_path, target=target, data=(ds.x_test, ds.y_test))
+    step = next(r for r in audit.results if r.step_id == "evasion/square/linf/0.02")
+    assert step.status == "done" and any(step.per_point["unknown"])
+    (gate,) = audit.gates
+    assert gate.status == "not-evaluated" and "unknown" in gate.message  # min 0.0 would pass if it were measured
+    assert "budget:evasion/square/linf/0.02" in {f.id for f in audit.findings}
