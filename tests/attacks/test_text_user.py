@@ -337,7 +337,7 @@ def _audit_cli(tm: dict[str, Any], out: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def skops_audit(files: dict[str, Path]) -> dict[str, Any]:
-    return _audit_cli(_tm(str(files["skops"]), files["csv"], n=8), files["dir"] / "audit-skops")
+    return _audit_cli(_tm(str(files["skops"]), files["csv"], n=5), files["dir"] / "audit-skops")
 
 
 def test_sparring_audit_cli_on_a_skops_text_pipeline(skops_audit: dict[str, Any]) -> None:
@@ -348,7 +348,7 @@ def test_sparring_audit_cli_on_a_skops_text_pipeline(skops_audit: dict[str, Any]
 def test_sparring_audit_cli_on_an_http_moderation_api(files: dict[str, Path], endpoint: tuple[str, _Moderation],
                                                       skops_audit: dict[str, Any], tmp_path: Path) -> None:
     url, srv = endpoint
-    gates = _audit_cli(_tm(url, files["csv"], n=8, classes=CLASSES, input_key="texts", output_key="probs",
+    gates = _audit_cli(_tm(url, files["csv"], n=5, classes=CLASSES, input_key="texts", output_key="probs",
                            headers={"Authorization": "Bearer ${MOD_TOKEN}"}, retries=0), tmp_path)
     assert srv.requests > 0 and srv.unauthorised == 0
     assert gates["clean_accuracy"]["value"] == 1.0
