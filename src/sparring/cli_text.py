@@ -58,12 +58,14 @@ def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int 
                     threshold: float | None = None, examples: int = 3, html: str | None = None,
                     text_col: str | None = None, label_col: str | None = None, header: bool | None = None,
                     classes: list[str] | None = None, trust_pickle: bool = False,
-                    trusted_types: tuple[str, ...] = (), http: dict[str, Any] | None = None) -> dict[str, Any]:
+                    trusted_types: tuple[str, ...] = (), http: dict[str, Any] | None = None,
+                    target_class: str | int | None = None) -> dict[str, Any]:
     """Attack ``n`` messages of ``model`` (a text zoo name, a skops/joblib pipeline, ``module:callable`` or an
     http(s) URL; see :func:`sparring.targets.text_load.load_text_target`) and summarise the result.
 
     ``http`` holds the HTTP settings (``headers``, ``timeout``, ``retries``, ``input_key``, ``output_key``,
-    ``output``) for a URL.
+    ``output``) for a URL. ``target_class`` (a class name or index) makes the attack targeted: messages of other
+    classes are pushed to it (messages already of that class are left out).
     """
     from sparring.attacks.text import BidiReorder, CharAttack, Constraints, TextAttack, TextFooler, bad_characters
     from sparring.attacks.text.base import _preset
@@ -81,6 +83,17 @@ def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int 
                                           query_budget=None if defence != "none" else query_budget, **(http or {}))
     texts, ys = _messages(data, n, None if label is None else str(label), target, text_col=text_col,
                           label_col=label_col, header=header)
+    goal = None
+    if target_class is not None:
+        from sparring.data.text_files import encode_labels
+
+        goal = int(encode_labels([str(target_class)], target.class_names, target.n_classes,
+                                 source="--target-class")[0])
+        kept = [(t, c) for t, c in zip(texts, ys, strict=True) if c != goal]
+        if not kept:
+            raise ParameterError(f"every selected message is already of --target-class {target_class!r}; choose "
+                                 "messages of another class (--label) or another target class.")
+        texts, ys = [t for t, _ in kept], [c for _, c in kept]
     transform: Callable[[str], str] | None = None
     if defence != "none":
         spell = SpellingCorrector.from_texts(load_sms_spam().x_train) if defence == "normalize+spelling" else None
@@ -107,7 +120,7 @@ def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int 
         kinds = {"bad-characters": ("homoglyph", "invisible"), "deepwordbug": ("swap", "substitute", "delete",
                  "insert"), "leetspeak": ("leet", "spacing")}[attack]
         atk = _preset(kinds, attack, max_chars, max_words, {"constraints": cons, **common})
-    res = atk(target, texts, ys, threshold=threshold)
+    res = atk(target, texts, ys, threshold=threshold, target_class=goal)
     summary = res.summary()
     summary.update(model=model, defence=defence, adaptive=adaptive, examples=res.examples(examples))
     if html:
@@ -179,6 +192,7 @@ def add_commands(cli: Any) -> None:
                   "unfinished messages are unknown (never robust), and exit code 5.")
     @click.option("--max-queries", type=click.IntRange(min=1), help="Queries per message.")
     @click.option("--threshold", type=float, help="Success when the true class's probability falls below this.")
+    @click.option("--target-class", help="Targeted: push messages to this class (name or index), e.g. ok.")
     @click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True)
     @click.option("--html", type=click.Path(dir_okay=False), help="Write the examples side by side to this HTML file.")
     @click.option("--http-header", multiple=True, help="HTTP header 'Name: value' for a URL (repeatable); $VAR "
@@ -192,7 +206,8 @@ def add_commands(cli: Any) -> None:
                     data: str | None, text_col: str | None, label_col: str | None, header: bool | None, n: int,
                     label: str | None, max_chars: int | None, max_words: int | None, min_similarity: float,
                     defence: str, adaptive: bool, beam_width: int, query_budget: int | None,
-                    max_queries: int | None, threshold: float | None, examples: int, html: str | None,
+                    max_queries: int | None, threshold: float | None, target_class: str | None, examples: int,
+                    html: str | None,
                     http_header: tuple[str, ...], timeout: float | None, input_key: str | None,
                     output_key: str | None, scores: str | None, as_json: bool) -> None:
         """Evade a text classifier (spam filter) with character, Unicode or word edits.
@@ -213,6 +228,7 @@ def add_commands(cli: Any) -> None:
                                 max_words=max_words, min_similarity=min_similarity, defence=defence,
                                 adaptive=adaptive, beam_width=beam_width, query_budget=query_budget,
                                 max_queries=max_queries, threshold=threshold, examples=examples, html=html,
+                                target_class=target_class,
                                 text_col=text_col, label_col=label_col, header=header,
                                 classes=classes.split(",") if classes else None, trust_pickle=trust_pickle,
                                 trusted_types=trusted_types,

@@ -402,3 +402,17 @@ def test_http_api_with_more_classes_than_declared_asks_for_classes(endpoint: tup
                          retries=0)
     with pytest.raises(EndpointError, match="--classes"):
         t.predict(["hello"])
+
+
+def test_attack_text_cli_targeted_at_a_named_class(files: dict[str, Path]) -> None:
+    code, out = _cli("attack-text", "deepwordbug", "--model", str(files["skops"]), "--data", str(files["csv"]),
+                     "--target-class", "ok", "--max-chars", "8", "--json")
+    assert code == 0, out
+    s = json.loads(out)
+    assert s["params"]["target_class"] == 0 and "ok" not in s["per_class"]  # messages already 'ok' left out
+    assert s["n"] == len(THREAT) + len(TOXIC)
+    moved = {k for c in s["per_class"].values() for k in c["moved_to"]}
+    assert moved <= {"ok"} and s["success_rate"] > 0
+    code, out = _cli("attack-text", "deepwordbug", "--model", str(files["skops"]), "--data", str(files["csv"]),
+                     "--target-class", "benign")
+    assert code == 3 and "'benign'" in out
