@@ -64,9 +64,12 @@ def _attacks() -> dict[str, type]:
 
 
 def _load_target(model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool, device: str, *,
-                 url: str | None = None, output: str = "scores", white_box: bool = False, **target_kwargs: Any) -> Any:
+                 url: str | None = None, output: str = "scores", http: dict[str, Any] | None = None,
+                 white_box: bool = False, **target_kwargs: Any) -> Any:
     """The target of a command: ``--model`` (zoo name or file; an ONNX file converted to torch when ``white_box``)
-    or, with ``--url``, the prediction API there (its spec from ``--spec`` or the zoo ``--model`` it serves)."""
+    or, with ``--url``, the prediction API there (its spec from ``--spec`` or the zoo ``--model`` it serves; ``http``
+    the settings of :func:`sparring.cli_text._http_settings`: headers with ``$VAR`` read from the environment,
+    timeout, input/output keys, score kind)."""
     from sparring.targets.load import load_spec, load_target
 
     spec = load_spec(spec_path) if spec_path else None
@@ -82,7 +85,14 @@ def _load_target(model: str, spec_path: str | None, entry_point: str | None, tru
                 f"--url needs the API's input spec: give --spec spec.json (InputSpec keys: shape, n_classes, bounds, "
                 f"layout), or the zoo --model the API serves; got --model {model!r}.")
         spec = zoo.entry(model).spec()
-    return HttpTarget(url, spec, output=output, **target_kwargs)  # type: ignore[arg-type]
+    kw = dict(http or {})
+    if "headers" in kw:
+        from sparring.targets.text_load import expand_env
+
+        kw["headers"] = {k: expand_env(v, f"--http-header {k}") for k, v in kw["headers"].items()}
+    if "output" in kw:
+        kw["score_kind"] = kw.pop("output")
+    return HttpTarget(url, spec, output=output, **kw, **target_kwargs)  # type: ignore[arg-type]
 
 
 def _onnx_adversarial_check(target: Any, result: Any) -> dict[str, Any]:
@@ -135,6 +145,13 @@ def build_cli() -> Any:
                   "hopskipjump; needs --spec, or the zoo --model the API serves).")
     @click.option("--output", type=click.Choice(["scores", "labels"]), default="scores", show_default=True,
                   help="What the --url API returns.")
+    @click.option("--http-header", multiple=True, help="HTTP header 'Name: value' for --url (repeatable); $VAR and "
+                  "${VAR} are read from the environment (keep secrets there; never written to the output).")
+    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per HTTP request (10).")
+    @click.option("--input-key", help="Request key holding the batch (default inputs).")
+    @click.option("--output-key", help="Answer key holding the predictions (default scores, or labels).")
+    @click.option("--scores", type=click.Choice(["probabilities", "logits"]), help="What the API's scores are "
+                  "(default probabilities).")
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
     @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
@@ -175,8 +192,9 @@ def build_cli() -> Any:
     @click.option("--save-adv", type=click.Path(dir_okay=False), help="Write x_adv, y, success to this .npz.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (machine output) instead of a table.")
     @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-    def attack(attack: str, model: str, url: str | None, output: str, spec_path: str | None,
-               entry_point: str | None, trust_pickle: bool,
+    def attack(attack: str, model: str, url: str | None, output: str, http_header: tuple[str, ...],
+               timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None,
+               spec_path: str | None, entry_point: str | None, trust_pickle: bool,
                data: str | None, split: str, n: int, eps: float | None, norm: str, steps: int | None,
                alpha: float | None, restarts: int | None, loss: str | None, n_target_classes: int | None,
                aa_version: str | None, square_queries: int | None, confidence: float | None,
@@ -210,11 +228,17 @@ def build_cli() -> Any:
         params = {k: v for k, v in given.items() if v is not None and k in allowed}
         api = None
         try:
+            from sparring.cli_text import _http_settings
             from sparring.targets.spec import Access
 
+            http = _http_settings(http_header, timeout, input_key, output_key, scores)
+            if http and not url:
+                flags = {"headers": "--http-header", "output": "--scores"}
+                given_http = ", ".join(flags.get(k, "--" + k.replace("_", "-")) for k in http)
+                raise errors.ParameterError(f"{given_http} applies to --url only; give --url or drop it.")
             target = _load_target(model, spec_path, entry_point, trust_pickle, device, url=url, output=output,
-                                  white_box=getattr(cls, "needs", None) == Access.GRADIENTS, batch_size=batch_size,
-                                  query_budget=query_budget)
+                                  http=http, white_box=getattr(cls, "needs", None) == Access.GRADIENTS,
+                                  batch_size=batch_size, query_budget=query_budget)
             api = target if url else None
             x, y = _load_data(model, data, n, split)
             converted = target if hasattr(target, "check_adversarial") else None  # an ONNX graph run as torch

@@ -281,3 +281,69 @@ def test_cli_certify_bounds_on_an_onnx_file(bounded: tuple[nn.Module, Path],
     d = json.loads(out)
     assert d["certified_accuracy"]["0.01"] == verify(TorchTarget(model, SPEC), x, y, eps=0.01).verified_accuracy
     assert d["onnx"]["max_abs_diff"] < 1e-4 and d["onnx"]["checked_points"] == 64 + 32
+
+
+class _KeyedApi:
+    """A prediction API of its own: {"instances": ...} in, {"logits": ...} out, 401 without the bearer token."""
+
+    def __init__(self, model: nn.Module, token: str) -> None:
+        import http.server
+        import threading
+
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                api.seen += 1
+                with torch.no_grad():
+                    out = model(torch.tensor(body["instances"], dtype=torch.float32)).tolist()
+                data = json.dumps({"logits": out}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.seen = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/predict"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _KeyedApi:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_cli_attack_url_with_headers_keys_and_logits(cnn: tuple[nn.Module, Path],
+                                                     data: tuple[torch.Tensor, torch.Tensor], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = cnn
+    x, y = data[0][:8], data[1][:8]
+    spec, npz = _files(tmp_path, x, y, SPEC)
+    monkeypatch.setenv("API_TOKEN", "s3cret")
+    with _KeyedApi(model, "s3cret") as api:
+        base = ["attack", "square", "--url", api.url, "--spec", spec, "--data", npz, "--eps", "0.2", "--n-queries",
+                "20", "--input-key", "instances", "--output-key", "logits", "--scores", "logits", "--json"]
+        code, out, err = _run(*base, "--http-header", "Authorization: Bearer ${API_TOKEN}", "--timeout", "5")
+        assert code == 0, err
+        assert "s3cret" not in out  # the secret stays out of the output
+        d = json.loads(out)
+        expected = TorchTarget(model, SPEC).accuracy(x, y)
+        assert d["clean_accuracy"] == expected and api.seen > 0
+        code, _, err = _run(*base)  # no token: the API refuses, exit 4 naming the status
+    assert code == EXIT_MODEL and "401" in err
+    code, _, err = _run("attack", "fgsm", "--model", str(cnn[1]), "--spec", spec, "--data", npz, "--timeout", "3")
+    assert code == 3 and "--timeout applies to --url only" in err
