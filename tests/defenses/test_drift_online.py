@@ -116,7 +116,7 @@ def test_scalar_detector_run_length_on_held_out_confidences_is_within_20_percent
 @pytest.mark.parametrize("name", list(WINDOW))
 def test_window_detector_finds_noise_and_class_knockout_within_a_few_windows(
         digits_split: dict[str, torch.Tensor], name: str) -> None:
-    det = WINDOW[name](digits_split["ref"], ert=500, window_size=20, seed=0)
+    det = WINDOW[name](digits_split["ref"], ert=500, window_size=20, n_bootstraps=2000, seed=0)
     knocked = digits_split["held"][digits_split["y_held"] >= 5]  # classes 0-4 gone
     for shifted in (digits_split["noisy"], knocked):
         delays, early = _delays(det, digits_split["held"], shifted, runs=10, prefix=100)

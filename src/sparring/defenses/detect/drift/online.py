@@ -13,6 +13,7 @@ import torch
 from sparring.defenses.detect.drift._stream import (
     STATE_VERSION,
     OnlineStep,
+    auto_bootstraps,
     check_bootstrap,
     check_ert,
     fingerprint,
@@ -33,7 +34,8 @@ _CHUNK_ENTRIES = 2**24  # simulated kernel entries held at once
 class _WindowDetector(ABC):
     """Reference, sliding window, simulation-calibrated thresholds and a JSON state; subclasses give the statistic.
 
-    Calibration (on the first :meth:`update`, or :meth:`calibrate`): ``n_bootstraps`` no-drift streams of
+    Calibration (on the first :meth:`update`, or :meth:`calibrate`): ``n_bootstraps`` (default: enough for about
+    100 independent exceedances of the pooled threshold, see :func:`auto_bootstraps`) no-drift streams of
     ``window_size + calibration_steps − 1`` points (default ``calibration_steps = 4·window_size``) are drawn from
     the reference without replacement (i.i.d., or in blocks of ``block_length`` consecutive rows with
     ``bootstrap="block"``), each scored against the reference rows it did not use. At each of the first
@@ -50,7 +52,7 @@ class _WindowDetector(ABC):
 
     kind = "window"
 
-    def __init__(self, reference: Any, *, ert: float = 500, window_size: int = 20, n_bootstraps: int = 2000,
+    def __init__(self, reference: Any, *, ert: float = 500, window_size: int = 20, n_bootstraps: int | None = None,
                  calibration_steps: int | None = None, bootstrap: str = "iid", block_length: int | None = None,
                  seed: int = 0, device: torch.device | str | None = None) -> None:
         self.reference, self.ert, self.window_size, self.n_bootstraps = reference, ert, window_size, n_bootstraps
@@ -77,7 +79,8 @@ class _WindowDetector(ABC):
             check_ert(self.ert, w - 1)
             self._steps = check_positive_int(self.calibration_steps if self.calibration_steps is not None
                                              else 4 * w, "calibration_steps")
-            check_positive_int(self.n_bootstraps, "n_bootstraps", 100)
+            self._n_boot = (check_positive_int(self.n_bootstraps, "n_bootstraps", 100) if self.n_bootstraps
+                            is not None else auto_bootstraps(float(self.ert), w, self._steps))
             self._block = check_bootstrap(self.bootstrap, self.block_length)
             dev = self.device if self.device is not None else (
                 self.reference.device if isinstance(self.reference, torch.Tensor) else None)
@@ -103,7 +106,7 @@ class _WindowDetector(ABC):
             w = self.window_size
             length = w + self._steps - 1
             rng = np.random.default_rng(self.seed)
-            idx = torch.from_numpy(stream_indices(self._pool_size(), length, self.n_bootstraps, self._block, rng,
+            idx = torch.from_numpy(stream_indices(self._pool_size(), length, self._n_boot, self._block, rng,
                                                   replace=False)).to(ref.device)
             per = max(1, _CHUNK_ENTRIES // (length * max(length, self._width())))
             stats = torch.cat([self._simulate(idx[i : i + per]) for i in range(0, idx.shape[0], per)])
