@@ -182,6 +182,22 @@ def test_bound_propagation_verifies_the_converted_model_like_the_torch_model(
                                atol=1e-3, rtol=1e-3)
 
 
+def test_a_graph_exported_with_a_fixed_batch_size_is_fed_that_many(
+        cnn: tuple[nn.Module, Path], data: tuple[torch.Tensor, torch.Tensor], tmp_path: Path) -> None:
+    model, _ = cnn
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(3, 1, 28, 28),), str(tmp_path / "fixed.onnx"), dynamo=False,
+                          input_names=["x"])  # no dynamic axes: view(x.size(0), -1) becomes Reshape to [3, 288]
+    target = OnnxTorchTarget(tmp_path / "fixed.onnx", SPEC)
+    assert target.fixed_batch == 3
+    x, y = data[0][:10], data[1][:10]  # 10 = 3 + 3 + 3 + 1: the last chunk padded
+    target.check_agreement(x)
+    ours, theirs = PGD(eps=0.05, steps=5, seed=0)(target, x, y), PGD(eps=0.05, steps=5, seed=0)(
+        TorchTarget(model, SPEC), x, y)
+    assert int((ours.success != theirs.success).sum()) <= 1
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 def test_unsupported_operators_are_all_named(tmp_path: Path) -> None:
     path = unsupported_model(tmp_path / "u.onnx")

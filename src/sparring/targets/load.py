@@ -268,7 +268,7 @@ def load_target(
         from sparring.targets.onnx import OnnxTarget
 
         kw = dict(target_kwargs)
-        if str(device).startswith("cuda") and "providers" not in kw:
+        if str(device).startswith("cuda") and "providers" not in kw and not white_box:
             kw["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         if white_box:
             from sparring.targets.onnx_torch import OnnxTorchTarget

@@ -33,7 +33,7 @@ from sparring.targets.base import ScoreKind
 from sparring.targets.onnx import OnnxTarget
 from sparring.targets.onnx_ops import CONVERTERS, SUPPORTED_OPS, Converted, Node, Value
 from sparring.targets.spec import Access, InputSpec
-from sparring.targets.torch import TorchTarget
+from sparring.targets.torch import Forward, TorchTarget
 
 __all__ = ["SUPPORTED_OPS", "OnnxModule", "OnnxTorchTarget", "onnx_to_torch"]
 
@@ -251,7 +251,8 @@ class OnnxTorchTarget(TorchTarget):
     module; :attr:`reference` is the model as onnxruntime runs it (an :class:`~sparring.targets.OnnxTarget`). On
     construction the two are compared on ``check_points`` inputs drawn uniformly in the spec's bounds (seeded), and
     :meth:`check_agreement` compares them on any data (call it on the data you attack and on the adversarial
-    examples). A difference beyond ``tolerance · max(1, max |onnxruntime output|)`` raises
+    examples). A graph exported with a fixed batch size is fed batches of exactly that size (the last one padded), as
+    onnxruntime is. A difference beyond ``tolerance · max(1, max |onnxruntime output|)`` raises
     :class:`~sparring.errors.OnnxConversionError`; :attr:`max_abs_diff` (also in :meth:`describe`) is the largest
     absolute difference seen so far, over :attr:`checked_points` inputs. Checks are not charged as queries.
 
@@ -288,6 +289,7 @@ class OnnxTorchTarget(TorchTarget):
         if isinstance(check_points, bool) or not isinstance(check_points, int) or check_points < 0:
             raise ParameterError(f"check_points must be a non-negative integer; got {check_points!r}.")
         self.reference = OnnxTarget(path_or_bytes, spec, output=output, providers=providers, batch_size=batch_size)
+        self.fixed_batch: int | None = self.reference._fixed_batch
         module = onnx_to_torch(path_or_bytes)
         super().__init__(module.to(device), spec, access=access, output=output, batch_size=batch_size,
                          query_budget=query_budget, top_k=top_k, decimals=decimals)
@@ -301,6 +303,25 @@ class OnnxTorchTarget(TorchTarget):
             gen = torch.Generator().manual_seed(seed)
             probe = lo + (hi - lo) * torch.rand((check_points, *spec.shape), generator=gen)
             self.check_agreement(probe)
+
+    def _raw_forward(self) -> Forward:
+        fwd = super()._raw_forward()
+        fixed = self.fixed_batch
+        if fixed is None:
+            return fwd
+
+        def chunked(x: torch.Tensor) -> torch.Tensor:
+            """A graph exported with a fixed batch size (its shapes baked in) sees exactly that many, padded."""
+            outs = []
+            for s in range(0, x.shape[0], fixed):
+                c = x[s : s + fixed]
+                n = c.shape[0]
+                if n < fixed:
+                    c = torch.cat([c, c[-1:].expand(fixed - n, *c.shape[1:])])
+                outs.append(fwd(c)[:n])
+            return torch.cat(outs)
+
+        return chunked
 
     def check_agreement(self, x: Any) -> float:
         """Compare the converted module with onnxruntime on ``x`` (raw inputs); return the max absolute difference.
