@@ -10,6 +10,7 @@ import torch
 
 from sparring.attacks.base import BatchContext, EvasionAttack
 from sparring.attacks.evasion._checks import check_eps, check_positive_int
+from sparring.attacks.evasion._fast import fast_layout
 from sparring.attacks.losses import cross_entropy, dlr, dlr_targeted
 from sparring.attacks.norms import Norm, ball_random, project, steepest_direction
 from sparring.errors import ParameterError
@@ -22,6 +23,7 @@ __all__ = ["APGD", "APGDT", "checkpoints"]
 _MOMENTUM = 0.75  # α of the paper's update, fixed there
 # Checkpoint fractions in hundredths of the run, so that w_j = ceil(p_j · N) is exact integer arithmetic.
 _P1, _P_DECAY, _P_MIN = 22, 3, 6
+_MAX_ROWS = 4096  # APGD-T with batch_targets: most (point, target) rows attacked as one batch
 
 # (logits, y, target labels or None) -> per-example objective to increase.
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -65,11 +67,14 @@ def _apgd(
     steps: int,
     rho: float,
     early_stop: bool,
+    group: torch.Tensor | None = None,
 ) -> _Run:
     """Algorithm 1 of Croce & Hein (2020) from one random start, on tensors already on the model's device.
 
     The goal is reaching ``t`` when ``goal_is_target`` else leaving ``y``. Iterates are ``x^(0) .. x^(steps)``:
-    ``steps`` gradients and ``steps + 1`` objective values per example still in play.
+    ``steps`` gradients and ``steps + 1`` objective values per example still in play. Rows with the same ``group``
+    (one input point under several targets) leave together with ``early_stop``: once one of them is broken, the
+    others return their highest-objective point so far.
     """
     target = ctx.target
     assert isinstance(target, TorchTarget)
@@ -98,6 +103,9 @@ def _apgd(
     }
     if t is not None:
         s["t"] = t
+    if group is not None:
+        s["group"] = group
+        gone = torch.zeros(int(group.max()) + 1 if n else 0, dtype=torch.bool, device=x.device)
     marks = checkpoints(steps)
     due = dict(zip(marks[1:], marks[:-1], strict=True))  # checkpoint -> previous checkpoint
     halvings = torch.zeros((), dtype=torch.long, device=x.device)
@@ -143,8 +151,14 @@ def _apgd(
                          grad=torch.where(r, s["gmax"], s["grad"]), fprev=torch.where(red, s["fmax"], s["fprev"]),
                          reduced=red, fcheck=s["fmax"], count=torch.zeros_like(s["count"]))
             if early_stop and bool(hit.any()):
-                out_loss[s["idx"][hit]] = s["fmax"][hit]
-                s = {key: v[~hit] for key, v in s.items()}
+                leave = hit
+                if group is not None:  # the siblings of a broken row leave with it, with their best point
+                    gone[s["group"][hit]] = True
+                    leave = gone[s["group"]]
+                    sib = leave & ~hit
+                    out_x[s["idx"][sib]], out_pred[s["idx"][sib]] = s["xmax"][sib], s["pmax"][sib]
+                out_loss[s["idx"][leave]] = s["fmax"][leave]
+                s = {key: v[~leave] for key, v in s.items()}
             if k == steps or s["idx"].numel() == 0:
                 break
             xk, x0, lo_, hi_ = s["xk"], s["x0"], s["lo"], s["hi"]
@@ -167,7 +181,7 @@ def _apgd(
 def _merge(run: _Run, idx: torch.Tensor, x_adv: torch.Tensor, adv_pred: torch.Tensor, done: torch.Tensor,
            best: torch.Tensor) -> None:
     """Fold a run on ``idx`` into the batch: broken points are final; unbroken keep their best-objective point."""
-    take = run.broken | (run.loss > best[idx])
+    take = ~done[idx] & (run.broken | (run.loss > best[idx]))
     x_adv[idx[take]], adv_pred[idx[take]] = run.x[take], run.pred[take]
     best[idx[take]] = run.loss[take]
     done[idx[run.broken]] = True
@@ -277,6 +291,12 @@ class APGD(EvasionAttack):
     def _run_batch(
         self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with fast_layout(ctx, x):  # the same function, in a faster memory layout where it is exactly that
+            return self._run(ctx, x, y, target_labels)
+
+    def _run(
+        self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         target = ctx.target
         assert isinstance(target, TorchTarget)
         norm, eps = Norm.parse(self.norm), float(self.eps)
@@ -327,6 +347,11 @@ class APGDT(EvasionAttack):
         restarts: random restarts per target class.
         rho: fraction of steps that must increase the loss for the step size to be kept (condition 1).
         early_stop: drop examples from the batch as soon as they are broken.
+        batch_targets: attack all target classes of all still-robust points as one batch (``n_target_classes``
+            rows per point, up to 4096 rows at a time) instead of one pass per target; with ``early_stop`` all rows
+            of a point leave as soon as one of them breaks it. Same iterations per (point, target) as the passes,
+            far fewer Python-level steps; False runs the passes one target after the other (the reference's
+            order).
         seed: seed of the default generator (reproducible runs); pass ``generator=`` at call time to override.
 
     Shape:
@@ -356,12 +381,14 @@ class APGDT(EvasionAttack):
         restarts: int = 1,
         rho: float = 0.75,
         early_stop: bool = True,
+        batch_targets: bool = True,
         seed: int | None = 0,
     ) -> None:
         self.eps = eps
         self.norm = norm
         self.steps = steps
         self.n_target_classes = n_target_classes
+        self.batch_targets = batch_targets
         self.restarts = restarts
         self.rho = rho
         self.early_stop = early_stop
@@ -392,6 +419,12 @@ class APGDT(EvasionAttack):
     def _run_batch(
         self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with fast_layout(ctx, x):  # the same function, in a faster memory layout where it is exactly that
+            return self._run(ctx, x, y, target_labels)
+
+    def _run(
+        self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         target = ctx.target
         assert isinstance(target, TorchTarget)
         norm, eps = Norm.parse(self.norm), float(self.eps)
@@ -404,14 +437,37 @@ class APGDT(EvasionAttack):
             done, objective = (clean_pred != y) & (not ctx.randomized), _objective("dlr", True)
             x_adv, adv_pred = x.clone(), clean_pred.clone()
             best = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
-            for j in range(n_t):
-                for _ in range(self.restarts):
+            kw = {"objective": objective, "goal_is_target": False, "norm": norm, "eps": eps, "steps": self.steps,
+                  "rho": float(self.rho), "early_stop": self.early_stop}
+            if not self.batch_targets:
+                for j in range(n_t):
+                    for _ in range(self.restarts):
+                        idx = (~done).nonzero().squeeze(1)
+                        if idx.numel() == 0:
+                            break
+                        run = _apgd(ctx, x[idx], y[idx], ranked[idx, j], **kw)  # type: ignore[arg-type]
+                        _merge(run, idx, x_adv, adv_pred, done, best)
+                        ctx.notes["step_size_halvings"] = ctx.notes.get("step_size_halvings", 0) + run.halvings
+                return x_adv, clean_pred, adv_pred
+            for _ in range(self.restarts):
+                j0 = 0
+                while j0 < n_t:
                     idx = (~done).nonzero().squeeze(1)
-                    if idx.numel() == 0:
+                    m = idx.numel()
+                    if m == 0:
                         break
-                    run = _apgd(ctx, x[idx], y[idx], ranked[idx, j], objective=objective, goal_is_target=False,
-                                norm=norm, eps=eps, steps=self.steps, rho=float(self.rho), early_stop=self.early_stop)
-                    _merge(run, idx, x_adv, adv_pred, done, best)
+                    # All targets of all still-robust points as one problem (target-major rows), in chunks of at
+                    # most _MAX_ROWS rows (one target at least).
+                    js = list(range(j0, min(n_t, j0 + max(1, _MAX_ROWS // m))))
+                    j0 = js[-1] + 1
+                    rows_t = ranked[idx][:, js].T.reshape(-1)
+                    group = torch.arange(m, device=x.device).repeat(len(js))
+                    xr = x[idx].repeat(len(js), *[1] * (x.ndim - 1))
+                    run = _apgd(ctx, xr, y[idx].repeat(len(js)), rows_t, group=group, **kw)  # type: ignore[arg-type]
+                    for k in range(len(js)):  # in target order, as the sequential cascade
+                        part = slice(k * m, (k + 1) * m)
+                        _merge(_Run(x=run.x[part], pred=run.pred[part], broken=run.broken[part],
+                                    loss=run.loss[part], halvings=0), idx, x_adv, adv_pred, done, best)
                     ctx.notes["step_size_halvings"] = ctx.notes.get("step_size_halvings", 0) + run.halvings
         return x_adv, clean_pred, adv_pred
 

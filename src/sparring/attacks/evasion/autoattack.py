@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 import torch
 
 from sparring.attacks.base import BatchContext, EvasionAttack
 from sparring.attacks.evasion._checks import check_eps, check_positive_int
+from sparring.attacks.evasion._fast import fast_layout
 from sparring.attacks.evasion.apgd import APGD, APGDT
 from sparring.attacks.evasion.fab import FAB
 from sparring.attacks.evasion.square import Square
@@ -49,7 +51,7 @@ class AutoAttack(EvasionAttack):
     (checked against torchattacks' AutoAttack in benchmarks/bench_autoattack.py).
 
     ``result.extras["robust_after"]`` gives the robust accuracy after each component, so the report can show
-    which attack did the work.
+    which attack did the work; ``result.extras["seconds_per_attack"]`` the wall seconds each component took.
 
     Args:
         eps: budget in raw input units. norm: ``"linf"`` or ``"l2"``.
@@ -132,10 +134,18 @@ class AutoAttack(EvasionAttack):
         n = result.extras.pop("_n", 0)
         counts = result.extras.pop("robust_after", {})
         result.extras["robust_after"] = {k: v / n for k, v in counts.items()} if n else {}
+        result.extras["seconds_per_attack"] = {k: round(v, 4) for k, v in
+                                               result.extras.pop("seconds_per_attack", {}).items()}
         return result
 
     def _run_batch(
         self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with fast_layout(ctx, x):  # the same function, in a faster memory layout where it is exactly that
+            return self._cascade(ctx, x, y)
+
+    def _cascade(
+        self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         target = ctx.target
         assert isinstance(target, TorchTarget)
@@ -150,8 +160,10 @@ class AutoAttack(EvasionAttack):
         x_adv, adv_pred = x.clone(), clean_pred.clone()
         robust = clean_pred == y
         after: dict[str, float] = dict(ctx.notes.get("robust_after", {}))
+        seconds: dict[str, float] = dict(ctx.notes.get("seconds_per_attack", {}))
         n_total = ctx.notes.get("_n", 0) + x.shape[0]
         for name in self.components():
+            t0 = time.perf_counter()
             idx = robust.nonzero().squeeze(1)
             if idx.numel() > 0:
                 xa, _, ap = self._component(name)._run_batch(sub, x[idx], y[idx], None)
@@ -163,8 +175,11 @@ class AutoAttack(EvasionAttack):
                 robust[idx[broken]] = False
             # Robust counts accumulate over batches; turned into fractions when the last batch is done.
             after[name] = after.get(name, 0.0) + float(robust.sum())
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
         if sub is not ctx:
             ctx.gradients += sub.gradients
         ctx.notes["_n"] = n_total
         ctx.notes["robust_after"] = after
+        ctx.notes["seconds_per_attack"] = seconds
         return x_adv, clean_pred, adv_pred
+

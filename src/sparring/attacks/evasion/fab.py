@@ -9,6 +9,7 @@ import torch
 
 from sparring.attacks.base import BatchContext, EvasionAttack
 from sparring.attacks.evasion._checks import check_eps, check_positive_int
+from sparring.attacks.evasion._fast import fast_layout
 from sparring.attacks.norms import Norm, ball_random, norm_of
 from sparring.errors import ParameterError
 from sparring.targets.base import Target
@@ -118,6 +119,12 @@ class FAB(EvasionAttack):
             raise ParameterError(f"beta (backward step) must be a number in (0, 1] (paper: 0.9); got {self.beta!r}.")
 
     def _run_batch(
+        self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with fast_layout(ctx, x):  # the same function, in a faster memory layout where it is exactly that
+            return self._run(ctx, x, y, target_labels)
+
+    def _run(
         self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         target = ctx.target
