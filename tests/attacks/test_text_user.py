@@ -326,12 +326,15 @@ def _audit_cli(tm: dict[str, Any], out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tm.yaml").write_text(yaml.safe_dump(tm), encoding="utf-8")
     res = CliRunner().invoke(build_cli(), ["audit", str(out / "tm.yaml"), "--out", str(out / "report"),
-                                           "--no-progress", "--format", "json"], env={"MOD_TOKEN": TOKEN})
+                                           "--no-progress", "--format", "json,html"], env={"MOD_TOKEN": TOKEN})
     assert res.exit_code == 0, res.output
     report = (out / "report" / "report.json").read_text(encoding="utf-8")
     assert TOKEN not in report
     gates = {g["metric"]: g for g in json.loads(report)["gates"]}
     assert all(g["status"] == "pass" for g in gates.values()), gates
+    page = (out / "report" / "report.html").read_text(encoding="utf-8")
+    assert TOKEN not in page
+    gates["html"] = page
     return gates
 
 
@@ -343,6 +346,8 @@ def skops_audit(files: dict[str, Path]) -> dict[str, Any]:
 def test_sparring_audit_cli_on_a_skops_text_pipeline(skops_audit: dict[str, Any]) -> None:
     assert skops_audit["clean_accuracy"]["value"] == 1.0
     assert 0 < skops_audit["text_evasion_rate"]["value"] < 1
+    page = skops_audit["html"]
+    assert "per class" in page and "toxic" in page and "evasions now read as" in page  # multi-class report
 
 
 def test_sparring_audit_cli_on_an_http_moderation_api(files: dict[str, Path], endpoint: tuple[str, _Moderation],

@@ -117,7 +117,10 @@ class TextEvasion:
                             "success": res.success.tolist(), "edited_chars": res.edited_chars.tolist()}
         result.examples = {"n_attacked": int(res.clean_correct.sum()),
                            "side_by_side": [{"original": e["original"], "adversarial": e["adversarial"],
-                                             "edited_chars": e["edited_chars"]} for e in res.examples(3)]}
+                                             "edited_chars": e["edited_chars"],
+                                             "classes": f"{e['label']} -> {e['adversarial_label']}"}
+                                            for e in res.examples(3)],
+                           "per_class": s["per_class"]}
         result.cost = {"queries": res.cost.queries, "gradients": 0, "seconds": round(res.cost.seconds, 6)}
         if res.budget_exhausted:
             result.notes.append("the target's query budget ran out: partial result")
@@ -159,25 +162,36 @@ class TextEvasion:
     def section(self, results: list[StepResult]) -> ReportSection | None:
         rows: list[list[Any]] = []
         examples: list[list[Any]] = []
+        per_class: list[list[Any]] = []
         for r in results:
             if r.value("text_evasion_rate") is None:
                 continue
             p = r.params
             rows.append([p["attack"], p["defence"], _budget_name(p["max_chars"]), r.examples.get("n_attacked"),
                          r.value("text_evasion_rate"), r.value("mean_edited_chars"), r.value("mean_queries")])
-            examples += [[p["attack"], p["defence"], e["edited_chars"], e["original"], e["adversarial"]]
-                         for e in r.examples.get("side_by_side", [])[:2]]
+            examples += [[p["attack"], p["defence"], e["edited_chars"], e.get("classes", ""), e["original"],
+                          e["adversarial"]] for e in r.examples.get("side_by_side", [])[:2]]
+            classes = r.examples.get("per_class") or {}
+            if len(classes) > 1:  # a multi-class model: which classes evade, and what they are read as
+                per_class += [[p["attack"], p["defence"], _budget_name(p["max_chars"]), name,
+                               round(c["clean_accuracy"] * c["n"]), c["attack_success_rate"],
+                               ", ".join(f"{k}: {v}" for k, v in c["moved_to"].items())]
+                              for name, c in classes.items()]
         if not rows:
             return None
         return ReportSection(
             title="Text evasion: homoglyphs, invisible characters, reordering and typos",
-            text="Correctly classified messages of the attacked class (spam for a binary filter) were edited until "
+            text="Correctly classified messages of the attacked classes (spam for a binary filter, every class of a "
+                 "multi-class model) were edited until "
                  "the model changed its decision, within each budget of edited characters, against the model as "
                  "it is and behind Unicode normalisation. Examples: edited words in [[double brackets]], non-ASCII "
                  "and invisible characters written <U+XXXX>.",
             tables=[ReportTable("success rate vs edit budget", [
                         "attack", "defence", "max edited chars", "attacked", "evasion rate", "mean edited chars",
                         "mean queries"], rows),
+                    *([ReportTable("per class", ["attack", "defence", "max edited chars", "class", "attacked",
+                                                 "evasion rate", "evasions now read as"], per_class)]
+                      if per_class else []),
                     ReportTable("examples (original vs adversarial)", [
-                        "attack", "defence", "edited chars", "original", "adversarial"], examples[:12])],
+                        "attack", "defence", "edited chars", "classes", "original", "adversarial"], examples[:12])],
         )
