@@ -421,3 +421,14 @@ def test_attack_text_cli_targeted_at_a_named_class(files: dict[str, Path]) -> No
     code, out = _cli("attack-text", "deepwordbug", "--model", str(files["skops"]), "--data", str(files["csv"]),
                      "--target-class", "benign")
     assert code == 3 and "'benign'" in out
+
+
+def test_attack_text_cli_reads_a_tsv_of_label_names_first(files: dict[str, Path], tmp_path: Path) -> None:
+    tsv = tmp_path / "tox.tsv"  # the 'toxic<TAB>msg' lines; old: the whole line was the message, label 1
+    tsv.write_text("".join(f"{c}\t{t}\n" for t, c in _rows()), encoding="utf-8")
+    code, out = _cli("attack-text", "deepwordbug", "--model", str(files["skops"]), "--data", str(tsv),
+                     "--max-chars", "2", "--json")
+    assert code == 0, out
+    s = json.loads(out)
+    assert s["n"] == len(_rows()) and s["clean_accuracy"] == 1.0
+    assert [s["per_class"][c]["n"] for c in CLASSES] == [len(OK), len(THREAT), len(TOXIC)]
