@@ -1,6 +1,13 @@
 """Certified robustness: guarantees that a prediction cannot change within a radius."""
 
-from sparring.defenses.certify.bounds import BoundedModel, Residual, crown_bounds, interval_bounds, margin_spec
+from sparring.defenses.certify.bounds import (
+    SUPPORTED_LAYERS,
+    BoundedModel,
+    Residual,
+    crown_bounds,
+    interval_bounds,
+    margin_spec,
+)
 from sparring.defenses.certify.smoothing import (
     CertifyResult,
     SmoothedClassifier,
@@ -10,6 +17,7 @@ from sparring.defenses.certify.smoothing import (
 from sparring.defenses.certify.verify import VerifyResult, verify
 
 __all__ = [
+    "SUPPORTED_LAYERS",
     "BoundedModel",
     "CertifyResult",
     "Residual",

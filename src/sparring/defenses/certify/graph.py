@@ -33,6 +33,7 @@ __all__ = ["SUPPORTED_LAYERS", "parse", "trace"]
 
 Tensor = torch.Tensor
 
+
 def _fetch(root: Any, path: str) -> Any:
     return functools.reduce(getattr, path.split("."), root)
 

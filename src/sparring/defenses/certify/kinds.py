@@ -22,7 +22,6 @@ SUPPORTED_LAYERS = (
     "+ - * / with constants",
 )
 
-Tensor = torch.Tensor
 A = torch.ops.aten
 
 
