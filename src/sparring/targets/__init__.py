@@ -15,6 +15,7 @@ from sparring.targets.text import (
     TextTarget,
     TorchTextTarget,
 )
+from sparring.targets.text_load import load_text_target
 from sparring.targets.torch import TorchTarget
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "Violations",
     "load_spec",
     "load_target",
+    "load_text_target",
 ]
