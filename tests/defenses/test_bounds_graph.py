@@ -397,3 +397,20 @@ def test_crown_intermediate_bounds_in_chunks_are_the_bounds_in_one_pass(
     assert max(seen[:-1]) <= 4 and len(seen) > 10  # the last pass is the output specification
     for a, b in zip(one_pass, chunked, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_torchscript_module_the_converter_cannot_read_is_refused_with_the_way_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torch._export import converter
+
+    def fail(self: object) -> None:
+        raise RuntimeError("Unsupported node kind prim::Uninitialized\nmore detail")
+
+    monkeypatch.setattr(converter.TS2EPConverter, "convert", fail)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(_seeded(ReusedBlock))  # type: ignore[no-untyped-call]
+    with pytest.raises(ModelGraphError, match=r"converter failed: RuntimeError: Unsupported node kind prim::Uninit"
+                                              r"ialized\. Export the model instead: torch\.export\.save"):
+        BoundedModel(scripted, SPEC)
