@@ -432,3 +432,17 @@ def test_attack_text_cli_reads_a_tsv_of_label_names_first(files: dict[str, Path]
     s = json.loads(out)
     assert s["n"] == len(_rows()) and s["clean_accuracy"] == 1.0
     assert [s["per_class"][c]["n"] for c in CLASSES] == [len(OK), len(THREAT), len(TOXIC)]
+
+
+def test_audit_data_errors_name_the_yaml_keys(files: dict[str, Path]) -> None:
+    from sparring.audit import parse_threat_model
+    from sparring.audit.runner import load_system
+    from sparring.errors import DataLoadError
+
+    with pytest.raises(DataLoadError, match=r"Fix system\.text\.text_column") as info:
+        load_system(parse_threat_model(_tm(str(files["skops"]), files["csv"], text_column="msg")))
+    assert "--" not in str(info.value)
+    with pytest.raises(LabelError, match=r"\(system\.text\.classes\)"):
+        load_system(parse_threat_model(_tm(f"{files['module']}:score", files["csv"], classes=["ok", "toxic", "x"])))
+    with pytest.raises(DataLoadError, match=r"system\.text\.text_column and label_column"):
+        load_system(parse_threat_model(_tm(str(files["skops"]), files["csv"], label_column="message")))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sparring.errors import LabelError, ModelLoadError, ParameterError
+from sparring.errors import DataLoadError, LabelError, ModelLoadError, ParameterError
 
 if TYPE_CHECKING:
     import torch
@@ -176,11 +176,31 @@ def _messages(s: Any, text: TextSystem, target: Any) -> tuple[list[str], torch.T
                                  ".jsonl, .parquet) with system.text.text_column / label_column.")
         ds = load_sms_spam()
         return (ds.x_test, ds.y_test) if d.split == "test" else (ds.x_train, ds.y_train)
-    table = load_text_file(d.source, text_col=text.text_column, label_col=text.label_column, header=text.header)
-    if table.labels is None:
-        if text.label is None:
-            raise LabelError(f"{d.source} has no label column; name it (system.text.label_column) or give the class "
-                             "of every message (system.text.label).")
-        y = encode_labels([text.label], target.class_names, target.n_classes, source="system.text.label")
-        return table.texts, y.repeat(len(table.texts))
-    return table.texts, table.encode(target.class_names, target.n_classes)
+    try:
+        table = load_text_file(d.source, text_col=text.text_column, label_col=text.label_column, header=text.header)
+        if table.labels is None:
+            if text.label is None:
+                raise LabelError(f"{d.source} has no label column; name it (system.text.label_column) or give the "
+                                 "class of every message (system.text.label).")
+            y = encode_labels([text.label], target.class_names, target.n_classes, source="system.text.label")
+            return table.texts, y.repeat(len(table.texts))
+        return table.texts, table.encode(target.class_names, target.n_classes)
+    except (DataLoadError, LabelError) as exc:  # the same advice, in the threat model's keys
+        raise type(exc)(_in_yaml_terms(str(exc))) from None
+
+
+_YAML_TERMS = (("--header or --no-header (header=True/False)", "system.text.header: true or false"),
+               ("--text-col and --label-col", "system.text.text_column and label_column"),
+               ("label_col (--label-col NAME)", "system.text.label_column"),
+               ("one label for every message (--label CLASS)", "the class of every message (system.text.label)"),
+               ("--classes a,b,c (YAML system.text.classes: [a, b, c])", "system.text.classes: [a, b, c]"),
+               ("(--text-col, --label-col)", "(system.text.text_column, label_column)"),
+               ("--text-col", "system.text.text_column"), ("--label-col", "system.text.label_column"),
+               ("(--classes)", "(system.text.classes)"))
+
+
+def _in_yaml_terms(message: str) -> str:
+    """A data error's hint with the command-line options replaced by their ``system.text`` keys."""
+    for flag, key in _YAML_TERMS:
+        message = message.replace(flag, key)
+    return message
