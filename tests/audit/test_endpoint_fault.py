@@ -21,6 +21,7 @@ from sparring.cli import EXIT_MODEL, EXIT_OK, build_cli
 from sparring.serving import PredictionServer, make_server
 from sparring.targets import TorchTarget
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: a 2nd thread only spins
 N = 8
 
 

@@ -15,6 +15,7 @@ from sparring.audit.registry import RunContext, Step, StepResult
 from sparring.cli import EXIT_GATE, EXIT_OK, build_cli
 from tests.audit.conftest import write_tm
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: a 2nd thread only spins
 GATE = {"metric": "robust_accuracy", "norm": "linf", "eps": 0.15, "min": 0.0}  # passes whenever it is measured
 
 

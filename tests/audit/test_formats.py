@@ -19,6 +19,7 @@ from torch import nn
 from sparring.cli import EXIT_OK, build_cli
 from sparring.data import Dataset, load_digits
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: a 2nd thread only spins
 N = 16
 LEVELS = 4  # grey levels of the input quantisation (written as 3.0 = LEVELS - 1 in forward: TorchScript)
 

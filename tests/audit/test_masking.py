@@ -3,17 +3,21 @@ drives robust accuracy down to (near) the undefended model's."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
 from sparring import PGD
 from sparring.audit import parse_threat_model, run_audit
-from sparring.data import Dataset
-from sparring.targets import TorchTarget
+from sparring.audit.runner import _step_seed
+from sparring.data import Dataset, load_digits
+from sparring.targets import TorchTarget, load_target
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: a 2nd thread only spins
 N = 48
 
 
@@ -96,3 +100,167 @@ def test_an_undefended_model_triggers_no_masking_finding(tmp_path: Path, digits_
     audit = run_audit(_tm(), tmp_path, target=digits_cnn, data=(digits.x_test, digits.y_test))
     assert not [f for f in audit.findings if f.id.startswith("masking")]
     assert not [r for r in audit.results if r.check == "adaptive-retry"]
+
+
+# ------------------------------------------------------------------------------- models from outside the zoo
+def _train(model: nn.Module, data: Dataset, steps: int = 300, confident: float = 1.0) -> nn.Module:
+    """Full-batch Adam on the 8×8 digits; ``confident`` scales the last layer afterwards, as long training with
+    a vanishing loss does (a 99.5%-accurate MNIST CNN has logit margins of 20-40): same predictions, and float32
+    softmax saturates to exactly 1, so cross-entropy gradients are exactly zero on most points."""
+    gen = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.1, generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data.x_train), data.y_train).backward()
+        opt.step()
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(confident)
+        last.bias.mul_(confident)
+    return model.eval()
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10))
+
+
+def _small_tm(effort: str = "quick", l2: bool = False) -> Any:
+    budgets = [{"norm": "linf", "eps": [0.1]}] + ([{"norm": "l2", "eps": [1.0]}] if l2 else [])
+    return parse_threat_model({
+        "system": {"model": "a model trained in the test", "data": {"n": 64}},
+        "attacker": {"evasion": budgets}, "effort": effort,
+        "gates": [{"metric": "robust_accuracy", "norm": "linf", "eps": 0.1, "min": 0.5}],
+    })
+
+
+@pytest.fixture(scope="module")
+def digits8() -> Dataset:
+    return load_digits(8)
+
+
+@pytest.mark.parametrize("kind", ["confident-cnn", "confident-mlp", "traced-cnn"])
+def test_saturated_softmax_on_an_ordinary_model_is_no_masking_false_alarm(
+    tmp_path: Path, digits8: Dataset, kind: str
+) -> None:
+    model = _train(_cnn() if "cnn" in kind else _mlp(), digits8, confident=20.0 if "confident" in kind else 1.0)
+    if kind == "traced-cnn":
+        path = tmp_path / "cnn.pt"
+        with warnings.catch_warnings():  # TorchScript is deprecated, but it is how many users ship models
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.trace(model, digits8.x_test[:2]).save(str(path))
+        target = load_target(path, spec=digits8.spec)
+    else:
+        target = TorchTarget(model, digits8.spec)
+    x, y = digits8.x_test[:64], digits8.y_test[:64]
+    audit = run_audit(_small_tm(), tmp_path / "audit", target=target, data=(x, y))
+    grads = _step(audit, "masking/gradients")
+    assert grads.value("zero_gradient_fraction") == 0.0  # the margin gradient never vanishes here
+    ids = {f.id for f in audit.findings}
+    assert "masking:gradients" not in ids and "masking:unbounded" not in ids  # the two saturation false alarms
+    if "confident" not in kind:
+        assert not [i for i in ids if i.startswith("masking")], ids
+        assert not [r for r in audit.results if r.check == "adaptive-retry"]  # no pointless retry
+    else:  # cross-entropy would have said "zero gradient" on most points: a recommendation
+        assert grads.value("saturated_ce_fraction") > 0.5
+        rec = next(f for f in audit.findings if f.id == "sanity:saturated-ce")
+        assert rec.severity == "info" and "margin" in rec.recommendation
+
+
+# ------------------------------------------------------------------------------- opaque models in an audit
+class InlineRound(nn.Module):
+    """The zoo CNN with its input rounded to ``levels`` inside forward (no sub-module to hook)."""
+
+    def __init__(self, cnn: nn.Module, mean: float, std: float, levels: int) -> None:
+        super().__init__()
+        self.cnn, self.mean, self.std, self.levels = cnn, mean, std, levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = x * self.std + self.mean
+        q = torch.round(raw * (self.levels - 1)) / (self.levels - 1)
+        return self.cnn((q - self.mean) / self.std)  # type: ignore[no-any-return]
+
+
+class HandBPDA(InlineRound):
+    """The reference: the same model, straight-through written by hand."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = x * self.std + self.mean
+        s = raw * (self.levels - 1)
+        q = (torch.round(s).detach() + (s - s.detach())) / (self.levels - 1)
+        return self.cnn((q - self.mean) / self.std)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("fmt", "levels"), [("script", 8), ("export", 4)])
+def test_retry_on_an_opaque_saved_model_meets_a_hand_written_bpda_pgd(
+    tmp_path: Path, digits_cnn: TorchTarget, digits: Dataset, fmt: str, levels: int
+) -> None:
+    spec = digits_cnn.spec
+    assert spec.mean is not None and spec.std is not None
+    args = (digits_cnn.model, spec.mean[0], spec.std[0], levels)
+    x, y = digits.x_test[:N], digits.y_test[:N]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if fmt == "script":
+            path = tmp_path / "model.pt"
+            torch.jit.script(InlineRound(*args).eval()).save(str(path))
+        else:
+            path = tmp_path / "model.pt2"
+            ep = torch.export.export(InlineRound(*args).eval(), (x[:2],),
+                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
+            torch.export.save(ep, str(path))
+    target = load_target(path, spec=spec)
+    tm = _tm()
+    seed = _step_seed(tm.seed, "adaptive/pgd/linf/0.1")  # the same PGD-20, started from the same random point
+    hand = TorchTarget(HandBPDA(*args).eval(), spec)
+    gen = torch.Generator().manual_seed(seed)
+    reference = PGD(eps=0.1, steps=20, seed=seed)(hand, x, y, generator=gen).robust_accuracy
+    audit = run_audit(tm, tmp_path / "audit", target=target, data=(x, y))
+    assert "masking:gradients" in {f.id for f in audit.findings}
+    retry = _step(audit, "adaptive/pgd/linf/0.1")
+    assert retry.status == "done" and retry.notes[0].startswith("BPDA (graph)") and "round" in retry.notes[0]
+    assert "BPDA (graph)" in retry.params["method"]
+    assert abs(retry.value("robust_accuracy") - reference) <= 0.02
+    gate = audit.gates[0]
+    assert gate.value is not None and gate.value <= reference + 0.02 and "adaptive/pgd/linf/0.1" in gate.steps
+
+
+class RoundInBranch(nn.Module):
+    """Rounds inside control flow: TorchScript keeps it in a prim::If block, where no rewrite reaches."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 0:
+            x = torch.round(x * 3) / 3
+        return self.mlp(x)  # type: ignore[no-any-return]
+
+
+def test_retry_runs_gradient_free_attacks_at_every_budget_where_nothing_can_be_rewritten(
+    tmp_path: Path, digits8: Dataset
+) -> None:
+    path = tmp_path / "branch.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(RoundInBranch(_train(_mlp(), digits8)).eval()).save(str(path))
+    target = load_target(path, spec=digits8.spec)
+    x, y = digits8.x_test[:32], digits8.y_test[:32]
+    audit = run_audit(_small_tm(l2=True), tmp_path / "audit", target=target, data=(x, y))
+    assert "masking:gradients" in {f.id for f in audit.findings}
+    by_id = {r.step_id: r for r in audit.results if r.check == "adaptive-retry"}
+    for attack in ("spsa", "nes", "square", "transfer"):
+        for budget in ("linf/0.1", "l2/1"):
+            r = by_id[f"adaptive/{attack}/{budget}"]
+            assert r.status == "done" and r.params["method"] == attack and r.notes[0].startswith(attack.upper())
+            assert len(r.per_point["robust"]) == 32  # all audit points, not a prefix
+    naive = _step(audit, "evasion/pgd/linf/0.1").value("robust_accuracy")
+    gate = audit.gates[0]
+    assert gate.value is not None and gate.value <= naive - 0.2
+    assert any(s.startswith("adaptive/") and "pgd" not in s for s in gate.steps)

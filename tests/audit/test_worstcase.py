@@ -12,6 +12,7 @@ from sparring.audit.findings import evaluate_gates, find, robust_curves
 from sparring.audit.registry import Measurement, StepResult
 from sparring.audit.worstcase import text_union, worst_case
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, many small steps: a 2nd thread only spins
 
 def _evasion(step_id: str, check: str, attack: str, eps: float, robust: list[bool], *,
              unknown: list[bool] | None = None, kind: str | None = None) -> StepResult:
