@@ -128,8 +128,22 @@ class Reordered(nn.Module):
         return self.fc2(torch.cat((z, z[:, self.pick]), -1))  # type: ignore[no-any-return]
 
 
+class Clamped(nn.Module):
+    """Piecewise-linear activations other than ReLU: the input clamped in forward, LeakyReLU, ReLU6, hardtanh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)
+        self.leaky, self.six = nn.LeakyReLU(0.1), nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.leaky(self.fc1(x.clamp(0.05, 0.95).flatten(1)))
+        h = F.hardtanh(self.fc2(h), -1.0, 1.5) + self.six(4 * h).clamp(max=5.0) / 4
+        return self.fc3(h)  # type: ignore[no-any-return]
+
+
 NETS = {"reused-activation": ReusedActivation, "reused-block": ReusedBlock, "functional": Functional,
-        "residual": ResidualNet, "two-branches": TwoBranches, "reordered": Reordered}
+        "residual": ResidualNet, "two-branches": TwoBranches, "reordered": Reordered, "clamped": Clamped}
 
 
 def test_issue_reused_relu_sequential_is_bounded_as_the_network_it_is(digits8: Dataset) -> None:
@@ -226,8 +240,10 @@ def test_a_network_read_wrongly_is_refused_with_the_difference(digits8: Dataset)
         (lambda m, x: m.fc(x.flatten(1)[:, x.flatten(1)[0, :16].long()]), "getitem"),
         (lambda m, x: m.fc(x.double().flatten(1)[:, :16].float()), "double"),
         (lambda m, x: m.fc(torch.cat([x.flatten(1)[:, :8], torch.ones(1, 8).expand(x.shape[0], 8)], 1)), "cat"),
+        (lambda m, x: m.fc(x.flatten(1)[:, :16].clamp(0.6, 0.4)), "min > max"),
     ],
-    ids=["max-pool", "tanh", "product", "input-dependent-index", "dtype-change", "cat-with-a-constant"],
+    ids=["max-pool", "tanh", "product", "input-dependent-index", "dtype-change", "cat-with-a-constant",
+         "clamp-min-above-max"],
 )
 def test_an_unsupported_operation_is_named_with_its_position_in_the_graph(forward: object, named: str) -> None:
     class Custom(nn.Module):

@@ -32,6 +32,12 @@ def make(p: _Parser, node: fx.Node, kind: str, src: list[fx.Node], ins: tuple[in
         return None
     if kind == "relu":
         return O.ReLU(where, args, ins, outs)
+    if kind == "clamp":
+        return clamp(p, node, where, args[0], ins, m)
+    if kind == "leaky":
+        slope = float(m.negative_slope if isinstance(m, nn.LeakyReLU) else p.value(node, 1, "negative_slope", 0.01))
+        r = _push(p, O.ReLU(f"{where}/relu", args, ins, ins))
+        return O.Sum(where, [args[0], r], ins, (slope, 1.0 - slope))  # αx + (1 - α) relu(x)
     if kind == "reshape":
         if _numel(ins) != _numel(outs):
             raise p.unsupported(node, " that changes the number of values per example")
@@ -60,6 +66,62 @@ def make(p: _Parser, node: fx.Node, kind: str, src: list[fx.Node], ins: tuple[in
     if outs != ins:
         raise p.unsupported(node, f" that broadcasts the input-dependent tensor from {ins} to {outs}")
     return arithmetic(p, node, kind, where, args, ins)
+
+
+def _push(p: _Parser, op: O.Op) -> int:
+    """Append an inner op of a node written as several; return the index of its value."""
+    p.ops.append(op)
+    return len(p.ops)
+
+
+def clamp(p: _Parser, node: fx.Node, where: str, x: int, shape: tuple[int, ...], m: nn.Module | None) -> O.Op:
+    """``clamp(x, a, b) = a + relu(x - a) - relu(x - b)`` (``a <= b``), ``a + relu(x - a)`` or ``b - relu(b - x)``
+    with one limit: exact, so IBP and CROWN bound it through their ReLU relaxations."""
+    t = node.target
+    name = (t if isinstance(t, str) else getattr(t, "__name__", str(t))).split(".")[0]  # aten: "clamp_min.default"
+
+    def arg(i: int, key: str, default: Any = None) -> Callable[[], Any]:
+        given = len(node.args) > i or key in node.kwargs
+        return p.live(node, i, key) if given else (lambda: default)
+
+    lo_get: Callable[[], Any]
+    hi_get: Callable[[], Any]
+    if isinstance(m, nn.Hardtanh):  # ReLU6 too
+        lo_val, hi_val = float(m.min_val), float(m.max_val)
+        lo_get, hi_get = (lambda: lo_val), (lambda: hi_val)
+    elif name.startswith("hardtanh"):
+        lo_get, hi_get = arg(1, "min_val", -1.0), arg(2, "max_val", 1.0)
+    elif name.startswith("relu6"):
+        lo_get, hi_get = (lambda: 0.0), (lambda: 6.0)
+    elif name.startswith("clamp_min"):
+        lo_get, hi_get = arg(1, "min"), (lambda: None)
+    elif name.startswith("clamp_max"):
+        lo_get, hi_get = (lambda: None), arg(1, "max")
+    else:
+        lo_get, hi_get = arg(1, "min"), arg(2, "max")
+
+    def limit(get: Callable[[], Any]) -> Callable[[], Tensor]:
+        return lambda: p.tensor(get())
+
+    has_lo, has_hi = lo_get() is not None, hi_get() is not None
+    if not has_lo and not has_hi:
+        raise p.unsupported(node, " without a limit")
+    a, b = limit(lo_get), limit(hi_get)
+    one = p.tensor(1.0)
+    if has_lo and has_hi and bool((a() > b()).any()):
+        raise p.unsupported(node, " with min > max (it returns max everywhere)")
+    if has_lo:
+        r1 = _push(p, O.ReLU(f"{where}/min", [_push(p, O.Affine(f"{where}/-min", [x], shape, lambda: (one, -a())))],
+                             shape, shape))
+        if not has_hi:
+            return O.Affine(where, [r1], shape, lambda: (one, a()))
+        r2 = _push(p, O.ReLU(f"{where}/max", [_push(p, O.Affine(f"{where}/-max", [x], shape, lambda: (one, -b())))],
+                             shape, shape))
+        s = _push(p, O.Sum(f"{where}/sum", [r1, r2], shape, (1.0, -1.0)))
+        return O.Affine(where, [s], shape, lambda: (one, a()))
+    r = _push(p, O.ReLU(f"{where}/max", [_push(p, O.Affine(f"{where}/max-", [x], shape, lambda: (-one, b())))],
+                        shape, shape))
+    return O.Affine(where, [r], shape, lambda: (-one, b()))
 
 
 def linear_map(p: _Parser, node: fx.Node, m: nn.Module | None) -> Callable[[Tensor], Tensor]:

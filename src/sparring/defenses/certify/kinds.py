@@ -14,7 +14,8 @@ __all__ = ["KINDS", "MODULES", "SUPPORTED_LAYERS", "aten_ops", "kind_of"]
 
 SUPPORTED_LAYERS = (
     "Linear / F.linear / x @ W", "Conv2d / F.conv2d (zero padding)", "ReLU / F.relu / torch.relu / Tensor.relu",
-    "BatchNorm1d/2d (eval)", "AvgPool2d / AdaptiveAvgPool2d / F.avg_pool2d", "mean / sum over non-batch axes",
+    "clamp / clip / ReLU6 / Hardtanh (constant limits) / LeakyReLU", "BatchNorm1d/2d (eval)",
+    "AvgPool2d / AdaptiveAvgPool2d / F.avg_pool2d", "mean / sum over non-batch axes",
     "Flatten / flatten / view / reshape / squeeze / unsqueeze (per example)",
     "permute / transpose / flip / roll / slicing and indexing with constants (non-batch axes)",
     "float() / to() / type_as() that keep the dtype and device", "Identity / Dropout (eval)",
@@ -38,6 +39,12 @@ def aten_ops(*names: str) -> set[Any]:
 
 KINDS: dict[str, set[Any]] = {
     "relu": {F.relu, torch.relu, torch.relu_, "relu", "relu_"} | aten_ops("relu.default", "relu_.default"),
+    # piecewise linear, written with ReLUs: clamp(x, a, b) = a + relu(x - a) - relu(x - b), leaky = αx + (1-α)relu
+    "clamp": {torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, F.hardtanh, F.relu6, "clamp", "clip",
+              "clamp_", "clip_", "clamp_min", "clamp_max"}
+    | aten_ops("clamp.default", "clamp_min.default", "clamp_max.default", "hardtanh.default", "hardtanh_.default",
+               "relu6.default", "clamp_.default", "clip.default", "clip_.default"),
+    "leaky": {F.leaky_relu} | aten_ops("leaky_relu.default", "leaky_relu_.default"),
     "linear": {F.linear} | aten_ops("linear.default"),
     "matmul": {operator.matmul, torch.matmul, "matmul", "__matmul__"} | aten_ops("matmul.default", "mm.default"),
     "conv": {F.conv2d} | aten_ops("conv2d.default", "conv2d.padding", "convolution.default"),
@@ -76,7 +83,7 @@ KINDS: dict[str, set[Any]] = {
 MODULES: dict[type[nn.Module], str] = {
     nn.Linear: "linear", nn.Conv2d: "conv", nn.ReLU: "relu", nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn",
     nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "pool", nn.Flatten: "reshape", nn.Unflatten: "reshape",
-    nn.Identity: "identity", nn.Dropout: "dropout",
+    nn.Identity: "identity", nn.Dropout: "dropout", nn.ReLU6: "clamp", nn.Hardtanh: "clamp", nn.LeakyReLU: "leaky",
 }
 
 
