@@ -198,6 +198,25 @@ def test_a_graph_exported_with_a_fixed_batch_size_is_fed_that_many(
     assert int((ours.success != theirs.success).sum()) <= 1
 
 
+def test_a_double_precision_graph_stays_in_double(tmp_path: Path) -> None:
+    from onnx import TensorProto as T
+
+    rng = np.random.default_rng(1)
+    w, b = rng.normal(size=(4, 3)), rng.normal(size=(3,))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["scores"])], "lin",
+        [helper.make_tensor_value_info("x", T.DOUBLE, ["batch", 4])],
+        [helper.make_tensor_value_info("scores", T.DOUBLE, ["batch", 3])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "lin64.onnx"))
+    target = OnnxTorchTarget(tmp_path / "lin64.onnx", FEATURES4)
+    assert target.dtype == torch.float64
+    x = torch.from_numpy(rng.uniform(-3, 3, size=(16, 4)))
+    torch.testing.assert_close(target.model(x), x @ torch.from_numpy(w) + torch.from_numpy(b), atol=1e-12, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 def test_unsupported_operators_are_all_named(tmp_path: Path) -> None:
     path = unsupported_model(tmp_path / "u.onnx")

@@ -127,7 +127,7 @@ def _gemm(node: Node) -> Converted:
     if (trans_a == 0 and b is not None and b.kind == "const" and b.const is not None
             and (c is None or (c.kind == "const" and c.const is not None))):
         w = b.const.t() if trans_b else b.const  # (in, out)
-        layer = nn.Linear(w.shape[0], w.shape[1], bias=c is not None)
+        layer = nn.Linear(w.shape[0], w.shape[1], bias=c is not None, dtype=w.dtype)
         with torch.no_grad():
             layer.weight.copy_(w.t() * alpha)
             if c is not None and c.const is not None:
@@ -142,7 +142,7 @@ def _matmul(node: Node) -> Converted:
     a = node.input(0)
     if (b is not None and b.kind == "const" and b.const is not None and b.const.dim() == 2
             and a is not None and a.kind == "tensor"):
-        layer = nn.Linear(b.const.shape[0], b.const.shape[1], bias=False)
+        layer = nn.Linear(b.const.shape[0], b.const.shape[1], bias=False, dtype=b.const.dtype)
         with torch.no_grad():
             layer.weight.copy_(b.const.t())
         return step(node, layer)
@@ -178,7 +178,7 @@ def _conv(node: Node) -> Converted:
     cls: Any = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[n - 1]
     layer = cls(w.shape[1] * group, w.shape[0], tuple(kernel), stride=tuple(strides),
                 padding=tuple(pads[:n]) if symmetric else 0, dilation=tuple(dilations), groups=group,
-                bias=bias is not None)
+                bias=bias is not None, dtype=w.dtype)
     with torch.no_grad():
         layer.weight.copy_(w)
         if bias is not None:
@@ -255,7 +255,7 @@ def _batchnorm(node: Node) -> Converted:
     cls: Any = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(rank or 0)
     if cls is None:
         raise node.fail(f"batch normalisation of a rank-{rank} input is not supported")
-    layer = cls(scale.numel(), eps=eps).eval()
+    layer = cls(scale.numel(), eps=eps, dtype=scale.dtype).eval()
     with torch.no_grad():
         layer.weight.copy_(scale)
         layer.bias.copy_(bias)
@@ -273,7 +273,8 @@ def _layernorm(node: Node) -> Converted:
         raise node.fail("the Mean/InvStdDev outputs of LayerNormalization are not supported")
     if scale.dim() != rank - axis:
         raise node.fail(f"scale of shape {tuple(scale.shape)} does not cover the normalised axes {axis}..{rank - 1}")
-    layer = nn.LayerNorm(tuple(scale.shape), eps=float(node.attrs.get("epsilon", 1e-5)), bias=bias is not None)
+    layer = nn.LayerNorm(tuple(scale.shape), eps=float(node.attrs.get("epsilon", 1e-5)), bias=bias is not None,
+                         dtype=scale.dtype)
     with torch.no_grad():
         layer.weight.copy_(scale)
         if bias is not None:
