@@ -430,3 +430,25 @@ def test_a_torchscript_module_the_converter_cannot_read_is_refused_with_the_way_
     with pytest.raises(ModelGraphError, match=r"converter failed: RuntimeError: Unsupported node kind prim::Uninit"
                                               r"ialized\. Export the model instead: torch\.export\.save"):
         BoundedModel(scripted, SPEC)
+
+
+def test_expand_and_repeat_copies_are_bounded_as_the_copies_they_are() -> None:
+    class Copies(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.out = nn.Linear(64, 8), nn.Linear(8 * 3 * 2, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.fc(x.flatten(1)))
+            return self.out(h.unsqueeze(1).expand(-1, 3, -1).repeat(1, 1, 2).flatten(1))  # type: ignore[no-any-return]
+
+    net, x = _seeded(Copies), torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ep = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    lb, ub = crown_bounds(net, x, 0.05, lower=0.0, upper=1.0)
+    elb, eub = crown_bounds(ep, x, 0.05, lower=0.0, upper=1.0)
+    assert torch.allclose(lb, elb, atol=1e-6) and torch.allclose(ub, eub, atol=1e-6)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        z = torch.stack([net((x + 0.05 * (torch.rand(x.shape, generator=gen) * 2 - 1)).clamp(0, 1))
+                         for _ in range(500)])
+    assert bool((lb <= z.amin(0) + 1e-5).all() and (z.amax(0) <= ub + 1e-5).all())

@@ -17,7 +17,7 @@ SUPPORTED_LAYERS = (
     "clamp / clip / ReLU6 / Hardtanh (constant limits) / LeakyReLU", "BatchNorm1d/2d (eval)",
     "AvgPool2d / AdaptiveAvgPool2d / F.avg_pool2d", "mean / sum over non-batch axes",
     "Flatten / flatten / view / reshape / squeeze / unsqueeze (per example)",
-    "permute / transpose / flip / roll / slicing and indexing with constants (non-batch axes)",
+    "permute / transpose / flip / roll / expand / repeat / slicing and indexing with constants (non-batch axes)",
     "float() / to() / type_as() that keep the dtype and device", "Identity / Dropout (eval)",
     "x + y and x - y of two branches (residual connections)", "torch.cat of branches (non-batch axis)",
     "+ - * / with constants",
@@ -60,10 +60,10 @@ KINDS: dict[str, set[Any]] = {
                                                                      "detach.default"),
     "cast": {"float", "to", "type_as"} | aten_ops("to.dtype", "to.dtype_layout", "to.device", "_to_copy.default"),
     # each output element is one input element: an exact selection, whatever the indices
-    "gather": {torch.permute, torch.transpose, torch.flip, torch.roll, torch.narrow, torch.select, "permute",
-               "transpose", "flip", "roll", "narrow", "select"}
+    "gather": {torch.permute, torch.transpose, torch.flip, torch.roll, torch.narrow, torch.select, torch.tile,
+               "permute", "transpose", "flip", "roll", "narrow", "select", "expand", "repeat", "tile"}
     | aten_ops("permute.default", "transpose.int", "flip.default", "roll.default", "narrow.default", "select.int",
-           "slice.Tensor", "index.Tensor", "index_select.default"),
+               "slice.Tensor", "index.Tensor", "index_select.default", "expand.default", "repeat.default"),
     "dropout": {F.dropout} | aten_ops("dropout.default"),
     "cat": {torch.cat, torch.concat, torch.concatenate} | aten_ops("cat.default", "concat.default"),
     # in-place variants too: what they do to a tensor that is used again is caught by the probe check
