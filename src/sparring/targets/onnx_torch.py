@@ -21,6 +21,7 @@ difference seen is kept in :meth:`OnnxTorchTarget.describe`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +46,26 @@ class OnnxModule(nn.Module):
 
     Attributes:
         input_name, output_name: the ONNX graph's input and the (first floating-point) output it returns.
-        steps: the node modules, one per ONNX node that depends on the input (``steps[i]`` is node ``names[i]``).
+        steps: the node modules, one per ONNX node that depends on the input, in graph order, keyed by the node's name
+            (characters other than letters, digits and ``_`` replaced by ``_``); ``names`` holds the names as given.
     """
 
     def __init__(self, input_name: str, output_name: str,
                  steps: list[tuple[str, nn.Module, tuple[str, ...], tuple[str, ...]]]) -> None:
         super().__init__()
         self.input_name, self.output_name = input_name, output_name
-        self.steps = nn.ModuleList(m for _, m, _, _ in steps)
+        self.steps = nn.ModuleDict()  # keyed by the ONNX node names (made attribute-safe), so BPDA notes name them
+        for name, module, _, _ in steps:
+            key = re.sub(r"[^0-9A-Za-z_]", "_", name).strip("_") or "node"
+            while key in self.steps:
+                key += "_"
+            self.steps[key] = module
         self.names = [n for n, _, _, _ in steps]
         self._wires = [(ins, outs) for _, _, ins, outs in steps]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, Any] = {self.input_name: x}
-        for step, (ins, outs) in zip(self.steps, self._wires, strict=True):
+        for step, (ins, outs) in zip(self.steps.values(), self._wires, strict=True):
             res = step(*[env[i] for i in ins])
             if len(outs) == 1:
                 env[outs[0]] = res
