@@ -241,9 +241,10 @@ def test_a_network_read_wrongly_is_refused_with_the_difference(digits8: Dataset)
         (lambda m, x: m.fc(x.double().flatten(1)[:, :16].float()), "double"),
         (lambda m, x: m.fc(torch.cat([x.flatten(1)[:, :8], torch.ones(1, 8).expand(x.shape[0], 8)], 1)), "cat"),
         (lambda m, x: m.fc(x.flatten(1)[:, :16].clamp(0.6, 0.4)), "min > max"),
+        (lambda m, x: m.fc(torch.add(x.flatten(1)[:, :16], other=x.flatten(1)[:, 16:32])), "as keywords"),
     ],
     ids=["max-pool", "tanh", "product", "input-dependent-index", "dtype-change", "cat-with-a-constant",
-         "clamp-min-above-max"],
+         "clamp-min-above-max", "keyword-operand"],
 )
 def test_an_unsupported_operation_is_named_with_its_position_in_the_graph(forward: object, named: str) -> None:
     class Custom(nn.Module):

@@ -251,12 +251,16 @@ class _Parser:
                 train = self.value(node, 2, "training" if functional else "train", functional)
                 if train and float(p) > 0:
                     raise self.unsupported(node, training)
+        arithmetic = ("add", "sub", "rsub", "mul", "div", "neg")
+        if kind in arithmetic and (len(node.args) < (1 if kind == "neg" else 2)
+                                   or any(isinstance(v, fx.Node) and v in self.var for v in node.kwargs.values())):
+            raise self.unsupported(node, " with its operands as keywords (write it as x + y, x * c, ...)")
         if kind in ("add", "sub"):
             vs = [a for a in node.args[:2] if isinstance(a, fx.Node) and a in self.var]
             shapes = [tuple(self.env_tensor(a).shape) for a in vs]
             if len(shapes) == 2 and shapes[0] != shapes[1]:
                 raise ModelGraphError(
-                    f"{self.describe(node)} at {self.position(node)} adds input-dependent tensors of shapes "
+                    f"{self.describe(node)} at {self.position(node)} combines input-dependent tensors of shapes "
                     f"{shapes[0][1:]} and {shapes[1][1:]} (per example): a residual connection must keep the shape "
                     "(y = x + block(x)), without broadcasting.")
         if kind in ("mul", "div", "matmul") and sum(isinstance(a, fx.Node) and a in self.var for a in node.args) > 1:
@@ -279,8 +283,6 @@ class _Parser:
             dl = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, tuple | list) else None
             if dl is None or not dl or any(int(d) % nd == 0 for d in dl):
                 raise self.unsupported(node, " over the batch axis (reduce over the other axes only)")
-
-    # ------------------------------------------------------------------------------------------ the ops
 
 
 def parse(model: Any, ops: list[O.Op], inp: int, example: Tensor) -> tuple[int, Callable[[Tensor], Tensor]]:
