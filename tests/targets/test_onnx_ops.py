@@ -130,6 +130,31 @@ CASES: dict[str, Callable[[], tuple[onnx.ModelProto, tuple[int, ...]]]] = {
     "pad-reflect-dropout-identity": lambda: (model(
         [n("Pad", ["x", "pads"], ["p"], mode="reflect"), n("Dropout", ["p"], ["d"]), n("Identity", ["d"], ["y"])],
         ["b", 2, 5], [ints("pads", [0, 0, 2, 0, 0, 1])], 13), (2, 2, 5)),
+    "split-tile-expand": lambda: (model(
+        [n("Split", ["x", "sp"], ["a", "c"], axis=1), n("Tile", ["a", "rep"], ["t"]), n("Add", ["t", "c"], ["tc"]),
+         n("Shape", ["x"], ["s"]), n("Slice", ["s", "z", "one"], ["s0"]), n("Concat", ["s0", "four"], ["shp"], axis=0),
+         n("Expand", ["bias", "shp"], ["e"]), n("Add", ["tc", "e"], ["y"])],
+        ["b", 6], [ints("sp", [2, 4]), ints("rep", [1, 2]), ints("z", [0]), ints("one", [1]), ints("four", [4]),
+                   const("bias", w(4))], 13), (3, 6)),
+    "split-equal-opset18": lambda: (model(
+        [n("Split", ["x"], ["a", "b", "c"], axis=1, num_outputs=3), n("Concat", ["c", "a", "b"], ["y"], axis=1)],
+        ["b", 7], [], 18), (2, 7)),
+    "where-and-comparisons": lambda: (model(
+        [n("Greater", ["x", "zero"], ["g"]), n("Less", ["x", "one"], ["l"]), n("And", ["g", "l"], ["gl"]),
+         n("Equal", ["x", "x"], ["eq"]), n("Not", ["gl"], ["ng"]), n("Or", ["ng", "eq"], ["o"]),
+         n("LessOrEqual", ["x", "one"], ["le"]), n("GreaterOrEqual", ["x", "zero"], ["ge"]),
+         n("Neg", ["x"], ["nx"]), n("Where", ["gl", "x", "nx"], ["wh"]), n("Cast", ["o"], ["of"], to=TensorProto.FLOAT),
+         n("Cast", ["le"], ["lf"], to=TensorProto.FLOAT), n("Cast", ["ge"], ["gf"], to=TensorProto.FLOAT),
+         n("Sum", ["wh", "of", "lf", "gf"], ["y"])],
+        ["b", 6], [const("zero", 0.0), const("one", 1.0)], 13), (4, 6)),
+    "conv-transpose": lambda: (model(
+        [n("ConvTranspose", ["x", "W", "B"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])],
+        ["b", 3, 5, 5], [const("W", w(3, 2, 3, 3)), const("B", w(2))], 13), (2, 3, 5, 5)),
+    "constant-of-shape-and-folded-gather": lambda: (model(
+        [n("Shape", ["x"], ["s"]), n("ConstantOfShape", ["s"], ["h"], value=const("v", [0.5])),
+         n("Gather", ["T", "idx"], ["g"], axis=0), n("ReduceSum", ["g", "ax"], ["gs"], keepdims=1),
+         n("Add", ["x", "h"], ["xh"]), n("Add", ["xh", "gs"], ["y"])],
+        ["b", 6], [const("T", w(5, 6)), ints("idx", [1, 3]), ints("ax", [0])], 13), (3, 6)),
 }
 
 

@@ -83,9 +83,11 @@ class Node:
 
 class Call(nn.Module):
     """``fn(*args)`` where each arg is either the next runtime input or a baked-in constant: a buffer, or with
-    ``literal=True`` a Python number or list (for shapes, indices and axes, which tracing must see as values)."""
+    ``literal`` (True, or the input positions) a Python number or list (for shapes, indices and axes, which tracing
+    must see as values)."""
 
-    def __init__(self, fn: Callable[..., Any], ins: list[Value | None], *, literal: bool = False) -> None:
+    def __init__(self, fn: Callable[..., Any], ins: list[Value | None], *,
+                 literal: bool | frozenset[int] = False) -> None:
         super().__init__()
         self.fn = fn
         self._slots: list[tuple[str, Any]] = []
@@ -94,7 +96,7 @@ class Call(nn.Module):
                 self._slots.append(("value", None))
             elif v.kind == "const":
                 assert v.const is not None
-                if literal:
+                if literal is True or (not isinstance(literal, bool) and i in literal):
                     self._slots.append(("value", v.const.tolist()))
                 else:
                     self.register_buffer(f"c{i}", v.const, persistent=True)

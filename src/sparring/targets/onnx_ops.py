@@ -188,6 +188,30 @@ def _conv(node: Node) -> Converted:
     return step(node, nn.Sequential(Pad(torch_pad(pads), 0.0), layer))
 
 
+def _conv_transpose(node: Node) -> Converted:
+    w = node.const(1, "weight")
+    assert w is not None
+    bias = node.const(2, "bias")
+    n = w.dim() - 2
+    if n not in (1, 2, 3) or node.attrs.get("auto_pad", "NOTSET") != "NOTSET" or "output_shape" in node.attrs:
+        raise node.fail("only 1-3-D ConvTranspose with explicit pads (no auto_pad, no output_shape) is supported")
+    pads = [int(p) for p in node.attrs.get("pads", [0] * (2 * n))]
+    if pads[:n] != pads[n:]:
+        raise node.fail(f"asymmetric pads {pads} are not supported in ConvTranspose")
+    group = int(node.attrs.get("group", 1))
+    cls: Any = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[n - 1]
+    layer = cls(w.shape[0], w.shape[1] * group, tuple(w.shape[2:]),
+                stride=tuple(int(v) for v in node.attrs.get("strides", [1] * n)), padding=tuple(pads[:n]),
+                output_padding=tuple(int(v) for v in node.attrs.get("output_padding", [0] * n)), groups=group,
+                bias=bias is not None, dilation=tuple(int(v) for v in node.attrs.get("dilations", [1] * n)),
+                dtype=w.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return step(node, layer)
+
+
 # ---------------------------------------------------------------------------------------------- pooling, norms
 def _pool(kind: str) -> Callable[[Node], Converted]:
     def convert(node: Node) -> Converted:
@@ -311,10 +335,13 @@ CONVERTERS: dict[str, Callable[[Node], Converted]] = {
     "Exp": _unary(torch.exp), "Log": _unary(torch.log), "Sqrt": _unary(torch.sqrt), "Abs": _unary(torch.abs),
     "Neg": _unary(operator.neg), "Reciprocal": _unary(torch.reciprocal), "Erf": _unary(torch.erf),
     "Floor": _unary(torch.floor), "Ceil": _unary(torch.ceil), "Round": _unary(torch.round),
-    "Sign": _unary(torch.sign),
+    "Sign": _unary(torch.sign), "Not": _unary(torch.logical_not),
+    "Equal": _binary(torch.eq), "Less": _binary(torch.lt), "Greater": _binary(torch.gt),
+    "LessOrEqual": _binary(torch.le), "GreaterOrEqual": _binary(torch.ge), "And": _binary(torch.logical_and),
+    "Or": _binary(torch.logical_or), "Where": lambda node: call(node, torch.where),
     "Softmax": _softmax(torch.softmax), "LogSoftmax": _softmax(torch.log_softmax),
     "Clip": _clip, "Cast": _cast,
-    "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv,
+    "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
     "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
     "GlobalAveragePool": _global_pool("avg"), "GlobalMaxPool": _global_pool("max"),
     "ReduceMean": _reduce_op(torch.mean, 18), "ReduceSum": _reduce_op(torch.sum, 13),

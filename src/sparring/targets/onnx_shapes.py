@@ -20,6 +20,8 @@ from sparring.targets.onnx_node import Call, Converted, Kind, Node, axis_of, cal
 
 __all__ = ["SHAPE_CONVERTERS", "Pad", "torch_pad"]
 
+_SECOND = frozenset({1})  # the shape/indices/repeats input, read as Python values; the data input stays a tensor
+
 
 def torch_pad(pads: list[int]) -> list[int]:
     """ONNX ``[b1, ..., bn, e1, ..., en]`` (spatial axes) to F.pad's last-axis-first ``[bn, en, ..., b1, e1]``."""
@@ -77,7 +79,7 @@ def _reshape_fn(allow_zero: bool, x: torch.Tensor, shape: Any) -> torch.Tensor:
 
 def _reshape(node: Node) -> Converted:
     fn = functools.partial(_reshape_fn, bool(node.attrs.get("allowzero", 0)))
-    return Converted(Call(fn, node.ins, literal=True), ["tensor"])
+    return Converted(Call(fn, node.ins, literal=_SECOND), ["tensor"])
 
 
 def _flatten_fn(axis: int, x: torch.Tensor) -> torch.Tensor:
@@ -186,11 +188,11 @@ def _gather(node: Node) -> Converted:
     if v is not None and v.kind == "shape":
         if axis != 0 or v.rank != 1:
             raise node.fail("Gather on a tensor shape needs axis 0 of the whole shape")
-        return Converted(Call(functools.partial(_gather_fn, 0, None), node.ins, literal=True), ["shape"])
+        return Converted(Call(functools.partial(_gather_fn, 0, None), node.ins, literal=_SECOND), ["shape"])
     rank = v.rank if v is not None else None
     if axis < 0:
         axis = axis_of(axis, node.rank())
-    return Converted(Call(functools.partial(_gather_fn, axis, rank), node.ins, literal=True), ["tensor"])
+    return Converted(Call(functools.partial(_gather_fn, axis, rank), node.ins, literal=_SECOND), ["tensor"])
 
 
 _INT_MAX = 2**62
@@ -248,7 +250,50 @@ def _pad(node: Node) -> Converted:
     return step(node, Pad(torch_pad(pads), value, torch_mode))
 
 
+def _split_fn(axis: int, sizes: list[int] | None, parts: int, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if sizes is not None:
+        return torch.split(x, sizes, axis)
+    return torch.chunk(x, parts, axis)  # ceil(size / parts) each, the last smaller: ONNX's equal split
+
+
+def _split(node: Node) -> Converted:
+    sizes = node.ints("split", 1, "split sizes")
+    parts = int(node.attrs.get("num_outputs", node.n_out))
+    if node.ins[0] is None or node.ins[0].kind == "shape":
+        raise node.fail("splitting a tensor shape is not supported")
+    fn = functools.partial(_split_fn, int(node.attrs.get("axis", 0)), sizes, parts)
+    return Converted(Call(fn, node.ins[:1]), ["tensor"] * parts)
+
+
+def _ones_like_shape(x: torch.Tensor, shape: Any) -> torch.Tensor:
+    return x * torch.ones(_as_list(shape), dtype=x.dtype, device=x.device)  # ONNX Expand: two-way broadcasting
+
+
+def _expand(node: Node) -> Converted:
+    return Converted(Call(_ones_like_shape, node.ins[:2], literal=_SECOND), ["tensor"])
+
+
+def _tile_fn(x: torch.Tensor, repeats: Any) -> torch.Tensor:
+    return x.repeat(_as_list(repeats))
+
+
+def _tile(node: Node) -> Converted:
+    node.const(1, "repeats")
+    return Converted(Call(_tile_fn, node.ins[:2], literal=_SECOND), ["tensor"])
+
+
+def _constant_of_shape_fn(value: torch.Tensor, shape: Any) -> torch.Tensor:
+    return torch.full(_as_list(shape), value.item(), dtype=value.dtype)
+
+
+def _constant_of_shape(node: Node) -> Converted:
+    v = node.attrs.get("value")
+    value = v.reshape(-1)[:1].reshape(()) if isinstance(v, torch.Tensor) else torch.tensor(0.0)
+    return Converted(Call(functools.partial(_constant_of_shape_fn, value), node.ins[:1], literal=True), ["tensor"])
+
+
 SHAPE_CONVERTERS: dict[str, Callable[[Node], Converted]] = {
     "Shape": _shape, "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze, "Concat": _concat, "Gather": _gather, "Slice": _slice, "Pad": _pad,
+    "Split": _split, "Expand": _expand, "Tile": _tile, "ConstantOfShape": _constant_of_shape,
 }
