@@ -135,6 +135,20 @@ def test_scalar_detector_finds_the_confidence_drop_under_noise(confidences: dict
     assert float(np.median(delays)) <= 120, delays
 
 
+@pytest.mark.parametrize("name", list(SCALAR))
+def test_winsorized_detector_ignores_one_extreme_value_but_finds_the_noise_shift(
+        confidences: dict[str, np.ndarray], name: str) -> None:
+    plain = SCALAR[name](confidences["ref"], ert=500, direction="down")
+    clipped = SCALAR[name](confidences["ref"], ert=500, direction="down", winsorize=0.05)
+    for v in confidences["held"][:20]:  # Page–Hinkley measures change from the stream's own running mean
+        assert not plain.update(v).drift and not clipped.update(v).drift
+    assert plain.update(-1e3).drift  # one absurd value is a 10^4-sd drop for the plain detector
+    assert not clipped.update(-1e3).drift  # clipped to the reference's 5% quantile
+    delays, early = _delays(clipped, confidences["held"], confidences["noisy"], runs=10, prefix=100)
+    assert early <= 2 and all(d is not None for d in delays), (early, delays)
+    assert float(np.median(delays)) <= 120, delays
+
+
 # ----------------------------------------------------------------------------------------------- state
 @pytest.mark.parametrize("name", [*WINDOW, *SCALAR])
 def test_state_round_trips_through_json_and_continues_exactly(
@@ -199,6 +213,8 @@ def test_scalar_detectors_refuse_bad_input(confidences: dict[str, np.ndarray]) -
             det.update(ref[:3])
         with pytest.raises(ParameterError, match="direction"):
             cls(ref, direction="sideways").update(0.9)
+        with pytest.raises(ParameterError, match="winsorize"):
+            cls(ref, winsorize=0.7).update(0.9)
     with pytest.raises(ParameterError, match="k must be"):
         CUSUM(ref, k=-1).update(0.9)
 
