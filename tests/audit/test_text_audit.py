@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from sparring.audit import parse_threat_model, run_audit
 from sparring.audit.report import write_reports
 from sparring.audit.runner import load_system, plan_audit
+from sparring.audit.worstcase import text_union
 from sparring.cli import EXIT_GATE, EXIT_OK, build_cli
 from sparring.data.text import load_sms_spam
 from sparring.errors import DataLoadError, InputSpecError, ThreatModelError
@@ -66,7 +67,8 @@ def test_text_audit_reports_section_findings_and_measurements(tmp_path: Path) ->
     assert rates[("reorder", "none", 12)] >= rates[("reorder", "normalize", 12)]  # display order undoes it
     assert [g.status for g in audit.gates] == ["pass", "fail", "pass"] and audit.verdict == "fail"
     worst = max(v for (a, d, b), v in rates.items() if d == "none" and b == 12)
-    assert audit.gates[1].value == pytest.approx(worst)  # the worst attack at that budget
+    union = text_union(audit.results, 12, "none")  # per message: evaded by at least one attack (issue 22.2)
+    assert union is not None and audit.gates[1].value == pytest.approx(union.rate) and union.rate >= worst - 1e-6
     assert any(f.id.startswith("gate:text_evasion_rate") and "normalize" in f.recommendation for f in audit.findings)
     finding = next(f for f in audit.findings if f.id == "text:bad-characters:none")
     assert "homoglyph" in finding.title and "normalize" in finding.recommendation
