@@ -408,3 +408,25 @@ def test_cli_attack_url_with_headers_keys_and_logits(cnn: tuple[nn.Module, Path]
     assert code == EXIT_MODEL and "401" in err
     code, _, err = _run("attack", "fgsm", "--model", str(cnn[1]), "--spec", spec, "--data", npz, "--timeout", "3")
     assert code == 3 and "--timeout applies to --url only" in err
+
+
+def test_audit_from_yaml_attacks_an_onnx_file_white_box_like_the_torch_model(
+        cnn: tuple[nn.Module, Path], data: tuple[torch.Tensor, torch.Tensor], tmp_path: Path) -> None:
+    """Issue 17: an ONNX CNN from YAML gets gradient attacks (the converted graph, checked against onnxruntime on
+    the audit data), not only Square, and the same robust accuracy as the torch model it was exported from."""
+    from sparring.audit import parse_threat_model, run_audit
+
+    model, path = cnn
+    x, y = data[0][:32], data[1][:32]
+    spec, npz = _files(tmp_path, x, y, SPEC)
+    doc = {"schema_version": 1, "name": "onnx-cnn", "effort": "quick", "seed": 0,
+           "system": {"model": str(path), "spec": spec, "data": {"source": npz, "n": 32}},
+           "attacker": {"knowledge": "white-box", "evasion": [{"norm": "linf", "eps": [0.05]}]},
+           "gates": [{"metric": "robust_accuracy", "norm": "linf", "eps": 0.05, "min": 0.0}]}
+    audit = run_audit(parse_threat_model(doc), tmp_path / "onnx")
+    assert not audit.errors, [r.error for r in audit.errors]
+    assert any(r.check == "evasion-gradient" for r in audit.results)  # white-box: PGD/APGD ran on the graph
+    ref = run_audit(parse_threat_model(doc), tmp_path / "torch", target=TorchTarget(model, SPEC), data=(x, y))
+    (g_onnx,), (g_torch,) = audit.gates, ref.gates
+    assert g_onnx.value is not None and g_torch.value is not None
+    assert abs(g_onnx.value - g_torch.value) <= 1 / 32

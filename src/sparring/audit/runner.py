@@ -108,6 +108,8 @@ def load_system(
     attacker = target if not view else _load(tm, view) if not given else _view(target, view)
     if data is None:
         x, y = _data(tm, target)
+        if hasattr(target, "check_agreement"):  # a converted ONNX graph: it must match onnxruntime on the audit data
+            target.check_agreement(x)
     else:
         n = tm.system.data.n
         x, y_ = target.spec.validate(data[0][:n], data[1][:n])
@@ -150,6 +152,8 @@ def _load(tm: ThreatModel, extra: dict[str, Any]) -> Target:
         return HttpTarget(s.model, load_spec(s.spec), output=output, batch_size=min(s.batch_size, 256), **extra)
     from sparring.targets.load import load_target
 
+    if s.model.lower().endswith(".onnx") and tm.attacker.knowledge == "white-box":
+        extra = {**extra, "white_box": True}  # gradients through the graph converted to torch, checked against ORT
     return load_target(s.model, spec=s.spec, entry_point=s.entry_point, trust_pickle=s.trust_pickle,
                        trusted_types=s.trusted_types, device=s.device, batch_size=s.batch_size, **extra)
 
