@@ -165,14 +165,23 @@ def test_smoothed_accuracy_counts_an_abstention_as_wrong_as_cohen_et_al_do() -> 
     assert res.summary()["smoothed_accuracy"] == 0.5
 
 
-def test_the_audit_reports_smoothed_accuracy_as_certified_accuracy_at_radius_zero(tmp_path: Path) -> None:
-    """The audit's smoothed_accuracy measurement read 0.958 here (above the base model's clean 0.917): it counted
-    the 3 abstentions whose selected class was right. Measured after the fix: 0.833, the r = 0 certified figure."""
+def test_the_audit_reports_smoothed_accuracy_as_certified_accuracy_at_radius_zero(
+    tmp_path: Path, digits8: Dataset
+) -> None:
+    """The audit's smoothed_accuracy measurement read 0.625 here, the base model's clean accuracy, with half of the
+    points abstained: it counted the abstentions whose selected class was right. Measured after the fix: 0.417,
+    the r = 0 certified figure."""
     from sparring.audit import parse_threat_model, run_audit
+    from sparring.data.zoo import train_torch_classifier
 
-    tm = parse_threat_model({"system": {"model": "digits-mlp", "data": {"n": 24}},
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = train_torch_classifier(_tiny_mlp(), digits8, digits8.spec, epochs=3, seed=0)
+    tm = parse_threat_model({"system": {"model": "own", "data": {"n": 24}},
                              "certification": {"smoothing": {"sigma": 0.25, "n0": 16, "n": 64, "radii": [0.0]}}})
-    step = next(r for r in run_audit(tm, tmp_path).results if r.check == "certify-smoothing")
+    audit = run_audit(tm, tmp_path, target=TorchTarget(net, digits8.spec), data=(digits8.x_test[:24],
+                                                                               digits8.y_test[:24]))
+    step = next(r for r in audit.results if r.check == "certify-smoothing")
     m = {x.metric: x.value for x in step.measurements}
     assert m["abstain_rate"] > 0
     assert m["smoothed_accuracy"] == m["certified_accuracy"] == pytest.approx(np.mean(step.per_point["correct"]))
