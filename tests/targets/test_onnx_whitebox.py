@@ -162,7 +162,7 @@ def test_bpda_through_a_defence_in_front_of_the_converted_model(
     x, y = data
     attack = PGD(eps=0.1, steps=10, seed=0)
     converted = OnnxTorchTarget(path, SPEC)
-    onnx_def = defend(TorchTarget(converted.model, SPEC), BitDepth(2))  # defend() takes plain TorchTargets
+    onnx_def = defend(converted, BitDepth(2))  # the converted target itself (it used to be refused as "wrapped")
     naive, honest = attack(onnx_def, x, y), attack(bpda(onnx_def), x, y)
     assert honest.robust_accuracy < naive.robust_accuracy  # quantisation shatters the gradient; BPDA gets through
     torch_honest = attack(bpda(defend(TorchTarget(model, SPEC), BitDepth(2))), x, y)

@@ -522,7 +522,7 @@ def defend(target: TorchTarget, *transforms: nn.Module) -> TorchTarget:
             f"defend needs a TorchTarget (a white-box PyTorch model); got {type(target).__name__}. Wrap the model "
             "with TorchTarget(model, spec) first."
         )
-    if type(target) not in (TorchTarget, _DefendedTarget):
+    if type(target) not in (TorchTarget, _DefendedTarget) and not _plain_onnx(target):
         raise ParameterError(
             f"defend got a wrapped target ({type(target).__name__}, e.g. from with_bpda or with_eot); defend the "
             "plain target first, then wrap the defended one: with_bpda(defend(target, ...), ...)."
@@ -543,6 +543,14 @@ def defend(target: TorchTarget, *transforms: nn.Module) -> TorchTarget:
     )
     defended.counter = target.counter
     return defended
+
+
+def _plain_onnx(target: TorchTarget) -> bool:
+    """A converted ONNX graph whose forward is its module's (no fixed export batch to feed in chunks): defending
+    its module is defending the model."""
+    from sparring.targets.onnx_torch import OnnxTorchTarget
+
+    return type(target) is OnnxTorchTarget and target.fixed_batch is None
 
 
 def bpda(target: TorchTarget) -> TorchTarget:
