@@ -187,6 +187,8 @@ def test_window_detectors_refuse_bad_input(digits_split: dict[str, torch.Tensor]
         bad[5] = float("nan")
         with pytest.raises(InputSpecError, match="NaN or inf"):
             det.update(bad)
+        with pytest.raises(InputSpecError, match="0 features"):
+            det.update(np.zeros(0))  # an empty example
         with pytest.raises(InputSpecError, match="needs at least"):
             cls(ref[:150], ert=100, window_size=20).update(ref[0])  # reference too small for the window
         with pytest.raises(ParameterError, match="ert"):
@@ -197,6 +199,17 @@ def test_window_detectors_refuse_bad_input(digits_split: dict[str, torch.Tensor]
         OnlineMMD(np.ones((300, 4)), ert=100, window_size=10).update(np.ones(4))
     with pytest.raises(InputSpecError, match="0 examples"):
         OnlineLSDD(np.zeros((0, 4))).update(np.ones(4))
+
+
+def test_streams_without_replacement_are_distinct_rows_at_any_size() -> None:
+    from sparring.defenses.detect.drift._stream import stream_indices
+
+    for n, count in [(300, 50), (20_000, 1_000)]:  # one sort of a random matrix; one choice per stream
+        idx = stream_indices(n, 99, count, 1, np.random.default_rng(0), replace=False)
+        assert idx.shape == (count, 99) and idx.max() < n
+        assert all(len(set(row.tolist())) == 99 for row in idx)
+        blocks = stream_indices(n, 99, count, 10, np.random.default_rng(0), replace=False)
+        assert all(len(set(row.tolist())) == 99 for row in blocks) and (np.diff(blocks[:, :10], axis=1) == 1).all()
 
 
 def test_scalar_detectors_refuse_bad_input(confidences: dict[str, np.ndarray]) -> None:
@@ -211,6 +224,8 @@ def test_scalar_detectors_refuse_bad_input(confidences: dict[str, np.ndarray]) -
         det = cls(ref, ert=100, n_bootstraps=200)
         with pytest.raises(InputSpecError, match="one scalar per step"):
             det.update(ref[:3])
+        with pytest.raises(InputSpecError, match="x has 0 values"):
+            det.update(np.zeros(0))
         with pytest.raises(ParameterError, match="direction"):
             cls(ref, direction="sideways").update(0.9)
         with pytest.raises(ParameterError, match="winsorize"):

@@ -78,13 +78,21 @@ def stream_indices(n: int, length: int, count: int, block: int, rng: np.random.G
     if block == 1:
         if replace:
             return rng.integers(0, n, size=(count, length))
-        return np.argsort(rng.random((count, n)), axis=1)[:, :length]
+        return _without_replacement(n, length, count, rng)
     k = -(-length // block)
     if replace:
         starts = rng.integers(0, n - block + 1, size=(count, k))
     else:
-        starts = block * np.argsort(rng.random((count, n // block)), axis=1)[:, :k]
+        starts = block * _without_replacement(n // block, k, count, rng)
     return (starts[:, :, None] + np.arange(block)).reshape(count, -1)[:, :length]
+
+
+def _without_replacement(n: int, k: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` draws of ``k`` distinct indices in ``range(n)``: one sort of a ``(count, n)`` random matrix while
+    that is small, else one ``choice`` per draw (16,000 streams from a 10,000-row reference would need 1.3 GB)."""
+    if count * n <= 2**24:
+        return np.argsort(rng.random((count, n)), axis=1)[:, :k]
+    return np.stack([rng.choice(n, size=k, replace=False) for _ in range(count)])
 
 
 def fingerprint(reference: torch.Tensor, params: dict[str, Any]) -> str:
