@@ -13,6 +13,7 @@ from sparring.attacks.base import BatchContext
 from sparring.attacks.evasion._fast import channels_last_target, fast_layout
 from sparring.attacks.evasion.apgd import APGDT
 from sparring.attacks.evasion.autoattack import AutoAttack
+from sparring.attacks.evasion.fab import FAB
 from sparring.targets import InputSpec, TorchTarget
 
 
@@ -137,3 +138,36 @@ def test_apgdt_on_a_randomized_context_keeps_every_row(digits_cnn: TorchTarget, 
                        generator=torch.Generator().manual_seed(0), randomized=True)
     APGDT(eps=0.2, steps=4, n_target_classes=3, batch_targets=batched).attack_tensors(ctx, x, y)
     assert ctx.gradients == 6 * 3 * 4
+
+
+def test_fab_t_attacks_all_targets_as_one_batch_and_is_as_strong(digits_cnn: TorchTarget,
+                                                                 digits_batch: tuple) -> None:
+    x, y = digits_batch[0][:32], digits_batch[1][:32]
+    counts, results = {}, {}
+    for batched in (True, False):
+        target = TorchTarget(_Calls(copy.deepcopy(digits_cnn.model)), digits_cnn.spec)
+        _Calls.calls["n"] = 0
+        results[batched] = FAB(eps=0.08, steps=10, targeted=True, n_target_classes=3, batch_targets=batched)(
+            target, x, y)
+        counts[batched] = _Calls.calls["n"]
+    # 10 steps of (gradient + check) for all 3 targets at once, instead of 3 passes
+    assert counts[True] <= 25 < 40 <= counts[False]
+    rob = {k: round(r.robust_accuracy * 32) for k, r in results.items()}
+    assert rob[True] <= rob[False] + 1 and rob[True] < 32 * 0.9
+    xa = torch.as_tensor(results[True].x_adv)
+    assert float((xa - x).abs().max()) <= 0.08 + 1e-6
+    assert torch.equal(digits_cnn.predict(xa), torch.as_tensor(results[True].adv_pred))
+
+
+def test_fab_t_batched_keeps_the_closest_of_several_rows_of_one_point(digits_cnn: TorchTarget,
+                                                                      digits_batch: tuple) -> None:
+    """Without early stop and random starts, every row follows the trajectory its pass would: the norm kept per
+    point must be the smallest any of its rows found, the passes' minimum over targets (up to rounding)."""
+    x, y = digits_batch[0][:16], digits_batch[1][:16]
+    kw = {"eps": 0.3, "steps": 10, "targeted": True, "n_target_classes": 3, "early_stop": False}
+    batched = FAB(**kw, batch_targets=True)(digits_cnn, x, y)
+    passes = FAB(**kw, batch_targets=False)(digits_cnn, x, y)
+    nb, np_ = torch.as_tensor(batched.norms), torch.as_tensor(passes.norms)
+    ok = torch.as_tensor(batched.success) & torch.as_tensor(passes.success)
+    assert int(ok.sum()) >= 8
+    assert torch.allclose(nb[ok], np_[ok], rtol=1e-4)
