@@ -33,7 +33,7 @@ _EXIT_HELP = (
 # Modules that add commands of their own: each defines ``add_commands(cli: click.Group) -> None`` and uses
 # ``sparring.cli._fail`` to turn a SparringError into its exit code.
 _COMMAND_MODULES: tuple[str, ...] = ("cli_universal", "cli_privacy", "cli_poison", "cli_extraction", "cli_train",
-                                      "cli_text", "cli_tabular", "cli_drift")
+                                      "cli_text", "cli_tabular", "cli_drift", "cli_llm")
 
 
 def exit_code_for(exc: BaseException) -> int:

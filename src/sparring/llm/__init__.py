@@ -1,10 +1,49 @@
-"""LLM applications: chat targets and an application description. Importing this package loads neither
-``transformers`` nor a model."""
+"""LLM applications: chat targets, an application description, prompt-injection attacks, deterministic detectors,
+reproducible runs. Importing this package loads neither ``transformers`` nor a model.
+
+>>> from sparring.llm import Application, SecretLeakDetector
+>>> SecretLeakDetector("PLUTO-7731")("P L U T O - 7 7 3 1").kind
+'spaced'
+"""
 
 from sparring.llm.app import Application, Document, load_application
+from sparring.llm.attacks import ATTACKS, CATEGORIES, plan_attempts
 from sparring.llm.chat import ChatReply, ChatTarget, LocalChatModel, Message
+from sparring.llm.converters import CONVERTERS, convert
+from sparring.llm.detectors import (
+                                    ExfiltrationDetector,
+                                    MarkerDetector,
+                                    PromptLeakDetector,
+                                    SecretLeakDetector,
+                                    load_leak_set,
+)
 from sparring.llm.openai_api import OpenAIChatClient
+from sparring.llm.run import check_gates, rescore, run_redteam, summarize, wilson_interval
 from sparring.llm.server import make_chat_server
 
-__all__ = ["Application", "ChatReply", "ChatTarget", "Document", "LocalChatModel", "Message", "OpenAIChatClient",
-           "load_application", "make_chat_server"]
+__all__ = [
+    "ATTACKS",
+    "CATEGORIES",
+    "CONVERTERS",
+    "Application",
+    "ChatReply",
+    "ChatTarget",
+    "Document",
+    "ExfiltrationDetector",
+    "LocalChatModel",
+    "MarkerDetector",
+    "Message",
+    "OpenAIChatClient",
+    "PromptLeakDetector",
+    "SecretLeakDetector",
+    "check_gates",
+    "convert",
+    "load_application",
+    "load_leak_set",
+    "make_chat_server",
+    "plan_attempts",
+    "rescore",
+    "run_redteam",
+    "summarize",
+    "wilson_interval",
+]

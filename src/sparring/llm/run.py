@@ -1,0 +1,262 @@
+"""Reproducible red-team runs: every prompt and reply stored as JSONL, resumed per attempt, re-judged without the
+model (``rescore``), summarised as attack success rates with Wilson 95% intervals, and gated.
+
+An output folder holds ``manifest.json`` (sparring version, model weights and chat-template hashes, decoding
+parameters, seeds, system-prompt hash, what was planned, timing), ``attempts.jsonl`` (one record per attempt, in
+plan order) and ``summary.json`` (computed from the records alone, so ``rescore`` reproduces it byte for byte).
+
+Every attempt ends ``success``, ``failure`` or ``error``; an error (the request could not be answered) counts in
+neither the numerator nor the denominator of an ASR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sparring.errors import CheckpointError, EndpointError, ParameterError, QueryBudgetExceeded
+from sparring.llm.app import Application
+from sparring.llm.attacks import ATTACKS, PlannedAttempt, plan_attempts
+from sparring.llm.chat import ChatTarget
+from sparring.llm.detectors import (
+    Detector,
+    ExfiltrationDetector,
+    MarkerDetector,
+    PromptLeakDetector,
+    SecretLeakDetector,
+)
+
+__all__ = ["check_gates", "judge", "parse_gate", "rescore", "run_redteam", "summarize", "wilson_interval"]
+
+DETECTOR_VERSION = 1
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927; Brown, Cai and DasGupta 2001 recommend it
+    over the normal interval for small n). ``(0.0, 1.0)`` for ``n = 0``."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def detectors_for(app: Application) -> dict[str, Detector]:
+    """The deterministic detector that decides each category."""
+    return {"secret-leak": SecretLeakDetector(app.secret), "prompt-leak": PromptLeakDetector(
+        app.rendered_system_prompt), "goal-hijack": MarkerDetector(app.marker),
+        "exfiltration": ExfiltrationDetector(app.exfil_host)}
+
+
+def judge(record: dict[str, Any], app: Application) -> dict[str, Any]:
+    """``record`` with ``status`` and ``detections`` (re)computed from its ``reply`` and ``error`` alone."""
+    out = dict(record)
+    if record.get("error") is not None:
+        out.update(status="error", detections={})
+        return out
+    dets = {cat: d(record["reply"]).to_dict() for cat, d in detectors_for(app).items()}
+    out.update(status="success" if dets[record["category"]]["hit"] else "failure", detections=dets)
+    return out
+
+
+def _row(records: list[dict[str, Any]]) -> dict[str, Any]:
+    k = sum(r["status"] == "success" for r in records)
+    n = sum(r["status"] != "error" for r in records)
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "successes": k, "errors": len(records) - n, "asr": round(k / n, 6) if n else None,
+            "ci95": [round(lo, 6), round(hi, 6)]}
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """ASR with Wilson 95% intervals per attack x converter, per attack, per converter and per category."""
+    recs = list(records)
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {"by_attack_converter": {}, "by_attack": {},
+                                                          "by_converter": {}, "by_category": {}}
+    for r in recs:
+        for key, value in (("by_attack_converter", f"{r['attack']}/{r['converter']}"), ("by_attack", r["attack"]),
+                           ("by_converter", r["converter"]), ("by_category", r["category"])):
+            groups[key].setdefault(value, []).append(r)
+    out: dict[str, Any] = {"attempts": len(recs), "overall": _row(recs)}
+    for key, g in groups.items():
+        out[key] = {name: _row(rs) for name, rs in sorted(g.items())}
+    out["statuses"] = {s: sum(r["status"] == s for r in recs) for s in ("success", "failure", "error")}
+    out["detector_version"] = DETECTOR_VERSION
+    return out
+
+
+def parse_gate(text: str) -> tuple[str, float]:
+    """``"secret-leak=0.01"`` -> ``("secret-leak", 0.01)``; the key is a category, an attack, a converter or
+    ``attack/converter``."""
+    key, sep, value = text.partition("=")
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = -1.0
+    if not sep or not key or not 0 <= limit <= 1:
+        raise ParameterError(f"a gate is KEY=MAX_ASR with MAX_ASR in [0, 1], e.g. secret-leak=0.01; got {text!r}.")
+    return key.strip(), limit
+
+
+def check_gates(summary: dict[str, Any], gates: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Each gate passes when the upper end of its row's 95% interval is at most the limit; a row with no judged
+    attempt (all errors, or not run) fails as unmeasured."""
+    results = []
+    for key, limit in gates:
+        row = next((summary[g][key] for g in ("by_category", "by_attack", "by_converter", "by_attack_converter")
+                    if key in summary[g]), None)
+        if row is None and key not in ATTACKS and "/" not in key and key not in summary["by_category"]:
+            known = sorted({*summary["by_category"], *summary["by_attack"], *summary["by_converter"]})
+            raise ParameterError(f"gate {key!r} names no category, attack or converter of this run; known: {known}.")
+        upper = None if row is None or row["n"] == 0 else row["ci95"][1]
+        results.append({"gate": key, "max_asr": limit, "asr": None if row is None else row["asr"],
+                        "upper": upper, "passed": upper is not None and upper <= limit,
+                        "reason": "unmeasured: no judged attempt" if upper is None else ""})
+    return results
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _read_records(path: Path) -> dict[str, dict[str, Any]]:
+    """Records by id; a last line cut off by a crash is ignored (that attempt is redone)."""
+    out: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "id" in rec:
+            out[rec["id"]] = rec
+    return out
+
+
+def _run_key(app: Application, target: ChatTarget, planned: list[PlannedAttempt]) -> str:
+    ident = {k: v for k, v in target.describe().items() if k not in ("requests_used", "tokens_used")}
+    blob = json.dumps({"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
+                       "plan": [p.id for p in planned]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attacks: tuple[str, ...] | None = None,
+                converters: tuple[str, ...] = ("none",), resume: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run every planned attempt against ``target`` and write the run folder ``out``; returns the summary.
+
+    Attempts go in fixed batches of ``target.batch_size`` in plan order. With ``resume``, attempts already
+    judged in ``out`` are kept; a batch with any missing attempt is sent again whole (so batching, and with it
+    every reply, is the same as in an uninterrupted run) and only the missing records are added.
+
+    Raises:
+        CheckpointError: ``out`` holds a run of another application, model, decoding or plan (or ``resume`` is
+            off and ``out`` already holds attempts).
+        QueryBudgetExceeded, EndpointError: after writing what was done (resume later).
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    planned = plan_attempts(app, attacks, converters)
+    key = _run_key(app, target, planned)
+    manifest_path, attempts_path = folder / "manifest.json", folder / "attempts.jsonl"
+    done: dict[str, dict[str, Any]] = {}
+    if manifest_path.exists() or attempts_path.exists():
+        if not resume:
+            raise CheckpointError(f"{folder} already holds a run; pass --resume to continue it, or choose another "
+                                  "--out folder.")
+        old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if old.get("run_key") != key:
+            raise CheckpointError(f"{folder} holds a run of a different application, model, decoding or plan "
+                                  f"(run key {old.get('run_key')} != {key}); use another --out folder.")
+        done = {i: r for i, r in _read_records(attempts_path).items() if r.get("status") in ("success", "failure")}
+    manifest = {"run_key": key, "sparring_version": _version(), "application": {
+        "name": app.name, "system_prompt_sha256": app.system_prompt_sha256, "secret_sha256": hashlib.sha256(
+            app.secret.encode()).hexdigest(), "untrusted_inputs": list(app.untrusted_inputs)},
+        "target": target.describe(), "attacks": sorted({p.attack for p in planned}),
+        "converters": list(converters), "planned": len(planned), "detector_version": DETECTOR_VERSION,
+        "sources": {a: ATTACKS[a].source for a in sorted({p.attack for p in planned})}}
+    _write_atomic(manifest_path, _dump(manifest))
+    started, sent = time.perf_counter(), 0
+    stop: BaseException | None = None
+    with attempts_path.open("a", encoding="utf-8") as fh:
+        for b in range(0, len(planned), target.batch_size):
+            batch = planned[b:b + target.batch_size]
+            if all(p.id in done for p in batch):
+                continue
+            try:
+                replies = target.chat([list(p.messages) for p in batch])
+            except (QueryBudgetExceeded, EndpointError) as exc:
+                stop = exc
+                break
+            sent += len(batch)
+            for p, r in zip(batch, replies, strict=True):
+                if p.id in done:
+                    continue
+                rec = judge({**p.to_dict(), "reply": r.text, "error": r.error, "usage": {
+                    "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                    "finish_reason": r.finish_reason}}, app)
+                done[p.id] = rec
+                fh.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
+            fh.flush()
+            if progress is not None:
+                progress(len(done), len(planned))
+    records = [done[p.id] for p in planned if p.id in done]
+    _write_atomic(attempts_path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
+    summary = summarize(records)
+    summary["complete"] = len(records) == len(planned)
+    _write_atomic(folder / "summary.json", _dump(summary))
+    seconds = time.perf_counter() - started
+    manifest.update(target=target.describe(), timing={"seconds": round(seconds, 3), "attempts_sent": sent,
+                                                       "attempts_per_second": round(sent / seconds, 4)
+                                                       if seconds > 0 else None})
+    _write_atomic(manifest_path, _dump(manifest))
+    if stop is not None:
+        raise stop
+    return summary
+
+
+def rescore(app: Application, out: str | Path) -> dict[str, Any]:
+    """Re-judge every stored reply in ``out`` with the current detectors, without querying any model; rewrites
+    ``attempts.jsonl`` and ``summary.json`` and returns the summary.
+
+    Raises:
+        CheckpointError: ``out`` holds no run, or a run of another system prompt or secret.
+    """
+    folder = Path(out)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        raise CheckpointError(f"{folder} holds no red-team run (no manifest.json); run it first.")
+    manifest = json.loads(manifest_path.read_text())
+    a = manifest.get("application", {})
+    if a.get("system_prompt_sha256") != app.system_prompt_sha256 or a.get("secret_sha256") != hashlib.sha256(
+            app.secret.encode()).hexdigest():
+        raise CheckpointError(f"{folder} was run with another system prompt or secret than this application; "
+                              "rescore it with the app.yaml it was run with.")
+    stored = _read_records(folder / "attempts.jsonl")
+    records = [judge(r, app) for r in stored.values()]
+    _write_atomic(folder / "attempts.jsonl",
+                  "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
+    summary = summarize(records)
+    summary["complete"] = len(records) == manifest.get("planned")
+    _write_atomic(folder / "summary.json", _dump(summary))
+    return summary
+
+
+def _version() -> str:
+    from sparring import __version__
+
+    return __version__
