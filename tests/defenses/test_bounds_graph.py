@@ -453,3 +453,34 @@ def test_expand_and_repeat_copies_are_bounded_as_the_copies_they_are() -> None:
         z = torch.stack([net((x + 0.05 * (torch.rand(x.shape, generator=gen) * 2 - 1)).clamp(0, 1))
                          for _ in range(500)])
     assert bool((lb <= z.amin(0) + 1e-5).all() and (z.amax(0) <= ub + 1e-5).all())
+
+
+def test_bounds_are_computed_without_tf32_and_the_settings_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN convolutions default to TF32 on NVIDIA GPUs (relative error ~1e-3): bounds must not be computed so."""
+    from sparring.defenses.certify.bounds import BoundedModel, _precision_knobs
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).eval()
+    spec = InputSpec(shape=(1, 6, 6), n_classes=3, bounds=(0.0, 1.0))
+    bm = BoundedModel(net, spec)
+    knobs = _precision_knobs()
+    seen: list[list[object]] = []
+    walk = BoundedModel._walk
+
+    def spy(self: BoundedModel, *args: object, **kwargs: object) -> object:
+        seen.append([getattr(obj, name) for obj, name, _ in knobs])
+        return walk(self, *args, **kwargs)
+
+    monkeypatch.setattr(BoundedModel, "_walk", spy)
+    old = [getattr(obj, name) for obj, name, _ in knobs]
+    tf32 = ["tf32" if name == "fp32_precision" else True for _, name, _ in knobs]  # the GPU defaults at their worst
+    try:
+        for (obj, name, _), v in zip(knobs, tf32, strict=True):
+            setattr(obj, name, v)
+        x = torch.rand(2, 1, 6, 6)
+        bm.interval((x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1))
+        bm.crown((x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1))
+        assert seen and all(s == [v for _, _, v in knobs] for s in seen)
+        assert [getattr(obj, name) for obj, name, _ in knobs] == tf32  # restored
+    finally:
+        for (obj, name, _), v in zip(knobs, old, strict=True):
+            setattr(obj, name, v)

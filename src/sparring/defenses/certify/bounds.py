@@ -27,8 +27,11 @@ through it).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -44,9 +47,47 @@ from sparring.targets.base import Target
 from sparring.targets.spec import Access, InputSpec
 from sparring.targets.torch import TorchTarget
 
-__all__ = ["SUPPORTED_LAYERS", "BoundedModel", "Residual", "crown_bounds", "interval_bounds", "margin_spec"]
+__all__ = ["SUPPORTED_LAYERS", "BoundedModel", "Residual", "crown_bounds", "full_precision", "interval_bounds",
+           "margin_spec"]
 
 Tensor = torch.Tensor
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _precision_knobs() -> list[tuple[Any, str, Any]]:
+    """The settings that make float32 matmuls and convolutions exact float32: torch's ``fp32_precision`` API
+    (``"ieee"``), or the legacy ``allow_tf32`` flags on torch versions without it (the two must not be mixed)."""
+    knobs: list[tuple[Any, str, Any]] = [(obj, "fp32_precision", "ieee") for obj in (torch.backends.cuda.matmul,
+                                                         getattr(torch.backends.cudnn, "conv", None))
+             if obj is not None and hasattr(obj, "fp32_precision")]
+    return knobs or [(torch.backends.cuda.matmul, "allow_tf32", False), (torch.backends.cudnn, "allow_tf32", False)]
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Float32 matrix products and convolutions computed in float32, not TF32, while bounds are computed.
+
+    On NVIDIA GPUs cuDNN convolutions default to TF32 (10-bit mantissa, relative errors near 1e-3), far coarser than
+    the rounding a bound tolerates: a certificate computed in TF32 can be unsound. Restores the settings after.
+    """
+    knobs = _precision_knobs()
+    saved = [getattr(obj, name) for obj, name, _ in knobs]
+    try:
+        for obj, name, value in knobs:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for (obj, name, _), old in zip(knobs, saved, strict=True):
+            setattr(obj, name, old)
+
+
+def _exact(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with full_precision():
+            return fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 Intermediate = Literal["crown", "ibp"]
 Bounds = tuple[Tensor, Tensor]
 #: probe outputs must agree within ``ATOL + RTOL * max |output|``; float32 rounding is ~1e-6 of it
@@ -139,6 +180,7 @@ class BoundedModel:
             x = op.forward(x)
         return x
 
+    @_exact
     def check(self, x: Tensor) -> float:
         """Run the parsed network and the real model on raw inputs ``x``; refuse unless they agree within
         ``ATOL + RTOL * max |output|``. Returns (and records in :attr:`max_abs_diff`) the largest difference."""
@@ -196,6 +238,7 @@ class BoundedModel:
             vals.append(op.interval(*(vals[a] for a in op.args)))
         return vals
 
+    @_exact
     def interval(self, lo: Tensor, hi: Tensor, C: Tensor | None = None) -> Bounds:
         """IBP bounds over the box ``[lo, hi]`` (B, *in_shape): of the outputs, or of ``C @ outputs`` (B, S)."""
         c = self._spec(C, lo.shape[0])
@@ -234,6 +277,7 @@ class BoundedModel:
                 coeff[i] = part if i not in coeff else coeff[i] + part
         return coeff[0] if 0 in coeff else a0.new_zeros(*a0.shape[:2], *self.in_shape), bias
 
+    @_exact
     def relu_bounds(self, lo: Tensor, hi: Tensor, intermediate: Intermediate = "crown") -> dict[str, Bounds]:
         """Bounds on the input of every ReLU over the box, in execution order, keyed by where it is called: the
         module's name in ``named_modules()`` (``name#k`` for its k-th call when one module is reused) or the graph
@@ -257,12 +301,14 @@ class BoundedModel:
         a, bias = self._back(self.out, a0)
         return _concretize(a, bias, lo, hi)
 
+    @_exact
     def crown_lower(self, lo: Tensor, hi: Tensor, C: Tensor | None = None,
                     intermediate: Intermediate = "crown") -> Tensor:
         """CROWN lower bound of ``C @ outputs`` over the box ``[lo, hi]`` (default ``C``: identity): (B, S)."""
         c = self._spec(C, lo.shape[0])
         return self._lower(lo, hi, self._identity(lo.shape[0]) if c is None else c, intermediate)
 
+    @_exact
     def crown(self, lo: Tensor, hi: Tensor, C: Tensor | None = None,
               intermediate: Intermediate = "crown") -> Bounds:
         """CROWN lower and upper bounds, of the outputs (their shape) or of ``C @ outputs`` (B, S). The upper bound
