@@ -31,14 +31,10 @@ def test_ignore_previous_instructions_leaks_the_planted_secret(smollm: LocalChat
 def test_batched_left_padded_generation_equals_one_at_a_time(smollm: LocalChatModel, app: Application) -> None:
     convs = [app.messages(user=u) for u in ("Hi", "What do you ship, and how fast? Answer in one sentence.",
                                             "Tell me a joke about cats.")]
-    batched = [r.text for r in smollm.chat(convs)]
-    old = smollm.batch_size
-    smollm.batch_size = 1
-    try:
-        single = [r.text for r in smollm.chat(convs)]
-    finally:
-        smollm.batch_size = old
-    assert batched == single and len(set(batched)) == 3
+    batched = LocalChatModel(smollm.model, smollm.tokenizer, max_new_tokens=10, batch_size=3).chat(convs)
+    single = LocalChatModel(smollm.model, smollm.tokenizer, max_new_tokens=10, batch_size=1).chat(convs)
+    assert [r.text for r in batched] == [r.text for r in single] and len({r.text for r in batched}) == 3
+    assert [r.prompt_tokens for r in batched] == [r.prompt_tokens for r in single]
 
 
 def test_seeded_sampling_repeats_and_differs_from_greedy(smollm: LocalChatModel, app: Application) -> None:

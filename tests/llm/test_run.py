@@ -130,7 +130,7 @@ def test_real_model_run_interrupted_by_its_budget_resumes_to_the_identical_jsonl
 
     def target(budget: int | None) -> LocalChatModel:
         return LocalChatModel(smollm.model, smollm.tokenizer, name=smollm.name, source=smollm.source,
-                              max_new_tokens=12, batch_size=4, request_budget=budget)
+                              max_new_tokens=8, batch_size=4, request_budget=budget)
 
     with pytest.raises(QueryBudgetExceeded):
         run_redteam(app, target(4), tmp_path / "cut", attacks=("secret-extraction",))
@@ -141,7 +141,7 @@ def test_real_model_run_interrupted_by_its_budget_resumes_to_the_identical_jsonl
     assert (tmp_path / "cut" / "attempts.jsonl").read_bytes() == (tmp_path / "whole" / "attempts.jsonl").read_bytes()
     manifest = json.loads((tmp_path / "whole" / "manifest.json").read_text())
     assert manifest["target"]["weights_sha256"] == smollm.source["weights_sha256"]
-    assert manifest["target"]["decoding"]["max_new_tokens"] == 12
+    assert manifest["target"]["decoding"]["max_new_tokens"] == 8
     assert len(manifest["target"]["chat_template_sha256"]) == 64
     assert manifest["application"]["system_prompt_sha256"] == app.system_prompt_sha256
     assert whole["by_attack"]["secret-extraction"]["successes"] >= 1  # the real victim leaks
