@@ -74,12 +74,29 @@ def run_sparring(target: TorchTarget, x: torch.Tensor, y: torch.Tensor, norm: st
                  seed: int = 0) -> dict[str, Any]:
     from sparring.attacks.evasion.autoattack import AutoAttack
 
+    cpu_parts: dict[str, float] = {}
+
+    class Timed(AutoAttack):  # each component's CPU seconds (its wall seconds are in extras)
+        def _component(self, name: str) -> Any:
+            comp = super()._component(name)
+            inner = comp._run_batch
+
+            def run(*a: Any, **k: Any) -> Any:
+                c = time.thread_time()
+                out = inner(*a, **k)
+                cpu_parts[name] = cpu_parts.get(name, 0.0) + time.thread_time() - c
+                return out
+
+            comp._run_batch = run  # type: ignore[method-assign]
+            return comp
+
     t0, c0 = time.perf_counter(), time.thread_time()
-    r = AutoAttack(eps=eps, norm=norm, version="standard", seed=seed)(target, x, y)
+    r = Timed(eps=eps, norm=norm, version="standard", seed=seed)(target, x, y)
     seconds, cpu = time.perf_counter() - t0, time.thread_time() - c0
     n = x.shape[0]
     return {"x_adv": torch.as_tensor(r.x_adv), "seconds": seconds, "cpu_seconds": round(cpu, 2),
             "components": {k: round(v, 2) for k, v in r.extras["seconds_per_attack"].items()},
+            "components_cpu": {k: round(v, 2) for k, v in cpu_parts.items()},
             "robust_after": {k: round(v * n) for k, v in r.extras["robust_after"].items()}}
 
 
@@ -91,6 +108,7 @@ def run_reference(module: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str
     aa = ReferenceAutoAttack(module, norm="Linf" if norm == "linf" else "L2", eps=eps, version="standard",
                              seed=seed, device="cpu")
     times: dict[str, float] = {}
+    cpu_parts: dict[str, float] = {}
     after: dict[str, int] = {}
     names = {"apgd": "apgd-ce", "apgd_targeted": "apgd-t", "fab": "fab-t", "square": "square"}
     for attr, name in names.items():
@@ -99,9 +117,10 @@ def run_reference(module: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str
 
         def timed(xs: torch.Tensor, ys: torch.Tensor, *a: Any, _inner: Any = inner, _name: str = name,
                   **k: Any) -> torch.Tensor:
-            s = time.perf_counter()
+            s, c = time.perf_counter(), time.thread_time()
             out = _inner(xs, ys, *a, **k)
             times[_name] = times.get(_name, 0.0) + time.perf_counter() - s
+            cpu_parts[_name] = cpu_parts.get(_name, 0.0) + time.thread_time() - c
             return out  # type: ignore[no-any-return]
 
         sub.perturb = timed
@@ -122,7 +141,8 @@ def run_reference(module: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str
     finally:
         aa.logger.removeHandler(handler)
     return {"x_adv": x_adv.detach(), "seconds": seconds, "cpu_seconds": round(cpu, 2),
-            "components": {k: round(v, 2) for k, v in times.items()}, "robust_after": after}
+            "components": {k: round(v, 2) for k, v in times.items()},
+            "components_cpu": {k: round(v, 2) for k, v in cpu_parts.items()}, "robust_after": after}
 
 
 def score(target: TorchTarget, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, norm: str,
@@ -152,7 +172,8 @@ def compare(model_name: str, norm: str, n: int, rounds: int, contestants: tuple[
             row = {"round": r, **out, "robust": int(robust.sum()), "seconds": round(out["seconds"], 2)}
             runs[c].append(row)
             log(f"{model_name} {norm} {c:9s} round {r}: robust {row['robust']}/{n}  {row['seconds']:.1f} s "
-                f"({row['cpu_seconds']:.1f} s CPU)  {row['components']}  robust after {row['robust_after']}")
+                f"({row['cpu_seconds']:.1f} s CPU)  CPU per component {row['components_cpu']}  "
+                f"robust after {row['robust_after']}")
     result: dict[str, Any] = {"model": model_name, "norm": norm, "eps": eps, "n": n,
                               "clean": int(clean.sum()), "runs": runs}
     if "sparring" in flags and "reference" in flags:

@@ -171,3 +171,14 @@ def test_fab_t_batched_keeps_the_closest_of_several_rows_of_one_point(digits_cnn
     ok = torch.as_tensor(batched.success) & torch.as_tensor(passes.success)
     assert int(ok.sum()) >= 8
     assert torch.allclose(nb[ok], np_[ok], rtol=1e-4)
+
+
+def test_channels_last_leaves_very_large_models_uncopied(digits_cnn: TorchTarget, digits_batch: tuple,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparring.attacks.evasion import _fast
+
+    n_params = sum(p.numel() for p in digits_cnn.model.parameters())
+    monkeypatch.setattr(_fast, "_MAX_PARAMS", n_params - 1)
+    assert channels_last_target(digits_cnn, digits_batch[0][:4]) is digits_cnn
+    monkeypatch.setattr(_fast, "_MAX_PARAMS", n_params)
+    assert channels_last_target(digits_cnn, digits_batch[0][:4]) is not digits_cnn

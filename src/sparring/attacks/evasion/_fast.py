@@ -13,6 +13,8 @@ from sparring.targets.torch import TorchTarget
 
 __all__ = ["channels_last_target", "fast_layout"]
 
+_MAX_PARAMS = 100_000_000  # larger models are not copied (memory): they run as they are
+
 
 @contextmanager
 def fast_layout(ctx: BatchContext, x: torch.Tensor) -> Iterator[BatchContext]:
@@ -37,12 +39,13 @@ def channels_last_target(target: TorchTarget, probe: torch.Tensor) -> TorchTarge
     must give the same predictions and logits within 1e-4 (relative to their scale), or the original is used. On
     CPU, PyTorch's pooling and convolution kernels are several times faster on channels-last activations (the
     digits CNN's forward pass: about 1.8x). The copy shares the target's query counter and spec; the user's model
-    is never modified.
+    is never modified. Models with more than 10^8 parameters are not copied (the copy would double their memory).
     """
     if getattr(target, "_channels_last", False):
         return target
     model = target.model
-    if probe.ndim != 4 or not any(p.ndim == 4 for p in model.parameters()):
+    params = list(model.parameters())
+    if probe.ndim != 4 or not any(p.ndim == 4 for p in params) or sum(p.numel() for p in params) > _MAX_PARAMS:
         return target
     try:
         fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
