@@ -84,10 +84,7 @@ def _save(fmt: str, model: RoundMLP, ds: Dataset, d: Path) -> tuple[Path, dict[s
     return d / "m.skops", {**spec, "shape": [64], "layout": "features"}, {}
 
 
-# The white-box formats run the masking checks and the retry: 15-35 s each on a loaded 2-core runner, so slow tier.
-@pytest.mark.parametrize("fmt", [*(pytest.param(f, marks=pytest.mark.slow) for f in ("script", "trace", "export",
-                                                                                      "state-dict")),
-                                 "onnx", "skops"])
+@pytest.mark.parametrize("fmt", ["script", "trace", "export", "state-dict", "onnx", "skops"])  # 2-3 s each
 def test_every_model_format_goes_through_the_audit_and_the_retry(
     tmp_path: Path, digits8: Dataset, trained: RoundMLP, fmt: str
 ) -> None:
