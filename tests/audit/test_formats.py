@@ -36,6 +36,17 @@ class RoundMLP(nn.Module):
         return self.net(q)  # type: ignore[no-any-return]
 
 
+class NoisyMLP(nn.Module):
+    """The same MLP with Gaussian noise on its input inside ``forward``: a randomized model (needs EOT)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x + 0.3 * torch.randn_like(x))  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="module")
 def digits8() -> Dataset:
     return load_digits(8)
@@ -62,6 +73,9 @@ def _save(fmt: str, model: RoundMLP, ds: Dataset, d: Path) -> tuple[Path, dict[s
         if fmt == "script":
             torch.jit.script(model).save(str(d / "m.pt"))
             return d / "m.pt", spec, {}
+        if fmt == "script-noise":
+            torch.jit.script(NoisyMLP(model.net)).save(str(d / "m.pt"))
+            return d / "m.pt", spec, {}
         if fmt == "trace":
             torch.jit.trace(model, x2).save(str(d / "m.pt"))
             return d / "m.pt", spec, {}
@@ -84,7 +98,8 @@ def _save(fmt: str, model: RoundMLP, ds: Dataset, d: Path) -> tuple[Path, dict[s
     return d / "m.skops", {**spec, "shape": [64], "layout": "features"}, {}
 
 
-@pytest.mark.parametrize("fmt", ["script", "trace", "export", "state-dict", "onnx", "skops"])  # 2-3 s each
+@pytest.mark.parametrize("fmt", ["script", "trace", "export", "state-dict", "onnx", "skops",  # 2-3 s each
+                                 "script-noise"])
 def test_every_model_format_goes_through_the_audit_and_the_retry(
     tmp_path: Path, digits8: Dataset, trained: RoundMLP, fmt: str
 ) -> None:
@@ -111,5 +126,9 @@ def test_every_model_format_goes_through_the_audit_and_the_retry(
         assert "masking:gradients" in {f["id"] for f in data["findings"]}
         retry = [s for s in data["steps"] if s["check"] == "adaptive-retry"]
         assert retry and all(s["status"] == "done" and s["params"]["method"] for s in retry), ids
+    elif fmt == "script-noise":  # the issue's second crash: a noisy TorchScript model, retried through EOT
+        assert "masking:randomness" in {f["id"] for f in data["findings"]}
+        retry = [s for s in data["steps"] if s["check"] == "adaptive-retry"]
+        assert retry and all(s["status"] == "done" and "EOT" in s["params"]["method"] for s in retry), ids
     else:
         assert any(i.startswith("evasion/") for i in ids), ids
