@@ -112,3 +112,27 @@ def test_resume_runs_the_errored_step_again_and_keeps_the_finished_ones(
     assert data["errors"] == 0 and all(g["status"] == "pass" for g in data["gates"])
     assert not [f for f in data["findings"] if f["id"].startswith("error:")]
 
+
+
+def test_report_hooks_that_raise_cost_a_section_not_the_report(
+    tm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sparring.audit import load_threat_model, run_audit
+    from sparring.audit.report import write_reports
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("robust")
+
+    monkeypatch.setattr(EvasionScores, "findings", broken, raising=False)
+    monkeypatch.setattr(EvasionScores, "section", broken, raising=False)
+    audit = run_audit(load_threat_model(tm), tmp_path / "out")
+    hook = next(f for f in audit.findings if f.id == "error:evasion-scores:findings")
+    assert "could not summarise" in hook.title and "KeyError" in hook.title
+    html = write_reports(audit, tmp_path / "out", ("html",))["html"].read_text(encoding="utf-8")
+    assert "evasion-scores: section unavailable" in html and "Gates" in html  # the rest of the page is there
+
+    monkeypatch.setattr("sparring.audit.report.render_html", broken)  # the whole page fails to draw
+    paths = write_reports(audit, tmp_path / "out")
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "could not be drawn (KeyError" in page and "Verdict:" in page and "robust_accuracy" in page
+    assert all(p.stat().st_size > 100 for p in paths.values())
