@@ -47,6 +47,7 @@ def test_a_black_box_attack_that_beats_the_gradient_attacks_reads_the_same_in_ga
                  kind="blackbox"),
         _evasion("adaptive/square/linf/0.05", "adaptive-retry", "square", 0.05, [False] + [True] * (n - 1)),
     ]
+    results[-1].params["gradient_free"] = "square"
     tm = _tm({"metric": "robust_accuracy", "norm": "linf", "eps": 0.1, "min": 0.5},
              {"metric": "robust_accuracy", "norm": "linf", "eps": 0.05, "min": 0.5})
     gates = evaluate_gates(tm, results)
@@ -58,6 +59,7 @@ def test_a_black_box_attack_that_beats_the_gradient_attacks_reads_the_same_in_ga
     curves = robust_curves(results)["linf"]
     assert curves["worst case"] == [(0.05, 7 / 8), (0.1, 5 / 8)]
     assert curves["square (first 4 points)"] == [(0.1, 0.25)]  # a prefix attack is a labelled line
+    assert curves["square (retry)"] == [(0.05, 7 / 8)]  # the retry's Square is its own line
 
 
 def test_a_point_left_unfinished_by_the_query_budget_is_unknown_a_finding_and_an_unmeasured_gate() -> None:

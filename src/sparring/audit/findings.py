@@ -111,8 +111,11 @@ def worst_case_robust(results: list[StepResult], norm: str, eps: float) -> tuple
 
 
 def _label(r: StepResult, n: int) -> str:
+    """The curve name of a step: its attack, marked when it is the retry's gradient-free run (the sanity Square
+    over all points is otherwise the same name at the same budget) or ran on a prefix of the points."""
     k = len(r.per_point["robust"])
-    return str(r.params["attack"]) + (f" (first {k} points)" if k < n else "")
+    retry = " (retry)" if "gradient_free" in r.params else ""
+    return str(r.params["attack"]) + retry + (f" (first {k} points)" if k < n else "")
 
 
 def robust_curves(results: list[StepResult]) -> dict[str, dict[str, list[tuple[float, float]]]]:
