@@ -77,3 +77,12 @@ def test_plan_covers_every_attack_and_converter_with_stable_ids() -> None:
     assert {p.attack for p in plan_attempts(user_only)} == {"direct-injection", "secret-extraction", "prompt-leak"}
     with pytest.raises(ParameterError, match="untrusted_inputs"):
         plan_attempts(user_only, attacks=("indirect-injection",))
+
+
+def test_importing_the_llm_family_loads_neither_transformers_nor_yaml() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, sparring.llm; print([m for m in ('transformers', 'yaml', 'httpx') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['httpx']"  # httpx is a core dependency

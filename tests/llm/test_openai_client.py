@@ -135,3 +135,25 @@ def test_request_and_token_budgets_refuse_before_sending() -> None:
     with pytest.raises(QueryBudgetExceeded, match="token budget"):
         client.chat([CONV])  # 8 + 64 > 70: refused, nothing sent
     assert len(sent) == 4 and client.tokens.used == 8
+
+
+def test_chat_server_refuses_bad_requests_and_answers_429_when_the_budget_is_spent() -> None:
+    import http.client
+
+    from sparring.llm.server import make_chat_server
+
+    inner = _client(lambda r: httpx.Response(200, json=OK), request_budget=1)
+    with make_chat_server(inner) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.putrequest("POST", "/v1/chat/completions")
+        conn.endheaders()
+        assert conn.getresponse().status == 411
+        conn.close()
+        url = server.url + "/v1/chat/completions"
+        assert httpx.post(url, content=b"{oops").status_code == 400
+        assert httpx.post(url, content=b"\xff\xfe").status_code == 400
+        assert httpx.post(url, json={"messages": CONV}).json()["choices"][0]["message"]["content"] == "hello"
+        spent = httpx.post(url, json={"messages": CONV})
+        assert spent.status_code == 429 and spent.json()["error"]["type"] == "rate_limit_error"
+        assert httpx.get(server.url + "/nope").status_code == 404

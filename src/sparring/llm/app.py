@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sparring.errors import ThreatModelError
 from sparring.llm.chat import Message
@@ -58,7 +57,6 @@ class Application:
     untrusted_inputs: tuple[str, ...] = ("user", "documents")
     exfil_host: str = "attacker.example"
     marker: str = "PWNED-4F7A"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for key in ("system_prompt", "secret", "name", "user_prompt", "exfil_host", "marker"):

@@ -64,7 +64,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._error(404, f"unknown path {self.path}; POST /v1/chat/completions")
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            self._error(411, "a Content-Length header with the body's size in bytes is required")
+            return
         if length > MAX_BODY:
             self._error(413, f"body of {length} bytes exceeds {MAX_BODY}")
             return
