@@ -113,6 +113,7 @@ def test_every_model_format_goes_through_the_audit_and_the_retry(
           "attacker": {"evasion": [{"norm": "linf", "eps": [0.1]}]}, "effort": "quick",
           "gates": [{"metric": "robust_accuracy", "norm": "linf", "eps": 0.1, "min": 0.0}]}
     (tmp_path / "tm.yaml").write_text(yaml.safe_dump(tm), encoding="utf-8")
+    torch.manual_seed(0)  # the noisy model draws from the global RNG, as such models do
     r = CliRunner().invoke(build_cli(), ["audit", str(tmp_path / "tm.yaml"), "--out", str(tmp_path / "out"),
                                          "--no-progress"])
     if r.exception is not None and not isinstance(r.exception, SystemExit):
@@ -129,6 +130,8 @@ def test_every_model_format_goes_through_the_audit_and_the_retry(
     elif fmt == "script-noise":  # the second crash: a noisy TorchScript model, retried through EOT
         assert "masking:randomness" in {f["id"] for f in data["findings"]}
         retry = [s for s in data["steps"] if s["check"] == "adaptive-retry"]
-        assert retry and all(s["status"] == "done" and "EOT" in s["params"]["method"] for s in retry), ids
+        assert retry and all(s["status"] == "done" for s in retry), ids
+        white_box = [s for s in retry if "base_attack" in s["params"]]  # (gradient-free ones may join them)
+        assert white_box and all("EOT" in s["params"]["method"] for s in white_box), ids
     else:
         assert any(i.startswith("evasion/") for i in ids), ids
