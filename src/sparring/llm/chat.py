@@ -90,8 +90,8 @@ class ChatTarget(ABC):
         replies: list[ChatReply] = []
         for i in range(0, len(convs), self.batch_size):
             batch = convs[i:i + self.batch_size]
-            need = self._worst_case_tokens(batch)
             t = self.tokens
+            need = self._worst_case_tokens(batch) if t.budget is not None else 0
             if t.budget is not None and t.used + need > t.budget:
                 raise QueryBudgetExceeded(
                     f"token budget exhausted: {t.used} of {t.budget} tokens used, the next batch may need {need}. "
