@@ -30,3 +30,9 @@ def write_tm(path: Path, **overrides: Any) -> Path:
 @pytest.fixture
 def small_tm(tmp_path: Path) -> Path:
     return write_tm(tmp_path / "threat.yaml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _audits_on_one_thread(one_thread: None) -> None:
+    """Audits are many small sequential steps on tiny models: one intra-op thread for every module here (see
+    ``one_thread`` in tests/conftest.py; the format audits took 15-35 s with two threads, 2-3 s with one)."""
