@@ -79,6 +79,7 @@ def test_quantised_input_is_flagged_and_the_bpda_retry_breaks_it(
     assert retry_finding.severity == "high" and "overstated" in retry_finding.title
 
 
+@pytest.mark.slow  # ~30 s (EOT over 20 draws on the 28×28 CNN); test_formats' noisy TorchScript MLP covers the path
 def test_noisy_model_is_flagged_and_the_eot_retry_breaks_it(
     tmp_path: Path, digits_cnn: TorchTarget, digits: Dataset
 ) -> None:
