@@ -43,7 +43,7 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, errors.ModelLoadError | errors.EndpointError | errors.AccessError):
         return EXIT_MODEL
     if isinstance(exc, errors.InputSpecError | errors.ParameterError | errors.DataLoadError | errors.ThreatModelError
-                  | errors.CheckpointError):
+                  | errors.CheckpointError | errors.BaselineError):
         return EXIT_INPUT
     return EXIT_INTERNAL
 
@@ -352,8 +352,11 @@ def build_cli() -> Any:
                   help="Comma-separated report formats.")
     @click.option("--no-progress", is_flag=True, help="Hide per-step progress lines and bars.")
     @click.option("--debug", is_flag=True, help="Print (and keep in report.json) the traceback of a step that fails.")
+    @click.option("--baseline", "baseline", default=None, type=click.Path(),
+                  help="An earlier audit's report.json (or its --out folder): every report shows the per-gate and "
+                       "per-step deltas, and gates with max_drop fail when the metric fell by more.")
     def audit(threat_model: str | None, out_dir: str, resume: bool, formats: str, no_progress: bool,
-              debug: bool) -> None:
+              debug: bool, baseline: str | None) -> None:
         """Audit a model as THREAT_MODEL (YAML) describes, and write reports.
 
         Without THREAT_MODEL the built-in default runs: the zoo digits CNN on its held-out digits against a
@@ -366,10 +369,11 @@ def build_cli() -> Any:
           sparring audit                         # the built-in default
           sparring audit threat.yaml --out report
           sparring audit threat.yaml --out report --resume
+          sparring audit threat.yaml --out new --baseline old/report.json
         """
         from sparring.cli_audit import run_audit_command
 
-        sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail, debug))
+        sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail, debug, baseline))
 
     @cli.command(epilog=_EXIT_HELP)
     @click.option("--model", "-m", default="digits-cnn", show_default=True, help="Zoo name, model file or URL.")

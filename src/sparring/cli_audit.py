@@ -51,9 +51,14 @@ def audit_exit_code(audit: Any) -> int:
 
 
 def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, formats: str, progress: bool,
-                      fail: Callable[[BaseException], NoReturn], debug: bool = False) -> int:
-    """Run the audit and write the reports; return the exit code (:func:`audit_exit_code`; 2 for unknown formats)."""
+                      fail: Callable[[BaseException], NoReturn], debug: bool = False,
+                      baseline: str | None = None) -> int:
+    """Run the audit and write the reports; return the exit code (:func:`audit_exit_code`; 2 for unknown formats).
+
+    ``baseline``: an earlier report.json to compare with (:mod:`sparring.audit.baseline`), read before the audit runs.
+    """
     from sparring.audit import load_threat_model, run_audit
+    from sparring.audit.baseline import apply_baseline, load_baseline
     from sparring.audit.report import FILES, write_reports
     from sparring.cli import EXIT_INTERRUPTED, EXIT_USAGE
 
@@ -74,10 +79,13 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
 
     try:
         tm = load_threat_model(path)
+        base = None if baseline is None else load_baseline(baseline)
         if progress:
             sys.stderr.write(f"sparring audit: {tm.name} ({path}) -> {out_dir}\n")
         audit = run_audit(tm, out_dir, resume=resume, progress=progress and sys.stderr.isatty(), on_step=on_step,
                           debug=debug)
+        if base is not None:
+            apply_baseline(audit, base)
         paths = write_reports(audit, out_dir, fmts)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted before any step finished; nothing to report.\n")
@@ -106,14 +114,30 @@ def _print(audit: Any, paths: dict[str, Path]) -> None:
                       "with --resume (they run again; --debug shows tracebacks).", highlight=False)
         for r in audit.errors[:4]:
             console.print(f"  {r.step_id}: {r.error}", highlight=False, markup=False)
+    base = audit.baseline
     if audit.gates:
         table = Table(title="Gates")
-        for col in ("gate", "value", "result"):
+        for col in ("gate", "value", "result") + (("before", "delta") if base else ()):
             table.add_column(col)
-        for g in audit.gates:
+        for i, g in enumerate(audit.gates):
             colour = {"pass": "green", "fail": "red"}.get(g.status, "yellow")
-            table.add_row(g.gate, "-" if g.value is None else f"{g.value:.4f}", f"[{colour}]{g.status}[/]")
+            row = [g.gate, "-" if g.value is None else f"{g.value:.4f}", f"[{colour}]{g.status}[/]"]
+            if base:
+                b = base["gates"][i]
+                row += ["-" if b["before"] is None else f"{b['before']:.4f}",
+                        "-" if b["delta"] is None else f"{b['delta']:+.4f}"]
+            table.add_row(*row)
         console.print(table)
+    if base:
+        from sparring.audit.baseline import largest_changes
+
+        top = largest_changes(base, 5)
+        console.print(f"Compared with {base['path']} (verdict before: {base['verdict'].upper()}): "
+                      f"{len(base['steps']) - len(largest_changes(base, len(base['steps'])))} of {len(base['steps'])} "
+                      "step measurements unchanged" + ("; largest changes:" if top else "."), highlight=False)
+        for s in top:
+            console.print(f"  {s['id']} {s['metric']}: {s['before']:.4f} -> {s['now']:.4f} ({s['delta']:+.4f})",
+                          highlight=False, markup=False)
     for f in [f for f in audit.findings if f.severity != "info"][:6]:
         console.print(f"  [bold]{f.severity.upper()}[/] ({f.threat}) {f.title}")
     for fmt, p in paths.items():

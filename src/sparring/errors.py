@@ -18,13 +18,15 @@ working. Messages name the value seen, the value expected, and what to do about 
      ├── DataLoadError (OSError)              a data file or dataset is missing or malformed
      ├── EndpointError (ConnectionError)      a remote prediction API is unreachable, slow, or answers nonsense
      ├── ThreatModelError (ValueError)        an audit's threat model file is missing, not YAML, or invalid
-     └── CheckpointError (RuntimeError)       an audit's checkpoints do not belong to the run being resumed
+     ├── CheckpointError (RuntimeError)       an audit's checkpoints do not belong to the run being resumed
+ └── BaselineError (ValueError)           an audit's --baseline report is missing or not a sparring report
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AccessError",
+    "BaselineError",
     "CheckpointError",
     "DataLoadError",
     "EndpointError",
@@ -107,3 +109,7 @@ class ThreatModelError(SparringError, ValueError):
 
 class CheckpointError(SparringError, RuntimeError):
     """Checkpoints found in an audit's output folder belong to a different threat model (or are unreadable)."""
+
+
+class BaselineError(SparringError, ValueError):
+    """The earlier report an audit is compared with (``--baseline``) is missing, not JSON, or not a sparring report."""

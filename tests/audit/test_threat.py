@@ -51,7 +51,7 @@ def test_spec_hash_ignores_layout_but_not_values(tmp_path: Path) -> None:
         ({"attacker": {"evasion": [{"norm": "linf", "eps": [-0.1]}]}}, ["attacker.evasion.0.eps", "> 0"]),
         ({"gates": [{"metric": "robustness", "min": 0.5}]}, ["gates.0.metric", "'robustness'", "robust_accuracy"]),
         ({"gates": [{"metric": "robust_accuracy", "norm": "linf", "min": 0.5}]}, ["gates.0", "needs 'eps'"]),
-        ({"gates": [{"metric": "clean_accuracy"}]}, ["gates.0", "exactly one of min or max"]),
+        ({"gates": [{"metric": "clean_accuracy"}]}, ["gates.0", "exactly one of min, max or max_drop"]),
         ({"effort": "max"}, ["effort", "'max'", "'thorough'"]),
         ({"system": {"data": {"n": 10}}}, ["system.model", "required"]),
         ({"exposure": {"output": "top-k"}}, ["exposure", "top_k"]),

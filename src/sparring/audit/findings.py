@@ -8,7 +8,7 @@ attack run at a budget: a point counts as robust only if no attack broke it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
@@ -83,7 +83,7 @@ class GateResult:
     metric: str
     status: Literal["pass", "fail", "not-evaluated"]
     value: float | None
-    threshold: float
+    threshold: float | None
     op: Literal[">=", "<="]
     message: str
     steps: list[str] = field(default_factory=list)
@@ -150,13 +150,16 @@ def clean_accuracy(results: list[StepResult]) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- gates
-def evaluate_gates(tm: ThreatModel, results: list[StepResult], skipped: list[Skip] | None = None) -> list[GateResult]:
+def evaluate_gates(tm: ThreatModel, results: list[StepResult], skipped: list[Skip] | None = None,
+                   baseline: Mapping[str, float] | None = None) -> list[GateResult]:
     """Each gate against the measurements; ``skipped`` (the plan's) explains gates nothing could measure.
 
     A gate is *unmeasured* (status ``not-evaluated``: it fails) when no step measured it, when a step it depends on
-    could not run (:func:`gate_depends_on`), or when its value depends on points an attack left unfinished.
+    could not run (:func:`gate_depends_on`), or when its value depends on points an attack left unfinished. A
+    regression gate (``max_drop``) compares with ``baseline`` (gate key -> value before, see
+    :mod:`sparring.audit.baseline`); without a value there it is unmeasured too (its measured value is kept).
     """
-    return [_gate(g, results, skipped or []) for g in tm.gates]
+    return [_gate(g, results, skipped or [], baseline or {}) for g in tm.gates]
 
 
 def gate_depends_on(g: Gate, r: StepResult) -> bool:
@@ -192,7 +195,7 @@ def _max_measured(results: list[StepResult], metric: str,
     return value, steps
 
 
-def _gate(g: Gate, results: list[StepResult], skipped: list[Skip]) -> GateResult:
+def _gate(g: Gate, results: list[StepResult], skipped: list[Skip], baseline: Mapping[str, float]) -> GateResult:
     value: float | None = None
     steps: list[str] = []
     unmeasured: str | None = None
@@ -218,8 +221,10 @@ def _gate(g: Gate, results: list[StepResult], skipped: list[Skip]) -> GateResult
             if tu.partial:
                 unmeasured = (f"the query budget ran out before every message was attacked ({', '.join(tu.partial)}"
                               f"): the evasion rate is at least {tu.rate:.4f}")
-    op: Literal[">=", "<="] = ">=" if g.min is not None else "<="
-    threshold = float(g.min if g.min is not None else g.max)  # type: ignore[arg-type]
+    op: Literal[">=", "<="] = "<=" if g.max is not None else ">="
+    before = baseline.get(g.key()) if g.max_drop is not None else None
+    threshold = (None if before is None else before - g.max_drop) if g.max_drop is not None \
+        else float(g.min if g.min is not None else g.max)  # type: ignore[arg-type]
     failed = [r for r in results if r.status == "error" and gate_depends_on(g, r)]
     if failed:
         unmeasured = "; ".join(f"step {r.step_id} could not run ({r.error})" for r in failed[:3]) + (
@@ -233,6 +238,17 @@ def _gate(g: Gate, results: list[StepResult], skipped: list[Skip]) -> GateResult
         return GateResult(g.describe(), g.metric, "not-evaluated", None, threshold, op,
                           "unmeasured: no step measured this metric, so the gate fails"
                           + (f" (skipped: {'; '.join(why)})" if why else ""), steps)
+    if g.max_drop is not None:
+        if before is None or threshold is None:
+            return GateResult(g.describe(), g.metric, "not-evaluated", value, None, op,
+                              f"measured {value:.4f}, but the baseline has no value of {g.key()} to compare with, so "
+                              "the gate fails: run with --baseline DIR/report.json from an audit that measured it",
+                              steps)
+        ok = g.passes(value, before)
+        msg = (f"measured {value:.4f}, baseline {before:.4f} (delta {value - before:+.4f}) "
+               f"{'meets' if ok else 'misses'} drop <= {g.max_drop:g}")
+        return GateResult(g.describe(), g.metric, "pass" if ok else "fail", value, threshold, op, msg, steps)
+    assert threshold is not None
     ok = g.passes(value)
     msg = f"measured {value:.4f} {'meets' if ok else 'misses'} {op} {threshold:g}"
     return GateResult(g.describe(), g.metric, "pass" if ok else "fail", value, threshold, op, msg, steps)

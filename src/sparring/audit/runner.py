@@ -59,6 +59,8 @@ class Audit:
     target: dict[str, Any]
     gates: list[GateResult] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    """The comparison with an earlier report (sparring.audit.baseline.apply_baseline), None without one."""
 
     @property
     def errors(self) -> list[StepResult]:

@@ -18,7 +18,7 @@ The keys, in short::
     defence:   {preprocess: [{name: bit-depth|median|spatial|jpeg|tv, ...}], detector: {kind, fpr},
                 robust_model}
     effort:    quick|standard|thorough
-    gates:     [{metric, min|max, norm, eps, radius, method, max_chars}]
+    gates:     [{metric, min|max|max_drop, norm, eps, radius, method, max_chars}]
     seed: 0
 """
 
@@ -35,6 +35,7 @@ from sparring.audit.text_system import TextSystem
 from sparring.errors import ThreatModelError
 
 __all__ = [
+    "REGRESSION_METRICS",
     "SCHEMA_VERSION",
     "Assets",
     "Attacker",
@@ -227,8 +228,17 @@ class Defence(_Strict):
         return self
 
 
+REGRESSION_METRICS = ("clean_accuracy", "robust_accuracy", "certified_accuracy")
+"""The metrics a regression gate (``max_drop``) may watch: accuracies, where larger is better."""
+
+
 class Gate(_Strict):
-    """A pass/fail condition on one measured metric, e.g. robust accuracy at L∞ 0.1 ≥ 0.6."""
+    """A pass/fail condition on one measured metric, e.g. robust accuracy at L∞ 0.1 ≥ 0.6.
+
+    A gate is absolute (``min`` or ``max``) or a *regression gate* (``max_drop``): the metric may not fall by more
+    than ``max_drop`` below its value in the baseline report (``sparring audit --baseline old/report.json``, see
+    :mod:`sparring.audit.baseline`). A regression gate without a baseline value is unmeasured and fails.
+    """
 
     metric: str
     min: float | None = None
@@ -238,6 +248,7 @@ class Gate(_Strict):
     radius: float | None = Field(None, ge=0)
     method: str | None = None
     max_chars: int | None = Field(None, ge=1)
+    max_drop: float | None = Field(None, ge=0, le=1)
 
     @field_validator("metric")
     @classmethod
@@ -252,8 +263,12 @@ class Gate(_Strict):
     def _complete(self) -> Gate:
         from sparring.audit.registry import METRICS
 
-        if (self.min is None) == (self.max is None):
-            raise ValueError("a gate needs exactly one of min or max, e.g. min: 0.6")
+        if sum(v is not None for v in (self.min, self.max, self.max_drop)) != 1:
+            raise ValueError("a gate needs exactly one of min, max or max_drop, e.g. min: 0.6 (absolute) or "
+                             "max_drop: 0.02 (at most 0.02 below the --baseline report); write two gates for both")
+        if self.max_drop is not None and self.metric not in REGRESSION_METRICS:
+            raise ValueError(f"max_drop (a regression gate) watches an accuracy ({', '.join(REGRESSION_METRICS)}); "
+                             f"got metric {self.metric!r}")
         needs = list(METRICS[self.metric].params)
         if self.metric == "certified_accuracy":
             needs.append("eps" if self.norm == "linf" else "radius")
@@ -264,13 +279,24 @@ class Gate(_Strict):
             raise ValueError(f"text_evasion_rate's method is the defence: none or normalize; got {self.method!r}")
         return self
 
-    def describe(self) -> str:
+    def key(self) -> str:
+        """What the gate measures, without its threshold: the metric and its parameters, e.g.
+        ``robust_accuracy (norm=linf, eps=0.1)``. A baseline's gates are matched by this key."""
         where = ", ".join(f"{k}={getattr(self, k)}" for k in ("norm", "eps", "radius", "method", "max_chars")
                           if getattr(self, k))
-        op, value = (">=", self.min) if self.min is not None else ("<=", self.max)
-        return f"{self.metric}{f' ({where})' if where else ''} {op} {value}"
+        return f"{self.metric}{f' ({where})' if where else ''}"
 
-    def passes(self, value: float) -> bool:
+    def describe(self) -> str:
+        if self.max_drop is not None:
+            return f"{self.key()} drop <= {self.max_drop} vs baseline"
+        op, value = (">=", self.min) if self.min is not None else ("<=", self.max)
+        return f"{self.key()} {op} {value}"
+
+    def passes(self, value: float, before: float | None = None) -> bool:
+        """Whether ``value`` meets the gate; a regression gate compares with ``before`` (its baseline value) and
+        fails without one. A drop of exactly ``max_drop`` is allowed (float rounding aside)."""
+        if self.max_drop is not None:
+            return before is not None and value >= before - self.max_drop - 1e-9
         return value >= self.min if self.min is not None else value <= (self.max if self.max is not None else 0.0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from sparring.audit.baseline import markdown_lines
 from sparring.audit.runner import Audit
 from sparring.audit.worstcase import step_unknown
 
@@ -37,6 +38,7 @@ def report_dict(audit: Audit) -> dict[str, Any]:
         "errors": len(audit.errors),
         "faults": len(audit.faults),
         "gates": [g.to_dict() for g in audit.gates],
+        "baseline": audit.baseline,
         "findings": [f.to_dict() for f in audit.findings],
         "plan": audit.plan.to_dict(),
         "steps": steps,
@@ -55,8 +57,18 @@ def render_junit(data: dict[str, Any]) -> str:
         "failures": str(sum(g["status"] != "pass" for g in gates)), "errors": str(len(errors)),
         "time": str(data["environment"].get("seconds", 0)),
     })
+    base = data.get("baseline")
+    if base:
+        props = ET.SubElement(suite, "properties")
+        ET.SubElement(props, "property", {"name": "baseline", "value": base["path"]})
+    deltas = {b["gate"]: b for b in base["gates"]} if base else {}
     for g in gates:
         case = ET.SubElement(suite, "testcase", {"classname": "sparring.gates", "name": g["gate"]})
+        if g["gate"] in deltas:  # the comparison with --baseline: value before and the change
+            props = ET.SubElement(case, "properties")
+            for k in ("before", "now", "delta"):
+                v = deltas[g["gate"]][k]
+                ET.SubElement(props, "property", {"name": k, "value": "" if v is None else f"{v:.6g}"})
         if g["status"] != "pass":
             fail = ET.SubElement(case, "failure", {"message": g["message"], "type": g["status"]})
             fail.text = f"{g['gate']}: {g['message']} (steps: {', '.join(g['steps']) or 'none'})"
@@ -92,6 +104,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             v = "—" if g["value"] is None else f"{g['value']:.4f}"
             lines.append(f"| {g['gate']} | {v} | {_ICON[g['status']]} {g['status']} |")
         lines.append("")
+    if data.get("baseline"):
+        lines += markdown_lines(data["baseline"])
     shown = [f for f in data["findings"] if f["severity"] != "info"][:8]
     if shown:
         lines.append("### Findings")
