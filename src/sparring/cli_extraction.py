@@ -97,18 +97,4 @@ def add_commands(cli: click.Group) -> None:
 
     def _victim(model: str, url: str | None, spec_path: str | None, entry_point: str | None,
                 trust_pickle: bool) -> Any:
-        if url is None:
-            return _load_target(model, spec_path, entry_point, trust_pickle, "cpu")
-        from sparring.data import zoo
-        from sparring.errors import ParameterError
-        from sparring.targets.http import HttpTarget
-        from sparring.targets.load import load_spec
-
-        if spec_path:
-            spec = load_spec(spec_path)
-        elif model in zoo.names():
-            spec = zoo.entry(model).dataset().spec
-        else:
-            raise ParameterError(f"--url needs the API's input spec: give --spec spec.json (or a zoo --model); "
-                                 f"got --model {model!r}.")
-        return HttpTarget(url, spec)
+        return _load_target(model, spec_path, entry_point, trust_pickle, "cpu", url=url)
