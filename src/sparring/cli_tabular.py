@@ -49,22 +49,11 @@ def _csv_columns(path: str, label_column: str) -> list[str] | None:
 
 def _target(model: str, url: str | None, spec: str | None, trust_pickle: bool, trusted_types: Sequence[str],
             output: str) -> Any:
-    from sparring.data import zoo
-    from sparring.errors import ParameterError
-    from sparring.targets.load import load_spec, load_target
+    from sparring.cli import _load_target
 
     if url is None:
-        return load_target(model, spec=spec, trust_pickle=trust_pickle, trusted_types=trusted_types)
-    from sparring.targets.http import HttpTarget
-
-    if spec is not None:
-        the_spec = load_spec(spec)
-    elif model in zoo.names():
-        the_spec = zoo.entry(model).spec()
-    else:
-        raise ParameterError(f"--url needs the API's input spec: give --spec spec.json (InputSpec keys: shape, "
-                             f"n_classes, bounds, layout 'features'), or a zoo --model; got --model {model!r}.")
-    return HttpTarget(url, the_spec, output=output)  # type: ignore[arg-type]
+        return _load_target(model, spec, None, trust_pickle, "cpu", trusted_types=trusted_types)
+    return _load_target(model, spec, None, trust_pickle, "cpu", url=url, output=output)
 
 
 def _data(model: str, data: str | None, label_column: str) -> tuple[Any, Any, list[str] | None]:
