@@ -19,7 +19,7 @@ working. Messages name the value seen, the value expected, and what to do about 
      ├── EndpointError (ConnectionError)      a remote prediction API is unreachable, slow, or answers nonsense
      ├── ThreatModelError (ValueError)        an audit's threat model file is missing, not YAML, or invalid
      ├── CheckpointError (RuntimeError)       an audit's checkpoints do not belong to the run being resumed
- └── BaselineError (ValueError)           an audit's --baseline report is missing or not a sparring report
+     └── BaselineError (ValueError)           an audit's --baseline report is missing or not a sparring report
 """
 
 from __future__ import annotations
