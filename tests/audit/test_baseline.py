@@ -175,3 +175,18 @@ def test_a_regression_gate_takes_max_drop_alone_on_an_accuracy() -> None:
     with pytest.raises(ThreatModelError, match="max_drop"):
         parse_threat_model({"system": {"model": "digits-cnn"},
                             "gates": [{"metric": "text_evasion_rate", "max_chars": 3, "max_drop": 0.1}]})
+
+
+def test_a_baseline_without_its_threat_model_gates_matches_gates_by_name(tmp_path: Path) -> None:
+    report = {"schema_version": 1, "name": "old", "verdict": "pass", "threat_model": {"system": {"model": "m.pt"}},
+              "steps": [{"id": "baseline/clean", "status": "done",
+                         "measurements": [{"metric": "clean_accuracy", "value": 0.9, "params": {}}]}],
+              "gates": [{"gate": "robust_accuracy (norm=linf, eps=0.05) >= 0.5", "value": 0.6},
+                        {"gate": "clean_accuracy drop <= 0.02 vs baseline", "value": 0.9}]}
+    (tmp_path / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    base = load_baseline(tmp_path)
+    assert base.gates == {"robust_accuracy (norm=linf, eps=0.05)": 0.6, "clean_accuracy": 0.9}
+    assert base.steps["baseline/clean"][0]["value"] == 0.9 and base.model == "m.pt"
+    (tmp_path / "report.json").write_text(json.dumps({**report, "gates": [1]}), encoding="utf-8")
+    with pytest.raises(BaselineError, match="damaged"):
+        load_baseline(tmp_path)

@@ -78,17 +78,19 @@ def load_baseline(path: str | Path) -> Baseline:
     if data["schema_version"] != _SCHEMA:
         raise BaselineError(f"baseline {str(p)!r} has report schema_version {data['schema_version']!r}; this "
                             f"sparring reads {_SCHEMA}. Re-run the earlier audit with this sparring.")
-    if not isinstance(data["gates"], list) or not isinstance(data["steps"], list):
-        raise BaselineError(f"baseline {str(p)!r}: 'gates' and 'steps' must be lists; the file is damaged. Re-run "
-                            "the earlier audit.")
+    if not (isinstance(data["gates"], list) and isinstance(data["steps"], list)
+            and all(isinstance(x, dict) for x in data["gates"] + data["steps"])
+            and isinstance(data["threat_model"], dict)):
+        raise BaselineError(f"baseline {str(p)!r}: 'gates' and 'steps' must be lists of objects and 'threat_model' "
+                            "an object; the file is damaged. Re-run the earlier audit.")
     gates: dict[str, float | None] = {}
     for key, g in zip(_gate_keys(data), data["gates"], strict=True):
         value = _number(g.get("value"))
         if gates.get(key) is None:  # two gates on one metric (min and max_drop): the first measured value
             gates[key] = value
     steps = {str(s["id"]): [m for m in s.get("measurements", []) if _number(m.get("value")) is not None]
-             for s in data["steps"] if isinstance(s, dict) and "id" in s and s.get("status") == "done"}
-    tm, env = data["threat_model"] or {}, data.get("environment") or {}
+             for s in data["steps"] if "id" in s and s.get("status") == "done"}
+    tm, env = data["threat_model"], data.get("environment") or {}
     return Baseline(path=str(p), name=str(data.get("name", "")), verdict=str(data.get("verdict", "")),
                     model=(tm.get("system") or {}).get("model"), spec_hash=env.get("spec_hash"),
                     started=env.get("started"), gates=gates, steps=steps)
@@ -96,7 +98,7 @@ def load_baseline(path: str | Path) -> Baseline:
 
 def _gate_keys(data: dict[str, Any]) -> list[str]:
     """The key of each of the report's gates: from its threat model's gate (same order), else from its name."""
-    declared = (data["threat_model"] or {}).get("gates") or []
+    declared = data["threat_model"].get("gates") or []
     if len(declared) == len(data["gates"]) and all(isinstance(d, dict) for d in declared):
         return [_key(d) for d in declared]
     return [re.sub(r" (>=|<=|drop <=) \S+( vs baseline)?$", "", str(g.get("gate", ""))) for g in data["gates"]]
