@@ -68,7 +68,7 @@ def _load_target(model: str, spec_path: str | None, entry_point: str | None, tru
                  white_box: bool = False, **target_kwargs: Any) -> Any:
     """The target of a command: ``--model`` (zoo name or file; an ONNX file converted to torch when ``white_box``)
     or, with ``--url``, the prediction API there (its spec from ``--spec`` or the zoo ``--model`` it serves; ``http``
-    the settings of :func:`sparring.cli_text._http_settings`: headers with ``$VAR`` read from the environment,
+    the settings of :func:`sparring.cli_http.http_settings`: headers with ``$VAR`` read from the environment,
     timeout, input/output keys, score kind)."""
     from sparring.targets.load import load_spec, load_target
 
@@ -129,6 +129,7 @@ def _option_names(attack_cls: type) -> set[str]:
 
 def build_cli() -> Any:
     """Build the click command group (separate from :func:`main` so tests can invoke it in-process)."""
+    from sparring.cli_http import http_options
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_HELP)
     @click.version_option(package_name="sparring")
@@ -145,13 +146,7 @@ def build_cli() -> Any:
                   "hopskipjump; needs --spec, or the zoo --model the API serves).")
     @click.option("--output", type=click.Choice(["scores", "labels"]), default="scores", show_default=True,
                   help="What the --url API returns.")
-    @click.option("--http-header", multiple=True, help="HTTP header 'Name: value' for --url (repeatable); $VAR and "
-                  "${VAR} are read from the environment (keep secrets there; never written to the output).")
-    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per HTTP request (10).")
-    @click.option("--input-key", help="Request key holding the batch (default inputs).")
-    @click.option("--output-key", help="Answer key holding the predictions (default scores, or labels).")
-    @click.option("--scores", type=click.Choice(["probabilities", "logits"]), help="What the API's scores are "
-                  "(default probabilities).")
+    @http_options()
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
     @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
@@ -228,14 +223,11 @@ def build_cli() -> Any:
         params = {k: v for k, v in given.items() if v is not None and k in allowed}
         api = None
         try:
-            from sparring.cli_text import _http_settings
+            from sparring.cli_http import http_settings, require_url
             from sparring.targets.spec import Access
 
-            http = _http_settings(http_header, timeout, input_key, output_key, scores)
-            if http and not url:
-                flags = {"headers": "--http-header", "output": "--scores"}
-                given_http = ", ".join(flags.get(k, "--" + k.replace("_", "-")) for k in http)
-                raise errors.ParameterError(f"{given_http} applies to --url only; give --url or drop it.")
+            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            require_url(http, url)
             target = _load_target(model, spec_path, entry_point, trust_pickle, device, url=url, output=output,
                                   http=http, white_box=getattr(cls, "needs", None) == Access.GRADIENTS,
                                   batch_size=batch_size, query_budget=query_budget)
@@ -407,7 +399,7 @@ def build_cli() -> Any:
         text pipeline, 'module:callable', a URL with --classes) gets system.text and no spec.
         """
         from sparring.audit.template import threat_model_template
-        from sparring.cli_text import _http_settings
+        from sparring.cli_http import http_settings as _http_settings
 
         if output != "-" and Path(output).exists() and not force:
             raise click.UsageError(f"{output} exists; pass --force to overwrite it or choose another --output.")

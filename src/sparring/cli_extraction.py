@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from sparring.cli_http import http_options, http_settings, require_url
+
 __all__ = ["add_commands", "run_steal"]
 
 
@@ -41,6 +43,9 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--model", "-m", default="digits-cnn", show_default=True, help="Zoo name or model file (victim).")
     @click.option("--url", help="Steal from a prediction API at this URL instead (needs --spec, or a zoo --model "
                   "whose spec it serves).")
+    @click.option("--output", type=click.Choice(["scores", "labels"]), default="scores", show_default=True,
+                  help="What the --url API returns.")
+    @http_options()
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a file or URL.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
     @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
@@ -58,8 +63,10 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--save", type=click.Path(dir_okay=False), help="Write the stolen model's state dict (.pt).")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-    def steal(method: str, model: str, url: str | None, spec_path: str | None, entry_point: str | None,
-              trust_pickle: bool, pool: str | None, eval_data: str | None, n_eval: int, budget: int | None,
+    def steal(method: str, model: str, url: str | None, output: str, http_header: tuple[str, ...],
+              timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None,
+              spec_path: str | None, entry_point: str | None, trust_pickle: bool, pool: str | None,
+              eval_data: str | None, n_eval: int, budget: int | None,
               strategy: str, labels: str, rounds: int, epochs: int, seed: int, save: str | None, as_json: bool) -> None:
         """Steal a model through its prediction API and report fidelity against the queries spent.
 
@@ -72,7 +79,9 @@ def add_commands(cli: click.Group) -> None:
         from sparring.errors import SparringError
 
         try:
-            target = _victim(model, url, spec_path, entry_point, trust_pickle)
+            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            require_url(http, url)
+            target = _victim(model, url, spec_path, entry_point, trust_pickle, output, http)
             x_pool = None if method == "equation" else _load_data(model, pool, 10**9, "train")[0]
             x_eval, y_eval = _load_data(model, eval_data, n_eval, "test")
             summary, stolen = run_steal(method, target, x_pool, x_eval, y_eval, budget=budget, strategy=strategy,
@@ -96,5 +105,5 @@ def add_commands(cli: click.Group) -> None:
             click.echo(f"  after {int(row['queries'])} queries: fidelity {row.get('fidelity', float('nan')):.3f}")
 
     def _victim(model: str, url: str | None, spec_path: str | None, entry_point: str | None,
-                trust_pickle: bool) -> Any:
-        return _load_target(model, spec_path, entry_point, trust_pickle, "cpu", url=url)
+                trust_pickle: bool, output: str, http: dict[str, Any]) -> Any:
+        return _load_target(model, spec_path, entry_point, trust_pickle, "cpu", url=url, output=output, http=http)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sparring.cli_http import http_options, http_settings
+
 __all__ = ["ATTACKS", "DEFENCES", "add_commands", "run_attack_text"]
 
 ATTACKS = ("bad-characters", "deepwordbug", "leetspeak", "textfooler", "all-chars", "reorder")
@@ -130,26 +132,7 @@ def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int 
     return summary
 
 
-def _http_settings(http_header: tuple[str, ...], timeout: float | None, input_key: str | None,
-                   output_key: str | None, scores: str | None) -> dict[str, Any]:
-    """The ``--http-header 'Name: value'``, ``--timeout``, ``--input-key``, ``--output-key``, ``--scores`` options as
-    :func:`~sparring.targets.text_load.load_text_target` keywords (only those given)."""
-    from sparring.errors import ParameterError
-
-    out: dict[str, Any] = {}
-    headers = {}
-    for h in http_header:
-        name, sep, value = h.partition(":")
-        if not sep or not name.strip():
-            raise ParameterError(f"--http-header takes 'Name: value' (e.g. 'Authorization: Bearer ${{TOKEN}}'); got "
-                                 f"{h!r}.")
-        headers[name.strip()] = value.strip()
-    if headers:
-        out["headers"] = headers
-    for key, v in (("timeout", timeout), ("input_key", input_key), ("output_key", output_key), ("output", scores)):
-        if v is not None:
-            out[key] = v
-    return out
+_http_settings = http_settings  # the name the other commands imported first
 
 
 def add_commands(cli: Any) -> None:
@@ -195,12 +178,7 @@ def add_commands(cli: Any) -> None:
     @click.option("--target-class", help="Targeted: push messages to this class (name or index), e.g. ok.")
     @click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True)
     @click.option("--html", type=click.Path(dir_okay=False), help="Write the examples side by side to this HTML file.")
-    @click.option("--http-header", multiple=True, help="HTTP header 'Name: value' for a URL (repeatable); $VAR "
-                  "and ${VAR} are read from the environment (keep secrets there).")
-    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per HTTP request.")
-    @click.option("--input-key", help="Request key holding the messages (default inputs).")
-    @click.option("--output-key", help="Answer key holding the scores (default scores).")
-    @click.option("--scores", type=click.Choice(["probabilities", "logits"]), help="What the model's scores are.")
+    @http_options("a URL model", batch="inputs: the messages", answer="scores")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     def attack_text(attack: str, model: str, classes: str | None, trust_pickle: bool, trusted_types: tuple[str, ...],
                     data: str | None, text_col: str | None, label_col: str | None, header: bool | None, n: int,

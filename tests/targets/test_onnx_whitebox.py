@@ -430,3 +430,23 @@ def test_audit_from_yaml_attacks_an_onnx_file_white_box_like_the_torch_model(
     (g_onnx,), (g_torch,) = audit.gates, ref.gates
     assert g_onnx.value is not None and g_torch.value is not None
     assert abs(g_onnx.value - g_torch.value) <= 1 / 32
+
+
+def test_cli_steal_takes_the_same_http_settings_as_attack(cnn: tuple[nn.Module, Path], digits: Dataset,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: `sparring steal --url` had no way to send a token or name the API's keys."""
+    model, _ = cnn
+    spec, pool = _files(tmp_path, digits.x_train[:64], digits.y_train[:64], SPEC)
+    np.savez(tmp_path / "eval.npz", x=digits.x_test[:32].numpy(), y=digits.y_test[:32].numpy())
+    monkeypatch.setenv("API_TOKEN", "s3cret")
+    with _KeyedApi(model, "s3cret") as api:
+        base = ["steal", "knockoff", "--url", api.url, "--spec", spec, "--pool", pool, "--eval-data",
+                str(tmp_path / "eval.npz"), "--n-eval", "32", "--budget", "64", "--rounds", "1", "--epochs", "1",
+                "--input-key", "instances", "--output-key", "logits", "--scores", "logits", "--json"]
+        code, out, err = _run(*base, "--http-header", "Authorization: Bearer ${API_TOKEN}")
+        assert code == 0, err
+        assert "s3cret" not in out and api.seen > 0 and json.loads(out)["queries"] == 64
+        code, _, err = _run(*base)  # no token: the API refuses, exit 4 naming the status
+    assert code == EXIT_MODEL and "401" in err
+    code, _, err = _run("steal", "knockoff", "--model", "digits-cnn", "--timeout", "3")
+    assert code == 3 and "--timeout applies to --url only" in err
