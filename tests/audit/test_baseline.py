@@ -107,6 +107,8 @@ def test_baseline_deltas_are_zero_for_the_same_model_and_negative_for_a_weaker_o
     assert [g["status"] for g in regression] == ["not-evaluated", "not-evaluated"]
     assert all(g["value"] is not None and "--baseline" in g["message"] for g in regression)
     assert first["baseline"] is None
+    page = (d / "first" / "report.html").read_text(encoding="utf-8")
+    assert 'id="plan"' in page and 'id="baseline"' not in page  # the full page (not the fallback), no comparison
 
     # 2. the same model against the first report: every delta is zero, every gate passes
     r, second = _audit(d, "second", "--baseline", str(d / "first" / "report.json"))
