@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from sparring.cli_http import http_options, http_settings
+
 __all__ = ["add_commands", "run_tabular_attack"]
 
 _ATTACKS = ("cpgd", "capgd", "search", "tree-milp")
@@ -48,12 +50,14 @@ def _csv_columns(path: str, label_column: str) -> list[str] | None:
 
 
 def _target(model: str, url: str | None, spec: str | None, trust_pickle: bool, trusted_types: Sequence[str],
-            output: str) -> Any:
+            output: str, http: dict[str, Any]) -> Any:
     from sparring.cli import _load_target
+    from sparring.cli_http import require_url
 
+    require_url(http, url)
     if url is None:
         return _load_target(model, spec, None, trust_pickle, "cpu", trusted_types=trusted_types)
-    return _load_target(model, spec, None, trust_pickle, "cpu", url=url, output=output)
+    return _load_target(model, spec, None, trust_pickle, "cpu", url=url, output=output, http=http)
 
 
 def _data(model: str, data: str | None, label_column: str) -> tuple[Any, Any, list[str] | None]:
@@ -89,18 +93,20 @@ def run_tabular_attack(attack: str, *, model: str = "fraud-mlp", url: str | None
                        data: str | None = None, label_column: str = "label", constraints: str | None = None,
                        trust_pickle: bool = False, trusted_types: Sequence[str] = (), output: str = "scores",
                        n: int = 64, attacked_class: int | None = 1, eps: float = 0.3, steps: int = 40,
-                       compare: bool = True, query_budget: int | None = None, seed: int = 0) -> dict[str, Any]:
+                       compare: bool = True, query_budget: int | None = None, seed: int = 0,
+                       http: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the command does, as one library call: attack the correctly classified rows of ``attacked_class``
     (``None``: all classes) with constraints and, if ``compare``, the unconstrained baseline; JSON-ready summary.
 
     ``query_budget`` is the attacker's budget for each run (the row selection before it is not charged); a run
     that exhausts it reports its unfinished rows as unknown (``n_unknown``, ``budget_exhausted``), never robust.
+    ``http``: settings for ``url`` (:func:`sparring.cli_http.http_settings`: headers, timeout, keys, score kind).
     """
     from sparring.errors import ParameterError
 
     if attack not in _ATTACKS:
         raise ParameterError(f"unknown tabular attack {attack!r}; use one of {', '.join(_ATTACKS)}.")
-    target = _target(model, url, spec, trust_pickle, trusted_types, output)
+    target = _target(model, url, spec, trust_pickle, trusted_types, output, http or {})
     try:
         return _run(target, attack, model=model, url=url, data=data, label_column=label_column,
                     constraints=constraints, n=n, attacked_class=attacked_class, eps=eps, steps=steps,
@@ -161,6 +167,7 @@ def add_commands(cli: click.Group) -> None:
                   "spec it serves).")
     @click.option("--output", type=click.Choice(["scores", "labels"]), default="scores", show_default=True,
                   help="What the --url API returns.")
+    @http_options()
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
                   help="InputSpec JSON for a model file or URL (shape, n_classes, bounds, layout 'features').")
     @click.option("--data", "-d", type=click.Path(),
@@ -185,7 +192,9 @@ def add_commands(cli: click.Group) -> None:
                   "whose unfinished rows are unknown (never robust), and exit code 5.")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-    def attack_tabular(attack: str, model: str, url: str | None, output: str, spec_path: str | None,
+    def attack_tabular(attack: str, model: str, url: str | None, output: str, http_header: tuple[str, ...],
+                       timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None,
+                       spec_path: str | None,
                        data: str | None, label_column: str, constraints_path: str | None, trust_pickle: bool,
                        trusted_types: tuple[str, ...], n: int, attacked_class: int, eps: float, steps: int,
                        no_compare: bool, query_budget: int | None, seed: int, as_json: bool) -> None:
@@ -202,7 +211,8 @@ def add_commands(cli: click.Group) -> None:
               --data rows.csv --label-column fraud --constraints c.json
         """
         try:
-            out = run_tabular_attack(attack, model=model, url=url, spec=spec_path, data=data,
+            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            out = run_tabular_attack(attack, model=model, url=url, spec=spec_path, data=data, http=http,
                                      label_column=label_column, constraints=constraints_path,
                                      trust_pickle=trust_pickle, trusted_types=trusted_types, output=output, n=n,
                                      attacked_class=None if attacked_class < 0 else attacked_class, eps=eps,

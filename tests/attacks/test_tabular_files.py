@@ -147,6 +147,15 @@ def test_cli_attacks_a_prediction_api_with_the_librarys_numbers(files: dict[str,
     lib = CostSearch(constraints=files["c"])(SklearnTarget(files["model"], files["spec"], access=Access.LABELS), x, y)
     assert res["evasion_rate"] == lib.success_rate and res["queries"] == lib.cost.queries
     assert res["median_cost"] == pytest.approx(lib.median_cost)
+    # the HTTP options every --url command takes; a wrong answer key is the endpoint's problem (exit 4, named)
+    with make_server(served, output="labels") as srv:
+        r = CliRunner().invoke(build_cli(), [
+            "attack-tabular", "search", "--url", srv.url + "/predict", "--output", "labels", "--spec",
+            str(d / "spec.json"), "--data", str(d / "rows.csv"), "--label-column", "fraud", "--constraints",
+            str(d / "c.json"), "--n", "6", "--no-compare", "--json", "--timeout", "5", "--output-key", "preds"])
+    assert r.exit_code == 4 and "preds" in r.stderr, r.output
+    r = CliRunner().invoke(build_cli(), ["attack-tabular", "search", "--timeout", "3"])
+    assert r.exit_code == 3 and "--timeout applies to --url only" in r.stderr
 
 
 def test_cli_attacks_a_torchscript_model_on_npz_rows(files: dict[str, Any]) -> None:
