@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sparring.audit import load_threat_model, parse_threat_model
-from sparring.cli_audit import default_threat_model_path
+from sparring.cli.audit import default_threat_model_path
 from sparring.errors import ThreatModelError
 from tests.audit.conftest import SMALL
 

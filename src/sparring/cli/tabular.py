@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from sparring.cli_http import http_options, http_settings
+from sparring.cli.options import http_options, http_settings
 
 __all__ = ["add_commands", "run_tabular_attack"]
 
@@ -52,7 +52,7 @@ def _csv_columns(path: str, label_column: str) -> list[str] | None:
 def _target(model: str, url: str | None, spec: str | None, trust_pickle: bool, trusted_types: Sequence[str],
             output: str, http: dict[str, Any]) -> Any:
     from sparring.cli import _load_target
-    from sparring.cli_http import require_url
+    from sparring.cli.options import require_url
 
     require_url(http, url)
     if url is None:
@@ -100,7 +100,7 @@ def run_tabular_attack(attack: str, *, model: str = "fraud-mlp", url: str | None
 
     ``query_budget`` is the attacker's budget for each run (the row selection before it is not charged); a run
     that exhausts it reports its unfinished rows as unknown (``n_unknown``, ``budget_exhausted``), never robust.
-    ``http``: settings for ``url`` (:func:`sparring.cli_http.http_settings`: headers, timeout, keys, score kind).
+    ``http``: settings for ``url`` (:func:`sparring.cli.options.http_settings`: headers, timeout, keys, score kind).
     """
     from sparring.errors import ParameterError
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from sparring.cli_http import http_options, http_settings, require_url
+from sparring.cli.options import http_options, http_settings, require_url
 
 __all__ = ["add_commands", "run_steal"]
 

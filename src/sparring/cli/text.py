@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sparring.cli_http import http_options, http_settings
+from sparring.cli.options import http_options, http_settings
 
 __all__ = ["ATTACKS", "DEFENCES", "add_commands", "run_attack_text"]
 
@@ -132,9 +132,6 @@ def run_attack_text(attack: str, model: str, *, data: str | None = None, n: int 
     return summary
 
 
-_http_settings = http_settings  # the name the other commands imported first
-
-
 def add_commands(cli: Any) -> None:
     import click
 
@@ -210,7 +207,7 @@ def add_commands(cli: Any) -> None:
                                 text_col=text_col, label_col=label_col, header=header,
                                 classes=classes.split(",") if classes else None, trust_pickle=trust_pickle,
                                 trusted_types=trusted_types,
-                                http=_http_settings(http_header, timeout, input_key, output_key, scores))
+                                http=http_settings(http_header, timeout, input_key, output_key, scores))
         except errors.SparringError as exc:
             _fail(exc)
         if as_json:

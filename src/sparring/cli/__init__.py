@@ -32,8 +32,8 @@ _EXIT_HELP = (
 
 # Modules that add commands of their own: each defines ``add_commands(cli: click.Group) -> None`` and uses
 # ``sparring.cli._fail`` to turn a SparringError into its exit code.
-_COMMAND_MODULES: tuple[str, ...] = ("cli_universal", "cli_privacy", "cli_poison", "cli_extraction", "cli_train",
-                                      "cli_text", "cli_tabular", "cli_drift", "cli_llm")
+_COMMAND_MODULES: tuple[str, ...] = ("universal", "privacy", "poison", "extraction", "train", "text", "tabular",
+                                      "drift", "llm")
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -68,7 +68,7 @@ def _load_target(model: str, spec_path: str | None, entry_point: str | None, tru
                  white_box: bool = False, **target_kwargs: Any) -> Any:
     """The target of a command: ``--model`` (zoo name or file; an ONNX file converted to torch when ``white_box``)
     or, with ``--url``, the prediction API there (its spec from ``--spec`` or the zoo ``--model`` it serves; ``http``
-    the settings of :func:`sparring.cli_http.http_settings`: headers with ``$VAR`` read from the environment,
+    the settings of :func:`sparring.cli.options.http_settings`: headers with ``$VAR`` read from the environment,
     timeout, input/output keys, score kind)."""
     from sparring.targets.load import load_spec, load_target
 
@@ -129,7 +129,7 @@ def _option_names(attack_cls: type) -> set[str]:
 
 def build_cli() -> Any:
     """Build the click command group (separate from :func:`main` so tests can invoke it in-process)."""
-    from sparring.cli_http import http_options
+    from sparring.cli.options import http_options
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_HELP)
     @click.version_option(package_name="sparring")
@@ -223,7 +223,7 @@ def build_cli() -> Any:
         params = {k: v for k, v in given.items() if v is not None and k in allowed}
         api = None
         try:
-            from sparring.cli_http import http_settings, require_url
+            from sparring.cli.options import http_settings, require_url
             from sparring.targets.spec import Access
 
             http = http_settings(http_header, timeout, input_key, output_key, scores)
@@ -318,7 +318,7 @@ def build_cli() -> Any:
           sparring certify smoothing --model digits-cnn --sigma 0.25 --n-samples 10000 --radii 0,0.25,0.5
           sparring certify bounds --model digits-mlp --eps 0.005,0.01 --json
         """
-        from sparring.cli_certify import print_certify, run_certify
+        from sparring.cli.certify import print_certify, run_certify
 
         try:
             target = _load_target(model, spec_path, entry_point, trust_pickle, device, batch_size=batch_size,
@@ -363,7 +363,7 @@ def build_cli() -> Any:
           sparring audit threat.yaml --out report --resume
           sparring audit threat.yaml --out new --baseline old/report.json
         """
-        from sparring.cli_audit import run_audit_command
+        from sparring.cli.audit import run_audit_command
 
         sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail, debug, baseline))
 
@@ -399,7 +399,7 @@ def build_cli() -> Any:
         text pipeline, 'module:callable', a URL with --classes) gets system.text and no spec.
         """
         from sparring.audit.template import threat_model_template
-        from sparring.cli_http import http_settings as _http_settings
+        from sparring.cli.options import http_settings
 
         if output != "-" and Path(output).exists() and not force:
             raise click.UsageError(f"{output} exists; pass --force to overwrite it or choose another --output.")
@@ -409,7 +409,7 @@ def build_cli() -> Any:
                                          path="threat.yaml" if output == "-" else output,
                                          classes=classes.split(",") if classes else None, text_column=text_col,
                                          label_column=label_col,
-                                         http=_http_settings(http_header, None, input_key, output_key, None))
+                                         http=http_settings(http_header, None, input_key, output_key, None))
         except errors.SparringError as exc:
             _fail(exc)
         if output == "-":
@@ -433,7 +433,7 @@ def build_cli() -> Any:
     import importlib
 
     for module in _COMMAND_MODULES:
-        importlib.import_module(f"sparring.{module}").add_commands(cli)
+        importlib.import_module(f"sparring.cli.{module}").add_commands(cli)
     return cli
 
 
@@ -500,6 +500,3 @@ def main(argv: list[str] | None = None) -> None:
     except errors.SparringError as exc:  # pragma: no cover - commands catch their own
         _fail(exc)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
