@@ -365,7 +365,8 @@ def _load_skops(path: Path, trust_pickle: bool, trusted_types: Sequence[str] = (
         raise ModelLoadError(
             f"{path} contains types that skops does not trust by default: {unlisted}. Loading them can run their "
             "code. If you trust this file and these types, list each one with trusted_types=[...] "
-            "(--trusted-type TYPE, once per type), or pass trust_pickle=True (--trust-pickle) to trust them all."
+            "(--trusted-type TYPE, once per type; YAML system.trusted_types), or pass trust_pickle=True "
+            "(--trust-pickle) to trust them all."
         )
     try:
         return sio.load(path, trusted=untrusted or None)

@@ -148,37 +148,16 @@ def load_text_pipeline(path: str | os.PathLike[str], *, trust_pickle: bool = Fal
                              f"({', '.join(text_model_names())}), a skops/joblib file, 'module:callable' or an "
                              "http(s):// URL.")
     kind = detect_kind(p)
+    from sparring.targets.load import _load_pickle, _load_skops
+
     if kind == "skops":
         return _load_skops(p, trust_pickle, trusted_types)
     if kind == "pickle":
-        from sparring.targets.load import _load_pickle
-
         return _load_pickle(p, trust_pickle)
     raise ModelLoadError(f"{p} is a {kind} file: a tensor model, which takes numbers, not text. A text model is a "
                          "skops/joblib scikit-learn pipeline over raw strings, 'module:callable' returning scores "
                          "for a list of strings, or an http(s):// URL. For a tensor model use sparring attack / "
                          "audit with --spec.")
-
-
-def _load_skops(p: Path, trust_pickle: bool, trusted_types: Sequence[str]) -> Any:
-    try:
-        import skops.io as sio
-    except ImportError:  # pragma: no cover
-        raise ModelLoadError(f"reading {p} needs skops: pip install 'sparring[skops]'.") from None
-    try:
-        untrusted = list(sio.get_untrusted_types(file=p))
-    except Exception as exc:
-        raise ModelLoadError(f"{p} could not be read as a skops file (truncated or corrupted?): {exc}") from None
-    refused = [t for t in untrusted if t not in set(trusted_types)]
-    if refused and not trust_pickle:
-        flags = " ".join(f"--trusted-type {t}" for t in refused)
-        raise ModelLoadError(f"{p} contains types that skops does not trust by default: {refused}. Loading them can "
-                             f"run their code. If you trust this file and these types, pass {flags} (YAML "
-                             "system.trusted_types), or --trust-pickle to accept every type.")
-    try:
-        return sio.load(p, trusted=untrusted or None)
-    except Exception as exc:
-        raise ModelLoadError(f"{p} could not be loaded as a skops file: {str(exc).splitlines()[0]}") from None
 
 
 def probe_text_estimator(estimator: Any, source: str) -> None:
