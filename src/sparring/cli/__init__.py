@@ -499,4 +499,3 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="sparring", standalone_mode=True)
     except errors.SparringError as exc:  # pragma: no cover - commands catch their own
         _fail(exc)
-

@@ -81,7 +81,8 @@ def add_commands(cli: click.Group) -> None:
         try:
             http = http_settings(http_header, timeout, input_key, output_key, scores)
             require_url(http, url)
-            target = _victim(model, url, spec_path, entry_point, trust_pickle, output, http)
+            target = _load_target(model, spec_path, entry_point, trust_pickle, "cpu", url=url, output=output,
+                                  http=http)
             x_pool = None if method == "equation" else _load_data(model, pool, 10**9, "train")[0]
             x_eval, y_eval = _load_data(model, eval_data, n_eval, "test")
             summary, stolen = run_steal(method, target, x_pool, x_eval, y_eval, budget=budget, strategy=strategy,
@@ -103,7 +104,3 @@ def add_commands(cli: click.Group) -> None:
                 click.echo(f"  {key:<9} {summary[key]:.4f}")
         for row in summary.get("history", []):
             click.echo(f"  after {int(row['queries'])} queries: fidelity {row.get('fidelity', float('nan')):.3f}")
-
-    def _victim(model: str, url: str | None, spec_path: str | None, entry_point: str | None,
-                trust_pickle: bool, output: str, http: dict[str, Any]) -> Any:
-        return _load_target(model, spec_path, entry_point, trust_pickle, "cpu", url=url, output=output, http=http)
