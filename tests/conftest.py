@@ -18,9 +18,14 @@ pytest_plugins = ["sparring.testing"]
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Every run trains the zoo into its own cache dir: hermetic, and never touches the user's cache."""
+    """Every run trains the zoo into its own cache dir: hermetic, and never touches the user's cache.
+
+    A developer running small targeted test selections repeatedly may set SPARRING_TEST_CACHE_DIR to a directory
+    that test runs share (the zoo's files are written atomically and checksummed), so the zoo is trained once; CI
+    and scripts/test.sh leave it unset."""
     old = os.environ.get("SPARRING_CACHE_DIR")
-    os.environ["SPARRING_CACHE_DIR"] = str(tmp_path_factory.mktemp("sparring-cache"))
+    shared = os.environ.get("SPARRING_TEST_CACHE_DIR")
+    os.environ["SPARRING_CACHE_DIR"] = shared or str(tmp_path_factory.mktemp("sparring-cache"))
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     yield
     if old is None:
