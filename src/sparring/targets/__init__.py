@@ -17,6 +17,7 @@ from sparring.targets.text import (
 )
 from sparring.targets.text_load import load_text_target
 from sparring.targets.torch import TorchTarget
+from sparring.targets.units import FeatureScale, in_units
 
 __all__ = [
     "Access",
@@ -24,6 +25,7 @@ __all__ = [
     "Derived",
     "Feature",
     "FeatureConstraints",
+    "FeatureScale",
     "HttpTarget",
     "HttpTextTarget",
     "InputSpec",
@@ -39,6 +41,7 @@ __all__ = [
     "TorchTarget",
     "TorchTextTarget",
     "Violations",
+    "in_units",
     "load_spec",
     "load_target",
     "load_text_target",
