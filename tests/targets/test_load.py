@@ -321,3 +321,18 @@ def test_sklearn_model_fitted_on_other_features_is_refused(sk_files: dict[str, A
     spec = InputSpec(shape=(10,), n_classes=2, layout="features", bounds=(-1e4, 1e4))
     with pytest.raises(InputSpecError, match=r"fitted on 30 features.*10 features"):
         load_target(sk_files["skops"], spec=spec)
+
+
+def test_text_pipeline_without_spec_points_to_attack_text(tmp_path: Path, sk_files: dict[str, Any]) -> None:
+    """A user's skops text classifier given to the tensor loader: the error says it is a text model and which
+    command takes it; a tabular pipeline's error does not."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = ["free cash now", "see you at lunch", "win a prize today", "call mom later"]
+    pipe = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, [1, 0, 1, 0])
+    sio.dump(pipe, tmp_path / "tox.skops")
+    with pytest.raises(ParameterError, match=r"needs an input spec.*text pipeline.*sparring attack-text"):
+        load_target(tmp_path / "tox.skops")
+    with pytest.raises(ParameterError, match=r"needs an input spec") as info:
+        load_target(sk_files["skops"])
+    assert "attack-text" not in str(info.value)

@@ -183,6 +183,22 @@ def _resolve_spec(spec: InputSpec | str | os.PathLike[str] | None) -> InputSpec 
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+def _text_model_hint(path: Path, kind: str) -> str:
+    """A hint when a skops file holds a text pipeline (strings in, so no tensor spec can describe it). Reads only the
+    file's schema.json, never the objects."""
+    if kind != "skops":
+        return ""
+    try:
+        with zipfile.ZipFile(path) as z:
+            schema = z.read("schema.json").decode("utf-8", "replace")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return ""
+    if "sklearn.feature_extraction.text" not in schema:
+        return ""
+    return (" This file holds a text pipeline (a scikit-learn text vectorizer takes strings): attack it with "
+            "`sparring attack-text --model FILE` or sparring.targets.load_text_target.")
+
+
 def load_target(
     source: str | os.PathLike[str],
     *,
@@ -247,6 +263,7 @@ def load_target(
         raise ParameterError(
             f"loading {path} ({_label(kind)}) needs an input spec: pass spec=InputSpec(shape=..., "
             "n_classes=..., bounds=...) or spec='spec.json' (InputSpec.to_dict keys; --spec on the command line)."
+            + _text_model_hint(path, kind)
         )
     if entry_point is not None:
         model = load_state_dict_model(path, entry_point)
