@@ -9,7 +9,8 @@ working. Messages name the value seen, the value expected, and what to do about 
      ├── InputSpecError (ValueError)         data or spec do not match: shape, dtype, NaN, bounds, empty batch
      │    └── LabelError                      labels outside 0..n_classes-1, wrong length
      ├── ParameterError (ValueError)          an attack/defence parameter is invalid (eps < 0, steps = 0, ...)
-     │    └── ModelGraphError                 bound propagation cannot read or reproduce a model's computation
+     │    ├── ModelGraphError                 bound propagation cannot read or reproduce a model's computation
+     │    └── GuardConfigError                a guard service configuration (guard.yaml) is missing or invalid
      ├── AccessError (PermissionError)        the target cannot give what the attack needs (gradients, scores)
      ├── QueryBudgetExceeded (RuntimeError)   a black-box target's query budget would be exceeded
      ├── ModelLoadError (OSError)             a model file is missing, corrupted, of the wrong kind, or untrusted
@@ -17,6 +18,7 @@ working. Messages name the value seen, the value expected, and what to do about 
      │                                        converted model's outputs differ from onnxruntime's
      ├── DataLoadError (OSError)              a data file or dataset is missing or malformed
      ├── EndpointError (ConnectionError)      a remote prediction API is unreachable, slow, or answers nonsense
+     ├── StoreError (OSError)                 the guard's event store (SQLite / PostgreSQL) cannot be used
      ├── ThreatModelError (ValueError)        an audit's threat model file is missing, not YAML, or invalid
      ├── CheckpointError (RuntimeError)       an audit's checkpoints do not belong to the run being resumed
      └── BaselineError (ValueError)           an audit's --baseline report is missing or not a sparring report
@@ -30,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "DataLoadError",
     "EndpointError",
+    "GuardConfigError",
     "InputSpecError",
     "LabelError",
     "ModelGraphError",
@@ -38,6 +41,7 @@ __all__ = [
     "ParameterError",
     "QueryBudgetExceeded",
     "SparringError",
+    "StoreError",
     "ThreatModelError",
 ]
 
@@ -61,6 +65,10 @@ class ParameterError(SparringError, ValueError):
 class ModelGraphError(ParameterError):
     """Bound propagation cannot follow a model: an operation it does not support (named with its position in the
     traced graph), a model that cannot be traced, or a parsed network whose outputs differ from the model's."""
+
+
+class GuardConfigError(ParameterError):
+    """A guard service configuration (``guard.yaml``) is missing, not YAML, or has a key or value not allowed."""
 
 
 class AccessError(SparringError, PermissionError):
@@ -101,6 +109,10 @@ class DataLoadError(SparringError, OSError):
 
 class EndpointError(SparringError, ConnectionError):
     """A remote prediction endpoint is unreachable, timed out, or answered something unusable."""
+
+
+class StoreError(SparringError, OSError):
+    """The guard's event store cannot be opened, written or read (database locked, unreachable, bad URL)."""
 
 
 class ThreatModelError(SparringError, ValueError):

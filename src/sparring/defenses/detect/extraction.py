@@ -16,7 +16,9 @@ State is bounded for long-running services: a client keeps at most ``max_samples
 recently seen evicted first (an evicted client starts afresh, flag included: act on the flag when it is returned).
 
 Usable inside a serving stack: call :meth:`PradaDetector.observe` with the client's id, the query and the label the
-model answered; it says whether the client is (now, or already) flagged.
+model answered; it says whether the client is (now, or already) flagged. The state is plain JSON data
+(:meth:`PradaDetector.state_dict`, or per client :meth:`PradaDetector.client_state`, with the stored queries
+readable incrementally by sequence number through :meth:`PradaDetector.members`), so a service persists it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 import warnings
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,17 +36,20 @@ from sparring.errors import InputSpecError, ParameterError
 
 __all__ = ["PradaDetector"]
 
+_STATE_VERSION = 1
+
 
 @dataclass
 class _Client:
     growing: dict[int, deque[torch.Tensor]] = field(default_factory=dict)  # G_c: accepted queries, per class
-    order: deque[int] = field(default_factory=deque)  # classes of the stored queries, oldest first
+    order: deque[tuple[int, int]] = field(default_factory=deque)  # (class, seq) of the stored queries, oldest first
     growing_stats: dict[int, tuple[int, float, float]] = field(default_factory=dict)  # D_{G_c}: n, mean, M2
     threshold: dict[int, float] = field(default_factory=dict)  # T_c
     distances: deque[float] = field(default_factory=deque)  # D: the last max_samples minimum distances
     queries: int = 0
     statistic: float | None = None
     flagged_at: int | None = None
+    stored_total: int = 0  # queries ever stored in the growing sets (the seq of the latest one)
 
 
 class PradaDetector:
@@ -180,10 +186,80 @@ class PradaDetector:
                 c.flagged_at = c.queries
 
     def _store(self, c: _Client, x: torch.Tensor, label: int) -> None:
+        c.stored_total += 1
         c.growing.setdefault(label, deque()).append(x)
-        c.order.append(label)
+        c.order.append((label, c.stored_total))
         if len(c.order) > self.max_samples:  # evict the oldest stored query (of whichever class it was)
-            c.growing[c.order.popleft()].popleft()
+            c.growing[c.order.popleft()[0]].popleft()
+
+    # ------------------------------------------------------------------ state (JSON)
+    def members(self, client_id: str, since: int = 0) -> list[tuple[int, int, list[float]]]:
+        """The client's stored queries with a sequence number above ``since``: ``(seq, class, flat query)``,
+        oldest first. With :meth:`client_state` (``members=False``) a service persists a client incrementally."""
+        c = self._clients.get(str(client_id))
+        if c is None:
+            return []
+        pos: dict[int, int] = {}
+        out = []
+        for label, seq in c.order:
+            i = pos.get(label, 0)
+            pos[label] = i + 1
+            if seq > since:
+                out.append((seq, label, [float(v) for v in c.growing[label][i].tolist()]))
+        return out
+
+    def client_state(self, client_id: str, *, members: bool = True) -> dict[str, Any] | None:
+        """One client's state as plain JSON data (``None`` for an unknown client). Without ``members`` the
+        stored queries are left out (read them with :meth:`members`); the rest is at most ``max_samples``
+        distances and a few numbers per class."""
+        c = self._clients.get(str(client_id))
+        if c is None:
+            return None
+        out: dict[str, Any] = {
+            "version": _STATE_VERSION, "queries": c.queries, "statistic": c.statistic, "flagged_at": c.flagged_at,
+            "stored_total": c.stored_total, "distances": list(c.distances),
+            "threshold": {str(k): v for k, v in c.threshold.items()},
+            "growing_stats": {str(k): list(v) for k, v in c.growing_stats.items()},
+        }
+        if members:
+            out["members"] = [list(m) for m in self.members(client_id)]
+        return out
+
+    def load_client_state(self, client_id: str, state: dict[str, Any],
+                          members: list[tuple[int, int, list[float]]] | None = None) -> None:
+        """Restore a client from :meth:`client_state` (its ``members``, or those given here: ``(seq, class,
+        flat query)`` with the latest ``max_samples`` kept); later queries give what the saved detector would."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ParameterError(f"not a PRADA client state of version {_STATE_VERSION}; pass what client_state() "
+                                 "returned.")
+        rows = members if members is not None else [tuple(m) for m in state.get("members", [])]
+        rows = sorted(rows, key=lambda m: int(m[0]))[-self.max_samples :]
+        c = _Client()
+        c.queries, c.stored_total = int(state["queries"]), int(state["stored_total"])
+        c.statistic = None if state["statistic"] is None else float(state["statistic"])
+        c.flagged_at = None if state["flagged_at"] is None else int(state["flagged_at"])
+        c.distances = deque(float(d) for d in state["distances"][-self.max_samples :])
+        c.threshold = {int(k): float(v) for k, v in state["threshold"].items()}
+        c.growing_stats = {int(k): (int(v[0]), float(v[1]), float(v[2])) for k, v in state["growing_stats"].items()}
+        for seq, label, flat in rows:
+            c.growing.setdefault(int(label), deque()).append(torch.tensor(flat, dtype=torch.float32))
+            c.order.append((int(label), int(seq)))
+        self._clients[str(client_id)] = c
+        self._clients.move_to_end(str(client_id))
+        while len(self._clients) > self.max_clients:
+            self._clients.popitem(last=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every tracked client's state (with its stored queries) as plain JSON data, least recently seen first."""
+        return {"version": _STATE_VERSION, "clients": {k: self.client_state(k) for k in self._clients}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (clients beyond ``max_clients`` are evicted, least recently seen first)."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ParameterError(f"not a PRADA state of version {_STATE_VERSION}; pass what state_dict() returned.")
+        self._clients.clear()
+        for key, st in state["clients"].items():
+            self.load_client_state(key, st)
 
 
 def _without_outliers(values: list[float], sd: float | None) -> list[float]:

@@ -1,0 +1,277 @@
+"""The guard's request pipeline, independent of the web framework: model, detectors and policies, per-client PRADA,
+the drift window, and the durable event written before the answer is returned.
+
+One lock serialises the pipeline (model call, detectors, PRADA, drift, store commit): PRADA's per-client state
+and the drift window see requests in one order, and that order is the order of the events in the store. A
+:class:`GuardService` is what :func:`sparring.guard.app.create_app` serves; it can also be driven directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparring.defenses.detect.extraction import PradaDetector
+from sparring.errors import EndpointError, QueryBudgetExceeded, SparringError, StoreError
+from sparring.guard.auth import KeyVerifier, Principal, TokenBucket
+from sparring.guard.build import GuardDetector, build_detectors, load_data_ref, load_model
+from sparring.guard.config import GuardConfig
+from sparring.guard.drift import ConfidenceKS
+from sparring.guard.metrics import GuardMetrics
+from sparring.guard.store import Alert, Event, Store, StoreBatch, open_store
+from sparring.targets.base import Target
+
+__all__ = ["GuardService", "Outcome"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What to answer: the status, the JSON body and extra headers (the event is already stored)."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    event_id: int | None = None
+
+
+def input_hash(x: torch.Tensor) -> str:
+    """SHA-256 of a validated batch as C-ordered float32 bytes, with its shape (the same inputs hash alike however
+    the JSON was formatted)."""
+    a = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+class GuardService:
+    """Everything one guard process holds: the target, detectors, PRADA, drift window, store, keys and metrics."""
+
+    def __init__(self, config: GuardConfig, *, target: Target | None = None, store: Store | None = None) -> None:
+        self.config = config
+        self.target = target if target is not None else load_model(config)
+        self.spec = self.target.spec
+        self.output = config.output
+        self.detectors: list[GuardDetector] = build_detectors(config, self.target)
+        self.store = store if store is not None else open_store(config.store.url)
+        self.metrics = GuardMetrics()
+        self.keys = KeyVerifier(self.store, cache_seconds=config.auth.cache_seconds)
+        self.rate = TokenBucket(config.rate_limit.rate, config.rate_limit.burst)
+        p = config.prada
+        self.prada: PradaDetector | None = None
+        if p.enabled:
+            self.prada = PradaDetector(delta=p.delta, min_queries=p.min_queries, max_samples=max(p.max_samples,
+                                       p.min_queries), max_clients=p.max_clients)
+        self.drift = self._build_drift()
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._depth_lock = threading.Lock()
+        for d in self.detectors:
+            self.metrics.detector_threshold.labels(d.name).set(d.threshold)
+        self._requests_since_purge = 0
+        self.apply_retention()
+
+    # ------------------------------------------------------------------ setup
+    def _build_drift(self) -> ConfidenceKS | None:
+        d = self.config.drift
+        if not d.enabled or self.output == "labels":
+            return None
+        ref = d.reference
+        if ref is None:
+            refs = [c.calibrate for c in self.config.detectors if c.calibrate is not None]
+            if not refs:
+                return None
+            ref = refs[0]
+        x, _ = load_data_ref(ref, self.config)
+        with torch.no_grad():
+            conf = self._probabilities(self.target.query(self.spec.validate(x)[0])).amax(dim=1)
+        drift = ConfidenceKS(conf.numpy(), window=d.window, alpha=d.alpha)
+        saved = self.store.get_state("drift")
+        if saved is not None and saved.get("fingerprint") == drift.fingerprint:
+            drift.load_state_dict(saved)
+        return drift
+
+    def _probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        out = out.detach().double().cpu()
+        return out.softmax(dim=1) if self.target.view_output == "logits" else out
+
+    def apply_retention(self) -> tuple[int, int]:
+        r, now = self.config.retention, time.time()
+        return self.store.purge(events_before=None if r.events_days is None else now - r.events_days * 86400,
+                                alerts_before=None if r.alerts_days is None else now - r.alerts_days * 86400)
+
+    # ------------------------------------------------------------------ queue
+    def enter_queue(self) -> bool:
+        """Take a place in the bounded work queue (False when it is full: answer 503)."""
+        with self._depth_lock:
+            if self._depth >= self.config.queue.max_size:
+                return False
+            self._depth += 1
+            self.metrics.queue_depth.set(self._depth)
+            return True
+
+    def leave_queue(self) -> None:
+        with self._depth_lock:
+            self._depth -= 1
+            self.metrics.queue_depth.set(self._depth)
+
+    # ------------------------------------------------------------------ events
+    def record(self, event: Event, batch: StoreBatch | None = None) -> int | None:
+        """Store an event (with what else the request changed); on a store failure count a dropped event and
+        re-raise (the caller answers 503 when fail-closed) or, fail-open, return None."""
+        b = batch if batch is not None else StoreBatch(event)
+        self.metrics.requests.labels(event.decision, str(event.status)).inc()
+        try:
+            return self.store.record(b)
+        except StoreError:
+            self.metrics.dropped.inc()
+            logger.exception("event of a %s request (status %d) could not be stored", event.decision, event.status)
+            if self.config.store.on_error == "fail-closed":
+                raise
+            return None
+
+    def refuse(self, status: int, decision: str, message: str, *, path: str, client_id: str | None = None,
+               body_sha: str | None = None, headers: dict[str, str] | None = None) -> Outcome:
+        """A 4xx/5xx answer with its event stored first."""
+        try:
+            eid = self.record(Event(client_id, path, status, decision, input_sha256=body_sha, message=message))
+        except StoreError as exc:
+            return Outcome(503, {"error": f"the request was refused ({message}) and could not be recorded: {exc}"},
+                           {"Retry-After": str(self.config.queue.retry_after)})
+        return Outcome(status, {"error": message}, dict(headers or {}), eid)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, who: Principal, x: torch.Tensor, *, path: str = "/predict") -> Outcome:
+        """Answer a validated batch for ``who``: model, detectors and policies, PRADA, drift; event stored first."""
+        t0 = time.perf_counter()
+        sha = input_hash(x)
+        with self._lock:
+            return self._predict_locked(who, x, sha, path, t0)
+
+    def _predict_locked(self, who: Principal, x: torch.Tensor, sha: str, path: str, t0: float) -> Outcome:
+        cid = who.client_id
+        prada_state = self._prada_load(cid)
+        if self.prada is not None and self.config.prada.policy == "reject" and self.prada.flagged(cid):
+            return self.refuse(403, "reject", f"client {cid!r} is flagged by PRADA as a model-extraction client; "
+                               "ask the service's operator to review it.", path=path, client_id=cid, body_sha=sha)
+        try:
+            with torch.no_grad():
+                out = self.target.query(x) if self.output == "scores" else None
+                labels = out.argmax(dim=1) if out is not None else self.target.query_labels(x)
+        except EndpointError as exc:
+            timeout = "timed out" in str(exc).lower() or "timeout" in type(exc.__cause__).__name__.lower()
+            status = 504 if timeout else 502
+            return self.refuse(status, "error", f"the upstream model failed: {exc}", path=path, client_id=cid,
+                               body_sha=sha)
+        except QueryBudgetExceeded as exc:
+            return self.refuse(429, "error", str(exc), path=path, client_id=cid, body_sha=sha)
+        except SparringError as exc:
+            return self.refuse(400, "invalid", str(exc), path=path, client_id=cid, body_sha=sha)
+        if out is not None and not bool(torch.isfinite(out).all()):
+            return self.refuse(500, "error", "the model produced NaN or inf scores for this batch.", path=path,
+                               client_id=cid, body_sha=sha)
+        labels = labels.detach().cpu().long()
+        report, rejected, flagged = self._run_detectors(x)
+        batch = StoreBatch(Event(cid, path, 200, "ok", input_sha256=sha, n_inputs=int(x.shape[0])))
+        conf = None if out is None else self._probabilities(out).amax(dim=1)
+        batch.event.prediction = {"labels": labels.tolist(),
+                                  "confidence": None if conf is None else [round(float(c), 6) for c in conf]}
+        batch.event.detectors = report
+        if rejected:
+            name, idx = rejected
+            d = report[name]
+            msg = (f"rejected by detector {name!r}: example(s) {idx} scored above its threshold "
+                   f"{d['threshold']:.6g} (max score {max(d['scores'][i] for i in idx):.6g}).")
+            batch.event.status, batch.event.decision, batch.event.message = 403, "reject", msg
+            return self._commit(batch, Outcome(403, {"error": msg, "guard": {"rejected_by": name,
+                                                                             "examples": idx}}), t0, cid, prada_state)
+        body: dict[str, Any] = {"labels" if out is None else "scores": (labels if out is None else out).tolist()}
+        if flagged:
+            batch.event.decision = "flag"
+            body["guard"] = {"flagged": flagged}
+        self._prada_observe(cid, x, labels, batch, report, body)
+        if self.drift is not None and conf is not None:
+            for res in self.drift.update(conf.numpy()):
+                self.metrics.drift_p.set(res["p_value"])
+                if res["drift"]:
+                    batch.alerts.append(Alert(None, "drift", res))
+            batch.states["drift"] = self.drift.state_dict()
+        return self._commit(batch, Outcome(200, body), t0, cid, prada_state)
+
+    def _commit(self, batch: StoreBatch, outcome: Outcome, t0: float, cid: str,
+                prada_state: dict[str, Any] | None) -> Outcome:
+        batch.event.latency_ms = (time.perf_counter() - t0) * 1000
+        try:
+            outcome.event_id = self.record(batch.event, batch)
+        except StoreError as exc:
+            if self.prada is not None:  # memory ran ahead of the store: reload this client from it next time
+                self.prada.reset(cid)
+            return Outcome(503, {"error": f"the request could not be recorded, so it is not answered: {exc}"},
+                           {"Retry-After": str(self.config.queue.retry_after)})
+        for a in batch.alerts:
+            self.metrics.alerts.labels(a.kind).inc()
+        return outcome
+
+    def _run_detectors(self, x: torch.Tensor) -> tuple[dict[str, Any], tuple[str, list[int]] | None, list[str]]:
+        report: dict[str, Any] = {}
+        rejected: tuple[str, list[int]] | None = None
+        flagged: list[str] = []
+        for d in self.detectors:
+            s = d.scores(x)
+            fired = (s > d.threshold).nonzero().reshape(-1).tolist()
+            report[d.name] = {"scores": [round(float(v), 6) for v in s], "threshold": d.threshold,
+                              "policy": d.policy, "fired": fired}
+            for v in s.tolist():
+                self.metrics.detector_score.labels(d.name).observe(v)
+            if fired:
+                self.metrics.detector_fired.labels(d.name, d.policy).inc(len(fired))
+                if d.policy == "reject" and rejected is None:
+                    rejected = (d.name, fired)
+                elif d.policy == "flag":
+                    flagged.append(d.name)
+        return report, rejected, flagged
+
+    # ------------------------------------------------------------------ PRADA state, persisted per client
+    def _prada_load(self, cid: str) -> dict[str, Any] | None:
+        """The client's PRADA state in memory, read from the store when this process does not hold it."""
+        if self.prada is None:
+            return None
+        st = self.prada.client_state(cid, members=False)
+        if st is None:
+            saved = self.store.get_state(f"prada:{cid}")
+            if saved is not None:
+                rows = [(seq, label, np.frombuffer(blob, dtype=np.float32).tolist())
+                        for seq, label, blob in self.store.prada_members(cid)]
+                self.prada.load_client_state(cid, saved, rows)
+                st = saved
+        return st
+
+    def _prada_observe(self, cid: str, x: torch.Tensor, labels: torch.Tensor, batch: StoreBatch,
+                       report: dict[str, Any], body: dict[str, Any]) -> None:
+        if self.prada is None:
+            return
+        before = self.prada.client_state(cid, members=False)
+        since = 0 if before is None else int(before["stored_total"])
+        was = self.prada.flagged(cid)
+        now = self.prada.observe(cid, x, labels)
+        st = self.prada.client_state(cid, members=False)
+        assert st is not None
+        batch.states[f"prada:{cid}"] = st
+        for seq, label, flat in self.prada.members(cid, since):
+            batch.members.append((cid, seq, label, np.asarray(flat, dtype=np.float32).tobytes()))
+        keep_from = int(st["stored_total"]) - self.prada.max_samples
+        if keep_from > 0:
+            batch.evict_below[cid] = keep_from
+        report["prada"] = {"queries": st["queries"], "statistic": st["statistic"], "flagged": now}
+        self.metrics.prada_clients.set(self.prada.n_clients)
+        if now and not was:
+            batch.alerts.append(Alert(cid, "prada", {"flagged_at": st["flagged_at"], "statistic": st["statistic"],
+                                                     "delta": self.prada.delta}))
+            if self.config.prada.policy == "reject":
+                body.setdefault("guard", {})["prada"] = "flagged: later requests will be refused"

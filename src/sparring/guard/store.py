@@ -1,0 +1,397 @@
+"""The guard's durable store: events, alerts, client keys and detector state, in SQLite or PostgreSQL.
+
+Every request's event (and any alert and detector state it changed) is written in one transaction that is
+committed before the response is sent. SQLite runs in WAL mode with ``synchronous=FULL``: a committed transaction
+survives a process kill and a power cut (SQLite docs, "Write-Ahead Logging" and "PRAGMA synchronous"). PostgreSQL
+(``postgresql://`` URLs, psycopg 3) commits with its default ``synchronous_commit=on``, so several guard replicas
+can share one database.
+
+Tables: ``events`` (one row per request: client, time, SHA-256 of the body's inputs, prediction, detector outputs,
+decision, status), ``alerts`` (PRADA and drift alarms), ``clients`` (API keys: only a salted scrypt hash is kept),
+``detector_state`` (JSON state by name, e.g. ``prada:<client>`` and ``drift``) and ``prada_members`` (the stored
+queries of each client's PRADA growing sets, float32, written incrementally by sequence number).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparring.errors import StoreError
+
+__all__ = ["Alert", "Event", "KeyRecord", "PostgresStore", "SQLiteStore", "Store", "StoreBatch", "open_store"]
+
+_TABLES = ("events", "alerts", "clients", "detector_state", "prada_members")
+
+
+@dataclass
+class Event:
+    """One request as recorded (never the API key; the client id only once the key is verified)."""
+
+    client_id: str | None
+    path: str
+    status: int
+    decision: str  # ok | flag | reject | invalid | unauthorised | forbidden | rate-limited | busy | error
+    input_sha256: str | None = None
+    n_inputs: int | None = None
+    prediction: Any = None
+    detectors: Any = None
+    message: str | None = None
+    latency_ms: float | None = None
+    ts: float = field(default_factory=time.time)
+
+
+@dataclass
+class Alert:
+    client_id: str | None
+    kind: str  # prada | drift
+    detail: dict[str, Any]
+    ts: float = field(default_factory=time.time)
+
+
+@dataclass
+class KeyRecord:
+    key_id: str
+    client_id: str
+    role: str
+    salt: bytes
+    hash: bytes
+    created: float
+    revoked: float | None
+
+
+@dataclass
+class StoreBatch:
+    """What one request writes, in one transaction: its event, alerts, detector states and PRADA members."""
+
+    event: Event
+    alerts: list[Alert] = field(default_factory=list)
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    members: list[tuple[str, int, int, bytes]] = field(default_factory=list)  # client, seq, class, float32 bytes
+    evict_below: dict[str, int] = field(default_factory=dict)  # client -> drop members with seq <= this
+
+
+class Store(ABC):
+    """The small interface the guard needs; SQL is shared, placeholders and DDL differ per backend."""
+
+    placeholder = "?"
+    _ddl: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def _connect(self) -> Any: ...
+
+    @abstractmethod
+    def _errors(self) -> tuple[type[BaseException], ...]: ...
+
+    @property
+    @abstractmethod
+    def url(self) -> str: ...
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[Any]:
+        with self._lock:
+            try:
+                cur = self._conn.cursor()
+                try:
+                    yield cur
+                    self._conn.commit()
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                finally:
+                    cur.close()
+            except self._errors() as exc:
+                raise StoreError(f"the guard store ({self.url}) failed to {what}: {type(exc).__name__}: {exc}. "
+                                 "Check that the database is reachable, not locked by another program, and has "
+                                 "free disk space.") from exc
+
+    def _init_schema(self) -> None:
+        with self._tx("create its tables") as cur:
+            for stmt in self._ddl:
+                cur.execute(stmt)
+
+    # ------------------------------------------------------------------ writing
+    def record(self, batch: StoreBatch) -> int:
+        """Write a request's event, alerts, states and PRADA members in one committed transaction; the event id."""
+        e = batch.event
+        with self._tx("record an event") as cur:
+            cur.execute(self._sql(
+                "INSERT INTO events (ts, client_id, path, status, decision, input_sha256, n_inputs, prediction, "
+                "detectors, message, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id"),
+                (e.ts, e.client_id, e.path, e.status, e.decision, e.input_sha256, e.n_inputs,
+                 _dump(e.prediction), _dump(e.detectors), e.message, e.latency_ms))
+            event_id = int(cur.fetchone()[0])
+            for a in batch.alerts:
+                cur.execute(self._sql("INSERT INTO alerts (ts, client_id, kind, detail, event_id) VALUES (?,?,?,?,?)"),
+                            (a.ts, a.client_id, a.kind, json.dumps(a.detail, allow_nan=False), event_id))
+            for name, st in batch.states.items():
+                cur.execute(self._sql(
+                    "INSERT INTO detector_state (name, state, updated) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE "
+                    "SET state = excluded.state, updated = excluded.updated"),
+                    (name, json.dumps(st, allow_nan=False), e.ts))
+            for m in batch.members:
+                cur.execute(self._sql("INSERT INTO prada_members (client_id, seq, label, x) VALUES (?,?,?,?)"), m)
+            for client, below in batch.evict_below.items():
+                cur.execute(self._sql("DELETE FROM prada_members WHERE client_id = ? AND seq <= ?"), (client, below))
+        return event_id
+
+    def add_key(self, rec: KeyRecord) -> None:
+        with self._tx("store a key") as cur:
+            cur.execute(self._sql("INSERT INTO clients (key_id, client_id, role, salt, hash, created, revoked) "
+                                  "VALUES (?,?,?,?,?,?,?)"),
+                        (rec.key_id, rec.client_id, rec.role, rec.salt, rec.hash, rec.created, rec.revoked))
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._tx("revoke a key") as cur:
+            cur.execute(self._sql("UPDATE clients SET revoked = ? WHERE key_id = ? AND revoked IS NULL"),
+                        (time.time(), key_id))
+            return bool(cur.rowcount)
+
+    def purge(self, *, events_before: float | None, alerts_before: float | None) -> tuple[int, int]:
+        """Delete events and alerts older than the given times (retention); the numbers deleted."""
+        n_ev = n_al = 0
+        with self._tx("apply retention") as cur:
+            if alerts_before is not None:
+                cur.execute(self._sql("DELETE FROM alerts WHERE ts < ?"), (alerts_before,))
+                n_al = cur.rowcount
+            if events_before is not None:
+                cur.execute(self._sql("DELETE FROM events WHERE ts < ? AND id NOT IN (SELECT event_id FROM alerts "
+                                      "WHERE event_id IS NOT NULL)"), (events_before,))
+                n_ev = cur.rowcount
+        return n_ev, n_al
+
+    # ------------------------------------------------------------------ reading
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        with self._tx("read a key") as cur:
+            cur.execute(self._sql("SELECT key_id, client_id, role, salt, hash, created, revoked FROM clients "
+                                  "WHERE key_id = ?"), (key_id,))
+            row = cur.fetchone()
+        return None if row is None else KeyRecord(row[0], row[1], row[2], bytes(row[3]), bytes(row[4]),
+                                                  float(row[5]), None if row[6] is None else float(row[6]))
+
+    def keys(self) -> list[dict[str, Any]]:
+        """Key ids, clients, roles and times (never the hashes)."""
+        with self._tx("list keys") as cur:
+            cur.execute("SELECT key_id, client_id, role, created, revoked FROM clients ORDER BY created")
+            rows = cur.fetchall()
+        return [dict(zip(("key_id", "client_id", "role", "created", "revoked"), r, strict=True)) for r in rows]
+
+    def get_state(self, name: str) -> dict[str, Any] | None:
+        with self._tx("read detector state") as cur:
+            cur.execute(self._sql("SELECT state FROM detector_state WHERE name = ?"), (name,))
+            row = cur.fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def prada_members(self, client_id: str) -> list[tuple[int, int, bytes]]:
+        with self._tx("read PRADA state") as cur:
+            cur.execute(self._sql("SELECT seq, label, x FROM prada_members WHERE client_id = ? ORDER BY seq"),
+                        (client_id,))
+            rows = cur.fetchall()
+        return [(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
+
+    def events(self, *, client_id: str | None = None, decision: str | None = None, limit: int = 100,
+               after_id: int = 0) -> list[dict[str, Any]]:
+        """Events, newest first (``after_id``: only those with a larger id)."""
+        cols = ("id", "ts", "client_id", "path", "status", "decision", "input_sha256", "n_inputs", "prediction",
+                "detectors", "message", "latency_ms")
+        where, args = ["id > ?"], [after_id]
+        if client_id is not None:
+            where.append("client_id = ?")
+            args.append(client_id)
+        if decision is not None:
+            where.append("decision = ?")
+            args.append(decision)
+        with self._tx("read events") as cur:
+            cur.execute(self._sql(f"SELECT {', '.join(cols)} FROM events WHERE {' AND '.join(where)} "
+                                  "ORDER BY id DESC LIMIT ?"), (*args, int(limit)))
+            rows = cur.fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r, strict=True))
+            d["prediction"], d["detectors"] = _load(d["prediction"]), _load(d["detectors"])
+            out.append(d)
+        return out
+
+    def alerts(self, *, client_id: str | None = None, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        cols = ("id", "ts", "client_id", "kind", "detail", "event_id")
+        where, args = ["1 = 1"], []
+        if client_id is not None:
+            where.append("client_id = ?")
+            args.append(client_id)
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        with self._tx("read alerts") as cur:
+            cur.execute(self._sql(f"SELECT {', '.join(cols)} FROM alerts WHERE {' AND '.join(where)} "
+                                  "ORDER BY id DESC LIMIT ?"), (*args, int(limit)))
+            rows = cur.fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r, strict=True))
+            d["detail"] = _load(d["detail"])
+            out.append(d)
+        return out
+
+    def count(self, table: str) -> int:
+        if table not in _TABLES:
+            raise StoreError(f"unknown table {table!r}; the store has {', '.join(_TABLES)}.")
+        with self._tx("count rows") as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {table}")
+            return int(cur.fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _dump(v: Any) -> str | None:
+    return None if v is None else json.dumps(v, allow_nan=False)
+
+
+def _load(v: Any) -> Any:
+    return None if v is None else json.loads(v)
+
+
+class SQLiteStore(Store):
+    """SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=FULL`` and a busy timeout."""
+
+    _ddl = (
+        "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, client_id TEXT, "
+        "path TEXT, status INTEGER NOT NULL, decision TEXT NOT NULL, input_sha256 TEXT, n_inputs INTEGER, "
+        "prediction TEXT, detectors TEXT, message TEXT, latency_ms REAL)",
+        "CREATE INDEX IF NOT EXISTS events_client ON events (client_id, id)",
+        "CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, client_id TEXT, "
+        "kind TEXT NOT NULL, detail TEXT NOT NULL, event_id INTEGER)",
+        "CREATE TABLE IF NOT EXISTS clients (key_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, role TEXT NOT NULL, "
+        "salt BLOB NOT NULL, hash BLOB NOT NULL, created REAL NOT NULL, revoked REAL)",
+        "CREATE TABLE IF NOT EXISTS detector_state (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL)",
+        "CREATE TABLE IF NOT EXISTS prada_members (client_id TEXT NOT NULL, seq INTEGER NOT NULL, label INTEGER "
+        "NOT NULL, x BLOB NOT NULL, PRIMARY KEY (client_id, seq))",
+    )
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._busy = int(busy_timeout_ms)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the SQLite store {str(self.path)!r}: {exc}. Check the path and its "
+                             "folder's permissions.") from exc
+        self._init_schema()
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self._busy / 1000, check_same_thread=False, isolation_level="")
+        conn.execute(f"PRAGMA busy_timeout = {self._busy}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"could not switch to WAL mode (journal_mode is {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def pragma(self, name: str) -> Any:
+        """A PRAGMA's value (``journal_mode``, ``synchronous``), for checks."""
+        with self._tx("read a pragma") as cur:
+            cur.execute(f"PRAGMA {name}")
+            return cur.fetchone()[0]
+
+
+class PostgresStore(Store):
+    """PostgreSQL through psycopg 3 (the ``guard`` extra): one connection, every write a committed transaction."""
+
+    placeholder = "%s"
+    _ddl = (
+        "CREATE TABLE IF NOT EXISTS events (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, client_id TEXT, "
+        "path TEXT, status INTEGER NOT NULL, decision TEXT NOT NULL, input_sha256 TEXT, n_inputs INTEGER, "
+        "prediction TEXT, detectors TEXT, message TEXT, latency_ms DOUBLE PRECISION)",
+        "CREATE INDEX IF NOT EXISTS events_client ON events (client_id, id)",
+        "CREATE TABLE IF NOT EXISTS alerts (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, client_id TEXT, "
+        "kind TEXT NOT NULL, detail TEXT NOT NULL, event_id BIGINT)",
+        "CREATE TABLE IF NOT EXISTS clients (key_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, role TEXT NOT NULL, "
+        "salt BYTEA NOT NULL, hash BYTEA NOT NULL, created DOUBLE PRECISION NOT NULL, revoked DOUBLE PRECISION)",
+        "CREATE TABLE IF NOT EXISTS detector_state (name TEXT PRIMARY KEY, state TEXT NOT NULL, "
+        "updated DOUBLE PRECISION)",
+        "CREATE TABLE IF NOT EXISTS prada_members (client_id TEXT NOT NULL, seq BIGINT NOT NULL, label INTEGER "
+        "NOT NULL, x BYTEA NOT NULL, PRIMARY KEY (client_id, seq))",
+    )
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        super().__init__()
+        self._url = url
+        self._timeout = connect_timeout
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise StoreError("a postgresql:// store needs psycopg 3: pip install 'sparring[guard]'.") from exc
+        self._psycopg = psycopg
+        try:
+            self._conn = self._connect()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to the PostgreSQL store {self.url}: {exc}. Check host, port, user and "
+                             "database in the URL, and that the server is running.") from exc
+        with self._lock:  # several replicas may start at once: serialise table creation
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(7190019)")
+            self._conn.commit()
+        try:
+            self._init_schema()
+        finally:
+            with self._lock:
+                with self._conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(7190019)")
+                self._conn.commit()
+
+    @property
+    def url(self) -> str:
+        from sparring.guard.config import _redact_url
+
+        return _redact_url(self._url)
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (self._psycopg.Error,)
+
+    def _connect(self) -> Any:
+        return self._psycopg.connect(self._url, connect_timeout=int(self._timeout))
+
+
+def open_store(url: str) -> Store:
+    """The store at ``url``: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or
+    ``postgresql://user:password@host:port/database``."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not path:
+            raise StoreError("sqlite:/// needs a file path, e.g. sqlite:///guard.db.")
+        return SQLiteStore(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise StoreError(f"unsupported store URL {url.split('://', 1)[0]!r}://...; use sqlite:///path.db or "
+                     "postgresql://user@host:port/db.")
+
