@@ -33,7 +33,7 @@ _EXIT_HELP = (
 # Modules that add commands of their own: each defines ``add_commands(cli: click.Group) -> None`` and uses
 # ``sparring.cli._fail`` to turn a SparringError into its exit code.
 _COMMAND_MODULES: tuple[str, ...] = ("universal", "privacy", "poison", "extraction", "train", "text", "tabular",
-                                      "drift", "llm")
+                                      "drift", "llm", "guard")
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -149,7 +149,7 @@ def create_app(service: GuardService) -> Any:
         except _BodyTooLarge:
             return await refuse(413, "invalid", f"request body exceeds the limit of {limit} bytes; send smaller "
                                 "batches.", request, started, who=who)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return await refuse(408, "invalid", f"the request body did not arrive within {cfg.limits.body_timeout:g}"
                                 " s; send it whole and promptly.", request, started, who=who)
         body = b"".join(chunks)
@@ -190,7 +190,7 @@ def create_app(service: GuardService) -> Any:
     @app.get("/health")
     async def health(request: Request) -> Any:
         started = time.perf_counter()
-        who, refused = await authorise(request, started)
+        _, refused = await authorise(request, started)
         if refused is not None:
             return refused
         return JSONResponse({"status": "ok", "spec": service.spec.to_dict(), "output": service.output,
@@ -298,7 +298,7 @@ def _admin_event(who: Principal | None, path: str, status: int, key_id: str) -> 
 
 def _route(request: Any) -> str:
     p = request.url.path
-    return p if p in ("/predict", "/health", "/metrics") or p.startswith("/admin/") and p.count("/") == 2 else "other"
+    return p if p in ("/predict", "/health", "/metrics") or (p.startswith("/admin/") and p.count("/") == 2) else "other"
 
 
 def _sha(arr: np.ndarray) -> str:

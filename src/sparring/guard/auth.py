@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sparring.errors import ParameterError
 from sparring.guard.store import KeyRecord, Store
 
-__all__ = ["Principal", "KeyVerifier", "TokenBucket", "create_key", "hash_secret"]
+__all__ = ["KeyVerifier", "Principal", "TokenBucket", "create_key", "hash_secret"]
 
 ROLES = ("client", "admin")
 _KEY_RE = re.compile(r"^sg_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")

@@ -84,6 +84,7 @@ class Store(ABC):
 
     placeholder = "?"
     _ddl: tuple[str, ...] = ()
+    _conn: Any
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -208,7 +209,8 @@ class Store(ABC):
         """Events, newest first (``after_id``: only those with a larger id)."""
         cols = ("id", "ts", "client_id", "path", "status", "decision", "input_sha256", "n_inputs", "prediction",
                 "detectors", "message", "latency_ms")
-        where, args = ["id > ?"], [after_id]
+        where: list[str] = ["id > ?"]
+        args: list[Any] = [after_id]
         if client_id is not None:
             where.append("client_id = ?")
             args.append(client_id)
@@ -226,9 +228,11 @@ class Store(ABC):
             out.append(d)
         return out
 
-    def alerts(self, *, client_id: str | None = None, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def alerts(self, *, client_id: str | None = None, kind: str | None = None,
+               limit: int = 100) -> list[dict[str, Any]]:
         cols = ("id", "ts", "client_id", "kind", "detail", "event_id")
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
         if client_id is not None:
             where.append("client_id = ?")
             args.append(client_id)
@@ -308,8 +312,9 @@ class SQLiteStore(Store):
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self._busy / 1000, check_same_thread=False, isolation_level="")
+    def _connect(self) -> Any:
+        conn = sqlite3.connect(self.path, timeout=self._busy / 1000, check_same_thread=False,
+                               isolation_level="DEFERRED")
         conn.execute(f"PRAGMA busy_timeout = {self._busy}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
