@@ -3,9 +3,9 @@ Attacks From First Principles", Algorithm 1).
 
 Membership is a hypothesis test per example. Shadow models are trained like the target on random halves of the
 attacker's data pool, assigned as in the reference code so that each example is *in* the training set of exactly
-half of them and *out* of the rest (:func:`~sparring.attacks.privacy.membership.balanced_halves`). For
+half of them and *out* of the rest (:func:`~sparring.attacks.privacy.shadow.balanced_halves`). For
 every example the attack fits a Gaussian to the shadow models' logit-scaled confidence ``φ = log(p_y / (1 − p_y))``
-(:func:`~sparring.attacks.privacy.membership.scaled_logit`) when the example was in (``N(μ_in, σ²_in)``) and when
+(:func:`~sparring.attacks.privacy.shadow.scaled_logit`) when the example was in (``N(μ_in, σ²_in)``) and when
 it was out (``N(μ_out, σ²_out)``), and compares the target's ``φ`` under both:
 
 * **online**: ``Λ = log N(φ; μ_in, σ²_in) − log N(φ; μ_out, σ²_out)`` (the likelihood ratio);
@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 
-from sparring.attacks.privacy.membership import (
+from sparring.attacks.privacy.metrics import MembershipResult
+from sparring.attacks.privacy.shadow import (
     Trainer,
     balanced_halves,
     check_membership_inputs,
     log_probs,
     scaled_logit,
 )
-from sparring.attacks.privacy.metrics import MembershipResult
 from sparring.attacks.result import Cost
 from sparring.errors import InputSpecError, ParameterError
 from sparring.targets.base import Target
