@@ -1,4 +1,5 @@
-"""The check registry: what an audit can run, what each check needs, and the metrics gates may refer to.
+"""The check registry: what an audit can run, what each check needs, and the metrics gates may refer to
+(:mod:`sparring.audit.metrics`, re-exported here).
 
 A *check* is a small object with a name, the threat it tests, the access it needs, a ``plan`` method that turns a
 threat model into zero or more *steps* (or explains why it does not apply), and a ``run`` method that executes one
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from sparring.audit.metrics import METRICS, MetricDef
 from sparring.targets.spec import Access
 
 if TYPE_CHECKING:
@@ -44,37 +46,7 @@ __all__ = [
 ]
 
 Threat = Literal["evasion", "poisoning", "extraction", "inversion", "membership", "certification", "baseline", "text",
-                 "tabular"]
-
-
-@dataclass(frozen=True)
-class MetricDef:
-    """A metric a gate may test: its meaning, the gate keys it needs, and an example gate."""
-
-    description: str
-    params: tuple[str, ...]
-    example: str
-
-
-METRICS: dict[str, MetricDef] = {
-    "clean_accuracy": MetricDef("accuracy on the unperturbed audit data", (), "metric: clean_accuracy, min: 0.9"),
-    "robust_accuracy": MetricDef(
-        "accuracy under every attack run at the budget (per-point worst case over white-box, black-box and retry "
-        "steps; a point an attack left unfinished for lack of queries is unknown and makes the gate unmeasured)",
-        ("norm", "eps"), "metric: robust_accuracy, norm: linf, eps: 0.1, min: 0.6",
-    ),
-    "certified_accuracy": MetricDef(
-        "fraction of points certified correct: L∞ bound propagation at eps (norm: linf) or randomized smoothing at "
-        "an L2 radius (norm: l2)",
-        ("norm",), "metric: certified_accuracy, norm: l2, radius: 0.25, min: 0.5",
-    ),
-    "text_evasion_rate": MetricDef(
-        "text models: share of attacked messages at least one text attack gets through (per-message union over the "
-        "attacks) with at most max_chars edited characters; method: none (the model as it is, default) or "
-        "normalize (behind Unicode normalisation)",
-        ("max_chars",), "metric: text_evasion_rate, max_chars: 3, max: 0.1",
-    ),
-}
+                 "tabular", "drift"]
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sparring.audit.metrics import METRICS
 from sparring.audit.text_system import TextSystem
 from sparring.errors import ThreatModelError
 
@@ -253,16 +254,12 @@ class Gate(_Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        from sparring.audit.registry import METRICS
-
         if v not in METRICS:
             raise ValueError(f"unknown metric {v!r}; allowed: {', '.join(sorted(METRICS))}")
         return v
 
     @model_validator(mode="after")
     def _complete(self) -> Gate:
-        from sparring.audit.registry import METRICS
-
         if sum(v is not None for v in (self.min, self.max, self.max_drop)) != 1:
             raise ValueError("a gate needs exactly one of min, max or max_drop, e.g. min: 0.6 (absolute) or "
                              "max_drop: 0.02 (at most 0.02 below the --baseline report); write two gates for both")
