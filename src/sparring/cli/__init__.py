@@ -21,31 +21,18 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     click = None  # type: ignore[assignment]
 
 from sparring import errors
-
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_BUDGET = 0, 1, 2, 3, 4, 5
-EXIT_GATE, EXIT_INTERRUPTED = 6, 130
-
-_EXIT_HELP = (
-    "Exit codes: 0 success, 1 internal error, 2 usage error, 3 bad input (data/spec/parameters), "
-    "4 model or endpoint problem, 5 query budget exhausted, 6 an audit gate failed, 130 interrupted."
-)
+from sparring.cli.exits import EXIT_BUDGET, EXIT_INTERNAL, EXIT_USAGE, exit_code_for
+from sparring.cli.exits import EXIT_GATE as EXIT_GATE  # re-exported: sparring.cli.EXIT_* is where commands read them
+from sparring.cli.exits import EXIT_HELP as _EXIT_HELP
+from sparring.cli.exits import EXIT_INPUT as EXIT_INPUT
+from sparring.cli.exits import EXIT_INTERRUPTED as EXIT_INTERRUPTED
+from sparring.cli.exits import EXIT_MODEL as EXIT_MODEL
+from sparring.cli.exits import EXIT_OK as EXIT_OK
 
 # Modules that add commands of their own: each defines ``add_commands(cli: click.Group) -> None`` and uses
 # ``sparring.cli._fail`` to turn a SparringError into its exit code.
 _COMMAND_MODULES: tuple[str, ...] = ("universal", "privacy", "poison", "extraction", "train", "text", "tabular",
                                       "drift", "llm", "guard")
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The documented exit code for a library error."""
-    if isinstance(exc, errors.QueryBudgetExceeded):
-        return EXIT_BUDGET
-    if isinstance(exc, errors.ModelLoadError | errors.EndpointError | errors.AccessError):
-        return EXIT_MODEL
-    if isinstance(exc, errors.InputSpecError | errors.ParameterError | errors.DataLoadError | errors.ThreatModelError
-                  | errors.CheckpointError | errors.BaselineError):
-        return EXIT_INPUT
-    return EXIT_INTERNAL
 
 
 def _fail(exc: BaseException) -> NoReturn:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sparring import errors
+from sparring.cli.exits import EXIT_GATE, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OK, EXIT_USAGE
 
 __all__ = ["DEFAULT_THREAT_MODEL", "audit_exit_code", "default_threat_model_path", "run_audit_command"]
 
@@ -41,8 +42,6 @@ def audit_exit_code(audit: Any) -> int:
     A check that fails for another reason (a bug, an unsupported model) is an error finding and leaves the gates it
     would have measured unmeasured, hence 6 when a gate depends on it.
     """
-    from sparring.cli import EXIT_GATE, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OK
-
     if audit.status == "interrupted":
         return EXIT_INTERRUPTED
     if audit.faults:
@@ -60,7 +59,6 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
     from sparring.audit import load_threat_model, run_audit
     from sparring.audit.baseline import apply_baseline, load_baseline
     from sparring.audit.report import FILES, write_reports
-    from sparring.cli import EXIT_INTERRUPTED, EXIT_USAGE
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in FILES]
