@@ -284,9 +284,11 @@ def _as_input_kind(v: torch.Tensor, ref: Any) -> Any:
 
 
 def attack_names() -> list[str]:
-    """Names of the evasion attacks (``EvasionAttack.name``), e.g. ``["fgsm", "pgd", ...]``."""
-    import sparring.attacks.evasion  # noqa: F401  (defines and so registers the built-in attacks)
+    """Names of the evasion attacks (``EvasionAttack.name``), e.g. ``["fgsm", "pgd", ...]``.
 
+    An attack registers itself when its class is defined. The built-in ones are all defined by then: Python runs
+    ``sparring/attacks/__init__.py``, which imports :mod:`sparring.attacks.evasion`, before this module can be used.
+    """
     return sorted(_ATTACKS)
 
 
