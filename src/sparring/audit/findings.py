@@ -52,6 +52,12 @@ RECOMMEND_L2 = (
 RECOMMEND_TEXT = ("Put sparring.defenses.preprocess.text.normalize in front of the model (display order, NFKC, "
                   "confusables, invisible characters stripped) and train on attack outputs "
                   "(sparring.defenses.training.text.train_robust_text); see the text-evasion findings.")
+RECOMMEND_DRIFT = (
+    "Find what changed between the reference and the current data (the report's most shifted features; sparring "
+    "drift REFERENCE CURRENT --window N for when): a new source, a broken pipeline, or injected inputs (drift can "
+    "be poisoning or probing); re-validate the model on current data before trusting it, and watch live inputs "
+    "with an online detector (sparring.defenses.detect.drift.OnlineMMD, CUSUM on confidence)."
+)
 RECOMMEND_UNMEASURED = (
     "Make the gate measurable or remove it: the plan's skipped checks say what was missing (e.g. bound propagation "
     "needs Linear/Conv2d/ReLU/AvgPool layers; gradient attacks need a white-box model)."
@@ -176,6 +182,8 @@ def gate_depends_on(g: Gate, r: StepResult) -> bool:
         return r.threat == "evasion" and ("norm" not in p or (p.get("norm") == g.norm and _same(p.get("eps"), g.eps)))
     if g.metric == "certified_accuracy":
         return r.threat == "certification" and p.get("norm", g.norm) == g.norm
+    if g.metric in ("drift_p_value", "drift_detected"):
+        return r.threat == "drift" and g.method in (None, r.params.get("test"))
     if g.metric == "text_evasion_rate":
         return r.threat == "text" and p.get("max_chars", g.max_chars) == g.max_chars and \
             p.get("defence", g.method or "none") == (g.method or "none")
@@ -221,6 +229,10 @@ def _gate(g: Gate, results: list[StepResult], skipped: list[Skip], baseline: Map
             if tu.partial:
                 unmeasured = (f"the query budget ran out before every message was attacked ({', '.join(tu.partial)}"
                               f"): the evasion rate is at least {tu.rate:.4f}")
+    elif g.metric in ("drift_p_value", "drift_detected"):
+        from sparring.audit.checks.drift import drift_gate_value
+
+        value, steps = drift_gate_value(results, g.metric, g.method)
     op: Literal[">=", "<="] = "<=" if g.max is not None else ">="
     before = baseline.get(g.key()) if g.max_drop is not None else None
     threshold = (None if before is None else before - g.max_drop) if g.max_drop is not None \
@@ -267,6 +279,7 @@ def find(tm: ThreatModel, results: list[StepResult], gates: list[GateResult]) ->
                 evidence={"value": g.value, "threshold": g.threshold, "status": g.status, "message": g.message},
                 recommendation=(RECOMMEND_UNMEASURED if g.status == "not-evaluated"
                                 else RECOMMEND_TEXT if g.metric == "text_evasion_rate"
+                                else RECOMMEND_DRIFT if g.metric.startswith("drift_")
                                 else RECOMMEND_L2 if "l2" in g.gate else RECOMMEND_LINF), steps=g.steps,
             ))
     out += _evasion_findings(results)
@@ -329,7 +342,8 @@ def family_findings(tm: ThreatModel, results: list[StepResult]) -> list[Finding]
 
 def _gate_threat(metric: str) -> Threat:
     return {"certified_accuracy": "certification", "clean_accuracy": "baseline",  # type: ignore[return-value]
-            "text_evasion_rate": "text"}.get(metric, "evasion")  # type: ignore[return-value]
+            "text_evasion_rate": "text", "drift_p_value": "drift",
+            "drift_detected": "drift"}.get(metric, "evasion")  # type: ignore[return-value]
 
 
 def _evasion_findings(results: list[StepResult]) -> list[Finding]:

@@ -17,6 +17,8 @@ The keys, in short::
     certification: {bounds: {eps: [...]}, smoothing: {sigma, n0, n, alpha, radii: [...]}}
     defence:   {preprocess: [{name: bit-depth|median|spatial|jpeg|tv, ...}], detector: {kind, fpr},
                 robust_model}
+    monitoring: {reference, current, key, label_column, tests: [mmd|lsdd|ks|cvm|classifier|bbsd], alpha,
+                n_permutations, correction, window}
     effort:    quick|standard|thorough
     gates:     [{metric, min|max|max_drop, norm, eps, radius, method, max_chars}]
     seed: 0
@@ -36,6 +38,7 @@ from sparring.audit.text_system import TextSystem
 from sparring.errors import ThreatModelError
 
 __all__ = [
+    "DRIFT_TESTS",
     "REGRESSION_METRICS",
     "SCHEMA_VERSION",
     "Assets",
@@ -46,6 +49,7 @@ __all__ = [
     "Defence",
     "Exposure",
     "Gate",
+    "Monitoring",
     "ThreatModel",
     "load_threat_model",
     "parse_threat_model",
@@ -229,6 +233,39 @@ class Defence(_Strict):
         return self
 
 
+DriftTest = Literal["mmd", "lsdd", "ks", "cvm", "classifier", "bbsd"]
+DRIFT_TESTS: tuple[str, ...] = get_args(DriftTest)
+"""The tests ``monitoring.tests`` may name (``bbsd``: KS on the audited model's softmax outputs, needs scores)."""
+
+
+class Monitoring(_Strict):
+    """Monitoring data: is what the deployed model sees now still drawn like its reference data? (``drift`` check.)
+
+    ``reference`` is data the model was built and validated on, ``current`` what it receives now (``.npz`` with
+    array ``key``, ``.csv``/``.tsv`` with a header row, or ``.txt`` with one text per line; relative paths start at
+    the working directory). Every test in ``tests`` runs at level ``alpha``; the gate metric ``drift_p_value`` is
+    the smallest p-value Bonferroni-corrected over the tests, ``drift_detected`` is 1 when it is below ``alpha``.
+    ``window`` also tests each run of that many consecutive current rows (shown in the report, not gated).
+    """
+
+    reference: str
+    current: str
+    key: str | None = None
+    label_column: str = "label"
+    tests: list[DriftTest] = Field(default_factory=lambda: list[DriftTest](["mmd", "ks"]), min_length=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    n_permutations: int = Field(500, ge=20, le=100_000)
+    correction: Literal["bonferroni", "fdr"] = "bonferroni"
+    window: int | None = Field(None, ge=2)
+
+    @field_validator("tests")
+    @classmethod
+    def _distinct(cls, v: list[DriftTest]) -> list[DriftTest]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each test once; got {v}")
+        return v
+
+
 REGRESSION_METRICS = ("clean_accuracy", "robust_accuracy", "certified_accuracy")
 """The metrics a regression gate (``max_drop``) may watch: accuracies, where larger is better."""
 
@@ -272,6 +309,9 @@ class Gate(_Strict):
         for key in needs:
             if getattr(self, key) is None:
                 raise ValueError(f"metric {self.metric!r} needs {key!r} (e.g. {METRICS[self.metric].example})")
+        if self.metric in ("drift_p_value", "drift_detected") and self.method not in (None, *DRIFT_TESTS):
+            raise ValueError(f"{self.metric}'s method is one monitoring test ({', '.join(DRIFT_TESTS)}) or left out "
+                             f"(all of monitoring.tests, Bonferroni-corrected); got {self.method!r}")
         if self.metric == "text_evasion_rate" and self.method not in (None, "none", "normalize"):
             raise ValueError(f"text_evasion_rate's method is the defence: none or normalize; got {self.method!r}")
         return self
@@ -308,9 +348,17 @@ class ThreatModel(_Strict):
     assets: Assets = Assets()
     certification: Certification = Certification()
     defence: Defence | None = None
+    monitoring: Monitoring | None = None
     effort: Literal["quick", "standard", "thorough"] = "standard"
     gates: list[Gate] = Field(default_factory=list)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _drift_gates_have_data(self) -> ThreatModel:
+        if self.monitoring is None and any(g.metric.startswith("drift_") for g in self.gates):
+            raise ValueError("drift gates (drift_p_value, drift_detected) test monitoring data: add monitoring: "
+                             "{reference: reference.npz, current: current.npz}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

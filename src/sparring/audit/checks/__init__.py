@@ -1,5 +1,6 @@
 """The built-in audit checks. Importing this package registers them, in this order, with the check registry
-(the order is the order of the steps in a plan: baseline first, then evasion, sanity checks, retry, certification).
+(the order is the order of the steps in a plan: baseline first, then evasion, sanity checks, retry, certification;
+drift on monitoring data last).
 """
 # isort: skip_file
 
@@ -14,3 +15,4 @@ from sparring.audit.checks import extraction  # noqa: F401
 from sparring.audit.checks import tabular  # noqa: F401
 from sparring.audit.checks import layered  # noqa: F401
 from sparring.audit.checks import text  # noqa: F401
+from sparring.audit.checks import drift  # noqa: F401
