@@ -7,6 +7,9 @@ linear inequalities (``sum(coef * x) <= rhs``). Tabular attacks take it as an ex
 (``CPGD(constraints=c)``); the checker :meth:`FeatureConstraints.check` is independent of every attack, so each
 returned example is verified, not assumed feasible.
 
+The declared pieces live in :mod:`.constraints_parts`, validation, checking and projection in :mod:`.constraints_ops`,
+strict reading of dicts and files in :mod:`.constraints_io`; this module holds the class and re-exports the pieces.
+
 The cost of a change is ``sum_j cost_j * |x_adv_j - x0_j|`` (a weighted L1 in the features' own units). The default
 per-unit cost of a feature is ``1 / (high - low)`` (changing a feature across its whole range costs 1); switching a
 one-hot group costs the group's ``cost``; derived features cost nothing (they follow their parts).
@@ -26,92 +29,17 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from sparring.errors import InputSpecError, ParameterError
+from sparring.targets.constraints_io import check_constraints_match, parse_constraint_fields, read_constraints_file
+from sparring.targets.constraints_ops import check_rows, linear_form, project_rows, validate_constraints
+from sparring.targets.constraints_parts import Derived, Feature, LinearInequality, OneHotGroup, Violations
 
 __all__ = ["Derived", "Feature", "FeatureConstraints", "LinearInequality", "OneHotGroup", "Violations"]
-
-FeatureType = Literal["continuous", "integer", "binary", "ordinal"]
-Direction = Literal["any", "increase", "decrease"]
-_TYPES = ("continuous", "integer", "binary", "ordinal")
-_DIRS = ("any", "increase", "decrease")
-
-
-@dataclass(frozen=True)
-class Feature:
-    """One feature: its name, type, bounds, whether and how it may change, and its cost per unit of change."""
-
-    name: str
-    low: float
-    high: float
-    type: FeatureType = "continuous"
-    mutable: bool = True
-    direction: Direction = "any"
-    cost: float | None = None
-    levels: tuple[float, ...] | None = None
-    """Allowed values of an ordinal feature, ascending."""
-
-    @property
-    def unit_cost(self) -> float:
-        return float(self.cost) if self.cost is not None else 1.0 / (self.high - self.low)
-
-
-@dataclass(frozen=True)
-class OneHotGroup:
-    """Features that together encode one category (exactly one is 1). Switching category costs ``cost``."""
-
-    name: str
-    features: tuple[str, ...]
-    mutable: bool = True
-    cost: float = 1.0
-
-
-@dataclass(frozen=True)
-class Derived:
-    """``feature = constant + sum(coef * part)``: a feature computed from others (never changed on its own)."""
-
-    feature: str
-    terms: Mapping[str, float]
-    constant: float = 0.0
-
-
-@dataclass(frozen=True)
-class LinearInequality:
-    """``sum(coef * x) <= rhs`` must hold on every example."""
-
-    name: str
-    terms: Mapping[str, float]
-    rhs: float
-
-
-@dataclass
-class Violations:
-    """Which rule each row breaks: ``matrix[i, k]`` is True when row ``i`` violates ``rules[k]``."""
-
-    matrix: torch.Tensor
-    rules: list[str]
-
-    @property
-    def ok(self) -> torch.Tensor:
-        """Per row, True when every constraint holds."""
-        return ~self.matrix.any(dim=1)
-
-    @property
-    def counts(self) -> torch.Tensor:
-        """Per row, the number of violated rules."""
-        return self.matrix.sum(dim=1)
-
-    def by_rule(self) -> dict[str, int]:
-        """Rows violating each rule (rules nobody violates are left out)."""
-        per = self.matrix.sum(dim=0).tolist()
-        return {r: int(n) for r, n in zip(self.rules, per, strict=True) if n}
-
-    def describe(self, row: int) -> list[str]:
-        return [r for r, bad in zip(self.rules, self.matrix[row].tolist(), strict=True) if bad]
 
 
 @dataclass(frozen=True)
@@ -139,7 +67,7 @@ class FeatureConstraints:
         object.__setattr__(self, "derived", tuple(self.derived))
         object.__setattr__(self, "inequalities", tuple(self.inequalities))
         object.__setattr__(self, "_index", {f.name: i for i, f in enumerate(self.features)})
-        _validate(self)
+        validate_constraints(self)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -205,7 +133,7 @@ class FeatureConstraints:
         for q in self.inequalities:
             span = sum(abs(w) * (self.features[self.index(n)].high - self.features[self.index(n)].low)
                        for n, w in q.terms.items())
-            out = out + (_lin(self, x, q.terms, 0.0) - q.rhs).clamp_min(0) / span
+            out = out + (linear_form(self, x, q.terms, 0.0) - q.rhs).clamp_min(0) / span
         return out
 
     def check(self, x0: torch.Tensor | np.ndarray, x_adv: torch.Tensor | np.ndarray) -> Violations:
@@ -213,17 +141,17 @@ class FeatureConstraints:
         a, b = self._as_batch(x0, "x0"), self._as_batch(x_adv, "x_adv")
         if a.shape != b.shape:
             raise InputSpecError(f"x0 has shape {tuple(a.shape)} but x_adv {tuple(b.shape)}; they must match.")
-        return _check(self, a, b.to(a.device))
+        return check_rows(self, a, b.to(a.device))
 
     def project(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Continuous projection used inside gradient attacks: immutables reset, directions and bounds enforced,
         derived features recomputed. Integer and one-hot values may still be fractional (see :meth:`repair`)."""
-        return _project(self, x0, x, discrete=False)
+        return project_rows(self, x0, x, discrete=False)
 
     def repair(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """:meth:`project` plus rounding of integer, binary and ordinal features and argmax of one-hot groups.
         The result satisfies every constraint except, possibly, the linear inequalities (check it)."""
-        return _project(self, x0, x, discrete=True)
+        return project_rows(self, x0, x, discrete=True)
 
     def _as_batch(self, x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
         t = torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
@@ -258,163 +186,26 @@ class FeatureConstraints:
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureConstraints:
         """Build from a mapping (the shape :meth:`to_dict` writes), strictly: every unknown key, wrong type or
         undeclared name raises :class:`~sparring.errors.ParameterError` naming the feature and the fix."""
-        from sparring.targets.constraints_io import parse_constraints
-
-        return parse_constraints(d)
+        return cls._parse(d, "constraints")
 
     @classmethod
     def load(cls, path: str | Path, *, n_features: int | None = None,
              columns: Sequence[str] | None = None) -> FeatureConstraints:
         """Read a constraints file: ``.json``, or ``.yaml``/``.yml``; with ``n_features`` (the model's) and
         ``columns`` (the data's feature names) also check that they match (see :mod:`.constraints_io`)."""
-        from sparring.targets.constraints_io import load_constraints
+        data, source = read_constraints_file(path)
+        c = cls._parse(data, source)
+        if n_features is not None or columns is not None:
+            check_constraints_match(c, n_features=n_features, columns=columns, source=source)
+        return c
 
-        return load_constraints(path, n_features=n_features, columns=columns)
+    @classmethod
+    def _parse(cls, d: Any, source: str) -> FeatureConstraints:
+        features, groups, derived, inequalities, tol = parse_constraint_fields(d, source)
+        try:
+            return cls(features, groups, derived, inequalities, tol)
+        except ParameterError as exc:
+            raise ParameterError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
-
-
-
-# ---------------------------------------------------------------------- validation and parsing
-def _bad(msg: str) -> ParameterError:
-    return ParameterError(msg)
-
-
-def _known(c: FeatureConstraints, name: str, where: str) -> None:
-    if name not in c._index:
-        raise _bad(f"{where} uses unknown feature {name!r}; declared features: {', '.join(c.names)}. Fix the name "
-                   "or declare the feature under 'features'.")
-
-
-def _validate(c: FeatureConstraints) -> None:
-    if not c.features:
-        raise _bad("FeatureConstraints needs at least one feature; got none. Declare one entry per input column.")
-    if len(c._index) != len(c.features):
-        dup = sorted({f.name for f in c.features if [g.name for g in c.features].count(f.name) > 1})
-        raise _bad(f"feature names must be unique; {dup} appear more than once.")
-    for f in c.features:
-        if not (np.isfinite(f.low) and np.isfinite(f.high)) or f.low >= f.high:
-            raise _bad(f"feature {f.name!r}: bounds must be finite with low < high; got low={f.low}, high={f.high}.")
-        if f.type not in _TYPES:
-            raise _bad(f"feature {f.name!r}: type {f.type!r} is unknown; use one of {', '.join(_TYPES)}.")
-        if f.direction not in _DIRS:
-            raise _bad(f"feature {f.name!r}: direction {f.direction!r} is unknown; use one of {', '.join(_DIRS)}.")
-        if f.cost is not None and (not np.isfinite(f.cost) or f.cost < 0):
-            raise _bad(f"feature {f.name!r}: cost must be a finite number >= 0; got {f.cost}.")
-        if f.type == "binary" and (f.low, f.high) != (0.0, 1.0):
-            raise _bad(f"feature {f.name!r}: a binary feature has bounds [0, 1]; got [{f.low}, {f.high}].")
-        if f.type == "ordinal":
-            lv = f.levels
-            if not lv or len(lv) < 2 or list(lv) != sorted(set(lv)) or lv[0] < f.low or lv[-1] > f.high:
-                raise _bad(f"feature {f.name!r}: an ordinal feature needs >= 2 ascending distinct 'levels' within "
-                           f"[{f.low}, {f.high}]; got {lv}.")
-    seen: set[str] = set()
-    for g in c.groups:
-        if len(g.features) < 2:
-            raise _bad(f"one-hot group {g.name!r} needs at least 2 features; got {list(g.features)}.")
-        for n in g.features:
-            _known(c, n, f"one-hot group {g.name!r}")
-            if c.features[c.index(n)].type != "binary":
-                raise _bad(f"one-hot group {g.name!r}: member {n!r} must be declared type 'binary'.")
-            if n in seen:
-                raise _bad(f"feature {n!r} belongs to two one-hot groups; a feature may be in one group only.")
-            seen.add(n)
-        if not np.isfinite(g.cost) or g.cost < 0:
-            raise _bad(f"one-hot group {g.name!r}: cost must be a finite number >= 0; got {g.cost}.")
-    done: set[str] = set()
-    for d in c.derived:
-        _known(c, d.feature, "'derived'")
-        if d.feature in done or d.feature in seen:
-            raise _bad(f"derived feature {d.feature!r} is derived twice or is a one-hot member; derive it once.")
-        if not d.terms or d.feature in d.terms:
-            raise _bad(f"derived feature {d.feature!r} needs terms that do not include itself; got {dict(d.terms)}.")
-        for n in d.terms:
-            _known(c, n, f"derived feature {d.feature!r}")
-        done.add(d.feature)
-    for q in c.inequalities:
-        if not q.terms:
-            raise _bad(f"inequality {q.name!r} has no terms; give {{feature: coefficient}}.")
-        for n in q.terms:
-            _known(c, n, f"inequality {q.name!r}")
-    if not c.tol > 0:
-        raise _bad(f"tol must be > 0; got {c.tol}.")
-
-
-# ---------------------------------------------------------------------- checker and projection
-def _lin(c: FeatureConstraints, x: torch.Tensor, terms: Mapping[str, float], const: float) -> torch.Tensor:
-    out = torch.full_like(x[:, 0], const)
-    for n, coef in terms.items():
-        out = out + coef * x[:, c.index(n)]
-    return out
-
-
-def _check(c: FeatureConstraints, x0: torch.Tensor, xa: torch.Tensor) -> Violations:
-    tol, rules, cols = c.tol, [], []
-    x0, xa = x0.double(), xa.double()
-    mut, derived = c.vector("mutable", xa.device, xa.dtype), c.derived_names()
-    for j, f in enumerate(c.features):
-        v, v0 = xa[:, j], x0[:, j]
-        rules.append(f"{f.name}: bounds")
-        cols.append((v < f.low - tol) | (v > f.high + tol))
-        if not mut[j] and f.name not in derived:
-            rules.append(f"{f.name}: immutable")
-            cols.append((v - v0).abs() > tol)
-        if f.direction != "any":
-            rules.append(f"{f.name}: {f.direction} only")
-            cols.append(v < v0 - tol if f.direction == "increase" else v > v0 + tol)
-        if f.type in ("integer", "binary"):
-            rules.append(f"{f.name}: {f.type}")
-            cols.append((v - v.round()).abs() > tol)
-        elif f.type == "ordinal" and f.levels:
-            lv = torch.tensor(f.levels, device=xa.device, dtype=xa.dtype)
-            rules.append(f"{f.name}: ordinal level")
-            cols.append((v[:, None] - lv).abs().min(dim=1).values > tol)
-    for g in c.groups:
-        idx = [c.index(n) for n in g.features]
-        rules.append(f"{g.name}: one-hot")
-        cols.append((xa[:, idx].sum(dim=1) - 1).abs() > tol)
-    for d in c.derived:
-        want = _lin(c, xa, d.terms, d.constant)
-        rules.append(f"{d.feature}: derived")
-        cols.append((xa[:, c.index(d.feature)] - want).abs() > tol * (1 + want.abs()))
-    for q in c.inequalities:
-        rules.append(f"{q.name}: inequality")
-        cols.append(_lin(c, xa, q.terms, 0.0) > q.rhs + tol * (1 + abs(q.rhs)))
-    return Violations(torch.stack(cols, dim=1), rules)
-
-
-def _project(c: FeatureConstraints, x0: torch.Tensor, x: torch.Tensor, *, discrete: bool) -> torch.Tensor:
-    dev, dt = x.device, x.dtype
-    x0 = x0.to(dev, dt)
-    low, high = c.vector("low", dev, dt), c.vector("high", dev, dt)
-    x = torch.where(c.vector("mutable", dev, dt).bool(), x, x0)
-    x = torch.where(c.vector("increase", dev, dt).bool(), torch.maximum(x, x0), x)
-    x = torch.where(c.vector("decrease", dev, dt).bool(), torch.minimum(x, x0), x)
-    x = torch.maximum(torch.minimum(x, high), low)
-    if discrete:
-        x = x.clone()
-        for j, f in enumerate(c.features):
-            if f.type == "integer":
-                r = x[:, j].round().clamp(float(np.ceil(f.low)), float(np.floor(f.high)))
-                x[:, j] = r if f.direction == "any" else (
-                    torch.maximum(r, x0[:, j]) if f.direction == "increase" else torch.minimum(r, x0[:, j]))
-            elif f.type == "binary":
-                x[:, j] = (x[:, j] > 0.5).to(dt)
-            elif f.type == "ordinal" and f.levels:
-                lv = torch.tensor(f.levels, device=dev, dtype=dt)
-                dist = (x[:, j, None] - lv).abs()
-                if f.direction == "increase":
-                    dist = dist.masked_fill(lv < x0[:, j, None] - c.tol, float("inf"))
-                elif f.direction == "decrease":
-                    dist = dist.masked_fill(lv > x0[:, j, None] + c.tol, float("inf"))
-                x[:, j] = lv[dist.argmin(dim=1)]
-        for g in c.groups:
-            if g.mutable:
-                idx = torch.tensor([c.index(n) for n in g.features], device=dev)
-                x[:, idx] = torch.nn.functional.one_hot(x[:, idx].argmax(dim=1), len(idx)).to(dt)
-    if c.derived:
-        x = x.clone()
-        for d in c.derived:
-            x[:, c.index(d.feature)] = _lin(c, x, d.terms, d.constant)
-    return x

@@ -1,6 +1,8 @@
 """Reading feature constraints from dicts and files, strictly: every wrong key, type or name is a typed error.
 
-A constraints file is JSON or YAML holding the mapping :meth:`FeatureConstraints.to_dict` writes. Nothing is
+A constraints file is JSON or YAML holding the mapping :meth:`FeatureConstraints.to_dict` writes;
+:meth:`FeatureConstraints.from_dict` and :meth:`FeatureConstraints.load` read it with the functions here
+(:func:`read_constraints_file`, :func:`parse_constraint_fields`, :func:`check_constraints_match`). Nothing is
 skipped or guessed: an unknown key, a bound that is not a number (``"low": "zero"``), a flag that is not a boolean,
 a relation naming an undeclared feature, or a file whose features do not match the model or the data's columns
 raises :class:`~sparring.errors.ParameterError` (the content) or :class:`~sparring.errors.InputSpecError` (the
@@ -17,11 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparring.errors import DataLoadError, InputSpecError, ParameterError
+from sparring.targets.constraints_parts import Derived, Feature, LinearInequality, OneHotGroup
 
 if TYPE_CHECKING:
     from sparring.targets.constraints import FeatureConstraints
 
-__all__ = ["check_constraints_match", "load_constraints", "parse_constraints"]
+__all__ = ["ConstraintFields", "check_constraints_match", "parse_constraint_fields", "read_constraints_file"]
+
+ConstraintFields = tuple[tuple[Feature, ...], tuple[OneHotGroup, ...], tuple[Derived, ...],
+                         tuple[LinearInequality, ...], float]
+"""The arguments of ``FeatureConstraints``: features, one-hot groups, derived features, inequalities, tol."""
 
 _TOP = {"features", "one_hot", "derived", "inequalities", "tol"}
 _FEATURE = {"name", "low", "high", "type", "mutable", "direction", "cost", "levels"}
@@ -70,16 +77,9 @@ def _terms(v: Any, where: str) -> dict[str, float]:
     return {_name(k, where, "terms"): _number(c, where, f"terms.{k}", '{"amount": 1}') for k, c in v.items()}
 
 
-def parse_constraints(d: Any, source: str = "constraints") -> FeatureConstraints:
-    """Build :class:`FeatureConstraints` from a mapping, checking every key and type (see the module docstring)."""
-    from sparring.targets.constraints import (
-        Derived,
-        Feature,
-        FeatureConstraints,
-        LinearInequality,
-        OneHotGroup,
-    )
-
+def parse_constraint_fields(d: Any, source: str = "constraints") -> ConstraintFields:
+    """The parts of a :class:`FeatureConstraints` read from a mapping, checking every key and type (see the module
+    docstring); ``FeatureConstraints`` then checks how they fit together."""
     d = _keys(d, _TOP, source)
     feats = []
     for i, fd in enumerate(_list(d.get("features"), source, "features")):
@@ -134,16 +134,11 @@ def parse_constraints(d: Any, source: str = "constraints") -> FeatureConstraints
         ineqs.append(LinearInequality(_name(qd.get("name", f"inequality{i}"), where, "name"),
                                       _terms(qd.get("terms"), where), _number(qd["rhs"], where, "rhs", '"rhs": 100')))
     tol = _number(d.get("tol", 1e-3), source, "tol", '"tol": 0.001')
-    try:
-        return FeatureConstraints(tuple(feats), tuple(groups), tuple(derived), tuple(ineqs), tol)
-    except ParameterError as exc:
-        raise ParameterError(f"{source}: {exc}") from None
+    return tuple(feats), tuple(groups), tuple(derived), tuple(ineqs), tol
 
 
-def load_constraints(path: str | Path, *, n_features: int | None = None,
-                     columns: Sequence[str] | None = None) -> FeatureConstraints:
-    """Read a constraints file (``.json``, ``.yaml``/``.yml``) and, if given, check it against the model's feature
-    count and the data's column names (:func:`check_constraints_match`)."""
+def read_constraints_file(path: str | Path) -> tuple[Mapping[str, Any], str]:
+    """The mapping in a constraints file (``.json``, ``.yaml``/``.yml``) and how errors name the file."""
     p = Path(path)
     if not p.is_file():
         raise DataLoadError(f"constraints file {str(p)!r} does not exist; give the path of a .json or .yaml file.")
@@ -163,10 +158,7 @@ def load_constraints(path: str | Path, *, n_features: int | None = None,
     if not isinstance(data, Mapping):
         raise DataLoadError(f"constraints file {str(p)!r} must hold a mapping with a 'features' list; "
                             f"got {type(data).__name__}.")
-    c = parse_constraints(data, source=f"constraints file {p.name!r}")
-    if n_features is not None or columns is not None:
-        check_constraints_match(c, n_features=n_features, columns=columns, source=f"constraints file {p.name!r}")
-    return c
+    return data, f"constraints file {p.name!r}"
 
 
 def check_constraints_match(c: FeatureConstraints, *, n_features: int | None = None,
