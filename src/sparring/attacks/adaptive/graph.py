@@ -21,15 +21,17 @@ Limits (documented fallback): operations inside TorchScript control flow (``prim
 inside FX leaf modules are not rewritten, and nor is a non-differentiable step in plain Python code that neither
 TorchScript nor FX represents (e.g. a numpy round trip in an ordinary module: module BPDA handles that). Where no
 graph can be rewritten, the audit's retry relies on the gradient-free attacks (SPSA, NES, Square).
+
+Layout: the blockers and the plan are in :mod:`._graph_plan`, reading and rewriting TorchScript in
+:mod:`._graph_script` and FX in :mod:`._graph_fx`; this module copies the model, verifies the copy and wraps it.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +39,9 @@ import torch
 from torch import fx, nn
 
 from sparring.attacks.adaptive._common import PROBE_POINTS, check_target, probe, uniform_points
+from sparring.attacks.adaptive._graph_fx import build_fx, fx_ops
+from sparring.attacks.adaptive._graph_plan import GraphBlocker, plan_rewrites
+from sparring.attacks.adaptive._graph_script import build_script, script_ops
 from sparring.errors import ParameterError
 from sparring.targets.spec import Access
 from sparring.targets.torch import Forward, TorchTarget
@@ -45,265 +50,7 @@ __all__ = ["GraphBlocker", "find_graph_blockers", "with_graph_bpda"]
 
 logger = logging.getLogger(__name__)
 
-FLAT = frozenset({"round", "floor", "ceil", "trunc", "fix", "sign", "sgn", "floor_divide", "floordiv"})
-"""Float-to-float operations whose gradient is zero almost everywhere."""
-_DECREASING = frozenset({"lt", "le"})  # a step that falls as its first operand grows
-_INCREASING = frozenset({"gt", "ge"})
 
-Pos = tuple[int, int]
-"""A value in a graph: (node index, output index); node index -1 is the graph's inputs."""
-
-
-@dataclass(frozen=True)
-class GraphBlocker:
-    """One non-differentiable step found in a graph and made straight-through."""
-
-    module: str
-    """Path of the TorchScript/FX module in ``target.model`` (``""``: the model itself)."""
-    graph: Literal["torchscript", "fx"]
-    ops: str
-    """The operations, from the output back to the float value they start from, e.g. ``"to <- gt"``."""
-    value: str
-    """The graph's name of the output made straight-through."""
-    end: Pos
-    source: Pos
-    sign: int
-
-    def __str__(self) -> str:
-        where = f"module {self.module!r}" if self.module else "forward"
-        return f"{self.ops} ({self.value}, {self.graph} {where})"
-
-
-@dataclass
-class _Meta:
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    dep: bool  # depends on the model's input
-
-
-@dataclass
-class _Op:
-    name: str
-    args: list[Pos | None]  # each argument's value position (None: not a graph value)
-    out: Pos
-    label: str
-
-
-# ---------------------------------------------------------------------------------------------- planning
-def _base_name(raw: str) -> str:
-    name = raw.split("::")[-1].split(".")[0]
-    return name.strip("_")
-
-
-def _plan(ops: Sequence[_Op], meta: dict[Pos, _Meta]) -> list[tuple[Pos, Pos, int, str, str]]:
-    """(end, source, sign, ops, label) for every non-differentiable step whose output is a float of the input."""
-    producer = {op.out: op for op in ops}
-
-    def fl(p: Pos) -> bool:
-        return meta[p].dtype.is_floating_point
-
-    out = []
-    for op in ops:
-        o = meta.get(op.out)
-        if o is None or not o.dtype.is_floating_point or not o.dep:
-            continue
-        dep_in = [a for a in op.args if a is not None and a in meta and meta[a].dep]
-        if not dep_in:
-            continue
-        found: tuple[Pos, int, str] | None = None
-        if op.name in FLAT and fl(dep_in[0]):
-            found = (dep_in[0], 1, op.name)
-        elif not any(fl(a) for a in dep_in):  # a float made only of discrete values: the gradient is cut
-            chain, v = [op.name], dep_in[0]
-            while v in producer:
-                p = producer[v]
-                chain.append(p.name)
-                p_dep = [a for a in p.args if a is not None and a in meta and meta[a].dep]
-                floats = [a for a in p_dep if fl(a)]
-                if floats:
-                    first = p.args.index(floats[0]) == 0
-                    falls = (p.name in _DECREASING and first) or (p.name in _INCREASING and not first)
-                    found = (floats[0], -1 if falls else 1, " <- ".join(chain))
-                    break
-                if not p_dep:
-                    break
-                v = p_dep[0]
-        if found is None:
-            continue
-        src, sign, what = found
-        try:
-            fits = tuple(torch.broadcast_shapes(meta[src].shape, o.shape)) == o.shape  # type: ignore[no-untyped-call]
-        except RuntimeError:
-            fits = False
-        if fits:
-            out.append((op.out, src, sign, what, op.label))
-        else:
-            logger.debug("graph BPDA: %s at %s: source shape %s does not fit %s", what, op.label, meta[src].shape,
-                         o.shape)
-    return out
-
-
-def _meta_of(t: Any, dep: bool) -> _Meta | None:
-    if isinstance(t, torch.Tensor):
-        return _Meta(t.dtype, tuple(t.shape), dep)
-    return None
-
-
-# ---------------------------------------------------------------------------------------------- TorchScript
-def _script_ops(mod: torch.jit.ScriptModule, args: tuple[Any, ...]) -> tuple[list[_Op], dict[Pos, _Meta]]:
-    """The top-level operations of ``mod``'s inlined forward graph, with the dtypes/shapes seen on ``args``."""
-    g = mod.inlined_graph
-    pos: dict[int, Pos] = {v.unique(): (-1, k) for k, v in enumerate(g.inputs())}
-    dep: dict[int, bool] = {v.unique(): k > 0 for k, v in enumerate(g.inputs())}  # input 0 is self
-    ops: list[_Op] = []
-    record: list[tuple[Pos, Any]] = []
-    for i, n in enumerate(g.nodes()):
-        ins = list(n.inputs())
-        d = any(dep.get(v.unique(), False) for v in ins) or bool(list(n.blocks()))
-        for k, o in enumerate(n.outputs()):
-            pos[o.unique()] = (i, k)
-            dep[o.unique()] = d
-            if o.type().kind() == "TensorType" and n.kind() not in ("prim::Constant", "prim::GetAttr"):
-                record.append(((i, k), o))
-        if n.outputsSize() == 1 and n.kind().startswith("aten::"):
-            ops.append(_Op(_base_name(n.kind()), [pos.get(v.unique()) for v in ins], (i, 0),
-                           n.output().debugName()))
-    # One tuple output holding every recorded value (a function from a graph must have exactly one output).
-    packed = g.create("prim::TupleConstruct", [o for _, o in record], 1)
-    g.appendNode(packed)  # type: ignore[attr-defined]
-    packed.output().setType(torch._C.TupleType([o.type() for _, o in record]))
-    while len(list(g.outputs())):
-        g.eraseOutput(0)  # type: ignore[attr-defined]
-    g.registerOutput(packed.output())
-    fn = torch._C._create_function_from_graph("sparring_probe", g)
-    with torch.no_grad():
-        values = list(fn(mod._c, *args))
-    meta: dict[Pos, _Meta] = {}
-    for k, a in enumerate(args):
-        m = _meta_of(a, True)
-        if m is not None:
-            meta[(-1, k + 1)] = m
-    for (p, o), val in zip(record, values, strict=True):
-        m = _meta_of(val, dep[o.unique()])
-        if m is not None:
-            meta[p] = m
-    return ops, meta
-
-
-class _ScriptBPDA(nn.Module):
-    """Runs a rewritten copy of a TorchScript module's forward graph on the module itself."""
-
-    def __init__(self, script: torch.jit.ScriptModule, fn: Any) -> None:
-        super().__init__()
-        self.script = script
-        self.fn = fn
-
-    def forward(self, *args: Any) -> Any:
-        return self.fn(self.script._c, *args)
-
-
-def _build_script(mod: torch.jit.ScriptModule, rewrites: Sequence[GraphBlocker]) -> nn.Module:
-    g = mod.inlined_graph
-    nodes = list(g.nodes())
-    inputs = list(g.inputs())
-
-    def value(p: Pos) -> Any:
-        return inputs[p[1]] if p[0] < 0 else list(nodes[p[0]].outputs())[p[1]]
-
-    tensor = torch._C.TensorType.get()
-    for r in rewrites:
-        end, src = value(r.end), value(r.source)
-        one = g.insertConstant(1)  # type: ignore[attr-defined]
-        one.node().moveAfter(end.node())
-        d_out = g.create("aten::detach", [end], 1)
-        d_out.insertAfter(one.node())
-        d_src = g.create("aten::detach", [src], 1)
-        d_src.insertAfter(d_out)
-        sub_args = [src, d_src.output(), one] if r.sign > 0 else [d_src.output(), src, one]
-        diff = g.create("aten::sub", sub_args, 1)
-        diff.insertAfter(d_src)
-        res = g.create("aten::add", [d_out.output(), diff.output(), one], 1)
-        res.insertAfter(diff)
-        for k in (d_out, d_src, diff, res):
-            k.output().setType(tensor)
-        end.replaceAllUsesAfterNodeWith(res, res.output())
-    g.lint()
-    return _ScriptBPDA(mod, torch._C._create_function_from_graph("sparring_bpda_forward", g))
-
-
-# ---------------------------------------------------------------------------------------------- FX / torch.export
-def _fx_copy(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[fx.Node]]:
-    g = fx.Graph(tracer_cls=gm.graph._tracer_cls)
-    g._codegen = gm.graph._codegen
-    env: dict[fx.Node, fx.Node] = {}
-    out = g.graph_copy(gm.graph, env)
-    g.output(out)
-    new = fx.GraphModule(gm, g, class_name=type(gm).__name__)
-    return new, [n for n in g.nodes if n.op != "output"]
-
-
-def _fx_name(n: fx.Node) -> str | None:
-    if n.op == "call_method":
-        return _base_name(str(n.target))
-    if n.op != "call_function":
-        return None
-    t = n.target
-    schema = getattr(t, "_schema", None)
-    if schema is not None:
-        return _base_name(schema.name)
-    return _base_name(getattr(t, "__name__", str(t)))
-
-
-def _fx_ops(gm: fx.GraphModule, args: tuple[Any, ...]) -> tuple[list[_Op], dict[Pos, _Meta]]:
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    work, nodes = _fx_copy(gm)
-    with torch.no_grad():
-        ShapeProp(work).propagate(*args)
-    index = {n: i for i, n in enumerate(nodes)}
-    dep: dict[fx.Node, bool] = {}
-    ops: list[_Op] = []
-    meta: dict[Pos, _Meta] = {}
-    for n in nodes:
-        dep[n] = n.op == "placeholder" or any(dep.get(a, False) for a in n.all_input_nodes)
-        tm = n.meta.get("tensor_meta")
-        if tm is not None and hasattr(tm, "dtype") and hasattr(tm, "shape"):
-            meta[(index[n], 0)] = _Meta(tm.dtype, tuple(tm.shape), dep[n])
-        name = _fx_name(n)
-        if name is not None:
-            flat_args = [*n.args, *n.kwargs.values()]
-            ops.append(_Op(name, [(index[a], 0) if isinstance(a, fx.Node) else None for a in flat_args],
-                           (index[n], 0), n.name))
-    return ops, meta
-
-
-def _not(node: fx.Node) -> Callable[[fx.Node], bool]:
-    def keep(user: fx.Node) -> bool:
-        return user is not node
-
-    return keep
-
-
-def _build_fx(gm: fx.GraphModule, rewrites: Sequence[GraphBlocker]) -> nn.Module:
-    new, nodes = _fx_copy(gm)
-    g = new.graph
-    for r in rewrites:
-        end, src = nodes[r.end[0]], nodes[r.source[0]]
-        with g.inserting_after(end):
-            d_out = g.call_function(torch.Tensor.detach, (end,))
-        with g.inserting_after(d_out):
-            d_src = g.call_function(torch.Tensor.detach, (src,))
-        with g.inserting_after(d_src):
-            diff = g.call_function(torch.sub, (src, d_src) if r.sign > 0 else (d_src, src))
-        with g.inserting_after(diff):
-            res = g.call_function(torch.add, (d_out, diff))
-        end.replace_all_uses_with(res, delete_user_cb=_not(d_out))
-    g.lint()
-    new.recompile()
-    return new
-
-
-# ---------------------------------------------------------------------------------------------- the model copy
 def _graph_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The outermost TorchScript modules and FX GraphModules in ``model`` (the model itself included)."""
     out: list[tuple[str, nn.Module]] = []
@@ -369,12 +116,12 @@ def _analyse(t: TorchTarget, x: torch.Tensor) -> list[tuple[str, nn.Module, list
             continue
         kind: Literal["torchscript", "fx"] = "torchscript" if isinstance(mod, torch.jit.ScriptModule) else "fx"
         try:
-            ops, meta = _script_ops(mod, args) if kind == "torchscript" else _fx_ops(mod, args)  # type: ignore[arg-type]
+            ops, meta = script_ops(mod, args) if kind == "torchscript" else fx_ops(mod, args)  # type: ignore[arg-type]
         except Exception as exc:  # a graph we cannot read is a graph we cannot rewrite: fall back, never crash
             logger.info("graph BPDA: cannot analyse %s (%s: %s)", path or "the model", type(exc).__name__, exc)
             continue
         blockers = [GraphBlocker(path, kind, what, label, end, src, sign)
-                    for end, src, sign, what, label in _plan(ops, meta)]
+                    for end, src, sign, what, label in plan_rewrites(ops, meta)]
         if blockers:
             found.append((path, mod, blockers))
     return found
@@ -383,8 +130,8 @@ def _analyse(t: TorchTarget, x: torch.Tensor) -> list[tuple[str, nn.Module, list
 def _build(t: TorchTarget, parts: Sequence[tuple[str, nn.Module, Sequence[GraphBlocker]]]) -> nn.Module:
     model = t.model
     for path, mod, blockers in parts:
-        new = (_build_script(mod, blockers) if isinstance(mod, torch.jit.ScriptModule)  # type: ignore[arg-type]
-               else _build_fx(mod, blockers))  # type: ignore[arg-type]
+        new = (build_script(mod, blockers) if isinstance(mod, torch.jit.ScriptModule)  # type: ignore[arg-type]
+               else build_fx(mod, blockers))  # type: ignore[arg-type]
         model = _replace(model, path, new)
     return model
 
