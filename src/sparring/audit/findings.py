@@ -16,6 +16,7 @@ from typing import Any, Literal
 from sparring.audit.registry import Skip, StepResult, Threat
 from sparring.audit.threat import Gate, ThreatModel
 from sparring.audit.worstcase import (
+    drift_gate_value,
     evasion_steps,
     same_eps,
     step_broken,
@@ -230,8 +231,6 @@ def _gate(g: Gate, results: list[StepResult], skipped: list[Skip], baseline: Map
                 unmeasured = (f"the query budget ran out before every message was attacked ({', '.join(tu.partial)}"
                               f"): the evasion rate is at least {tu.rate:.4f}")
     elif g.metric in ("drift_p_value", "drift_detected"):
-        from sparring.audit.checks.drift import drift_gate_value
-
         value, steps = drift_gate_value(results, g.metric, g.method)
     op: Literal[">=", "<="] = "<=" if g.max is not None else ">="
     before = baseline.get(g.key()) if g.max_drop is not None else None

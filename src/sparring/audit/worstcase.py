@@ -10,6 +10,9 @@ only. This is the "worst case per sample" of Croce & Hein (2020, AutoAttack's ca
 Step results carry per point ``robust`` (finished and still correct) and, since budgets are tracked per point,
 ``unknown``. A checkpoint written before that carries only ``notes`` with ``budget_exhausted: True``; then every
 point the step did not break is taken as unknown (which ones ran out is not recorded).
+
+Monitoring gates combine steps too: :func:`drift_gate_value` is the Bonferroni-corrected smallest p-value over the
+drift tests (the most alarming test, corrected for how many ran).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from sparring.audit.registry import StepResult
 
-__all__ = ["TextUnion", "WorstCase", "step_unknown", "text_union", "worst_case", "worst_cases"]
+__all__ = ["TextUnion", "WorstCase", "drift_gate_value", "step_unknown", "text_union", "worst_case", "worst_cases"]
 
 
 @dataclass(frozen=True)
@@ -149,3 +152,20 @@ def text_union(results: list[StepResult], max_chars: int | None, defence: str) -
     partial |= {unfinished[i] for i in attacked if i in unfinished and not evaded[i]}
     return TextUnion(n_evaded / len(attacked) if attacked else 0.0, len(attacked), n_evaded,
                      tuple(r.step_id for r in steps), tuple(sorted(partial)))
+
+
+def drift_gate_value(results: list[StepResult], metric: str, method: str | None) -> tuple[float | None, list[str]]:
+    """The value of a drift gate and the steps it came from (``None`` when no drift step measured it).
+
+    ``drift_p_value``: with ``method``, that test's p-value; without, ``min(1, k · min p)`` over the ``k`` planned
+    tests (Bonferroni). ``drift_detected``: 1.0 when that p-value is below the monitoring alpha, else 0.0.
+    """
+    done = [r for r in results if r.threat == "drift" and r.status == "done"
+            and method in (None, r.params.get("test")) and r.value("drift_p_value") is not None]
+    if not done:
+        return None, []
+    ps = [float(r.value("drift_p_value")) for r in done]  # type: ignore[arg-type]
+    k = 1 if method is not None else max(int(done[0].params.get("n_tests", len(done))), len(done))
+    p = min(1.0, k * min(ps))
+    value = float(p < float(done[0].params["alpha"])) if metric == "drift_detected" else p
+    return value, [r.step_id for r in done]

@@ -39,6 +39,7 @@ from sparring.audit.registry import (
     StepResult,
     register_check,
 )
+from sparring.audit.worstcase import drift_gate_value
 from sparring.errors import InputSpecError, ParameterError
 from sparring.targets.spec import Access
 
@@ -156,23 +157,6 @@ class DriftCheck:
                   + " Drift means the model now works on data it was not validated on; a sudden change in its "
                     "inputs can also be a poisoning campaign or probing in progress."),
             tables=tables, figures=figures)
-
-
-def drift_gate_value(results: list[StepResult], metric: str, method: str | None) -> tuple[float | None, list[str]]:
-    """The value of a drift gate and the steps it came from (``None`` when no drift step measured it).
-
-    ``drift_p_value``: with ``method``, that test's p-value; without, ``min(1, k · min p)`` over the ``k`` planned
-    tests (Bonferroni). ``drift_detected``: 1.0 when that p-value is below the monitoring alpha, else 0.0.
-    """
-    done = [r for r in results if r.threat == "drift" and r.status == "done"
-            and method in (None, r.params.get("test")) and r.value("drift_p_value") is not None]
-    if not done:
-        return None, []
-    ps = [float(r.value("drift_p_value")) for r in done]  # type: ignore[arg-type]
-    k = 1 if method is not None else max(int(done[0].params.get("n_tests", len(done))), len(done))
-    p = min(1.0, k * min(ps))
-    value = float(p < float(done[0].params["alpha"])) if metric == "drift_detected" else p
-    return value, [r.step_id for r in done]
 
 
 def _bbsd_report(ctx: RunContext, step: Step, ref: torch.Tensor, cur: torch.Tensor, seed: int) -> dict[str, Any]:
