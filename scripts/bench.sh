@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Peer benchmarks. `bash scripts/bench.sh [ARGS]`: FGSM and PGD-20, sparring vs torchattacks, foolbox, ART and a
 # hand-written loop (benchmarks/bench_evasion.py). `bash scripts/bench.sh autoattack [ARGS]`: AutoAttack, sparring vs
-# torchattacks vs ART (benchmarks/bench_autoattack.py).
+# torchattacks vs ART (benchmarks/bench_autoattack.py). `bash scripts/bench.sh drift-peers|drift-ert [ARGS]`: drift
+# tests vs alibi-detect and frouros, online ERT per reference on MNIST (benchmarks/bench_drift_peers.py, bench_drift_ert.py).
 # Builds a separate .venv-bench (the peers never enter .venv): torch==2.13.0 (the CPU wheel on disk) and
 # requirements.lock, the peers from requirements-bench.lock with --no-deps (so none of them can pull another torch or
 # a torchvision), and sparring itself, editable. Idempotent: a stamp file holds the hash of the inputs, so a second
@@ -39,6 +40,12 @@ export GIT_PYTHON_REFRESH=quiet  # foolbox imports GitPython (for its model zoo)
 script=benchmarks/bench_evasion.py
 if [[ "${1:-}" == "autoattack" ]]; then
   script=benchmarks/bench_autoattack.py
+  shift
+elif [[ "${1:-}" == "drift-peers" ]]; then  # drift tests vs alibi-detect and frouros (benchmarks/bench_drift_peers.py)
+  script=benchmarks/bench_drift_peers.py
+  shift
+elif [[ "${1:-}" == "drift-ert" ]]; then  # online ERT per reference on full MNIST / Fashion-MNIST
+  script=benchmarks/bench_drift_ert.py
   shift
 fi
 exec "$venv/bin/python" "$script" "$@"
