@@ -395,7 +395,7 @@ def test_crown_intermediate_bounds_in_chunks_are_the_bounds_in_one_pass(
 ) -> None:
     """A conv layer's unstable neurons are back-substituted a chunk at a time (memory stays bounded on large
     layers); with chunks of one or two rows the bounds are those of one pass over all of them."""
-    from sparring.defenses.certify import bounds
+    from sparring.defenses.certify import bounded, bounds
 
     net = _seeded(ResidualNet)
     x = digits8.x_test[:6]
@@ -409,7 +409,7 @@ def test_crown_intermediate_bounds_in_chunks_are_the_bounds_in_one_pass(
 
     monkeypatch.setattr(bounds.BoundedModel, "_back", counting)
     widest = 4 * 8 * 8
-    monkeypatch.setattr(bounds, "CHUNK_ELEMENTS", 2 * 6 * widest * 2)  # two neurons (four rows) per pass
+    monkeypatch.setattr(bounded, "CHUNK_ELEMENTS", 2 * 6 * widest * 2)  # two neurons (four rows) per pass
     chunked = crown_bounds(net, x, 0.02, lower=0.0, upper=1.0)
     assert max(seen[:-1]) <= 4 and len(seen) > 10  # the last pass is the output specification
     for a, b in zip(one_pass, chunked, strict=True):
@@ -457,12 +457,13 @@ def test_expand_and_repeat_copies_are_bounded_as_the_copies_they_are() -> None:
 
 def test_bounds_are_computed_without_tf32_and_the_settings_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     """cuDNN convolutions default to TF32 on NVIDIA GPUs (relative error ~1e-3): bounds must not be computed so."""
-    from sparring.defenses.certify.bounds import BoundedModel, _precision_knobs
+    from sparring.defenses.certify.bounds import BoundedModel
+    from sparring.defenses.certify.precision import precision_knobs
 
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).eval()
     spec = InputSpec(shape=(1, 6, 6), n_classes=3, bounds=(0.0, 1.0))
     bm = BoundedModel(net, spec)
-    knobs = _precision_knobs()
+    knobs = precision_knobs()
     seen: list[list[object]] = []
     walk = BoundedModel._walk
 
