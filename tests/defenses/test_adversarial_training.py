@@ -14,14 +14,8 @@ from sparring import zoo
 from sparring.attacks.evasion.pgd import PGD
 from sparring.attacks.norms import Norm
 from sparring.data.datasets import Dataset, load_digits
-from sparring.defenses.training.adversarial import (
-    METHODS,
-    EpochStats,
-    TrainHistory,
-    _cyclic_lr,
-    _inner_attack,
-    adversarial_train,
-)
+from sparring.defenses.training.adversarial import METHODS, EpochStats, TrainHistory, adversarial_train
+from sparring.defenses.training.objectives import cyclic_lr, inner_attack
 from sparring.errors import CheckpointError, ParameterError
 from sparring.targets.spec import InputSpec
 from sparring.targets.torch import TorchTarget
@@ -100,7 +94,7 @@ def test_inner_attack_stays_within_eps_and_bounds(method: str, norm: str, digits
     net = _mlp()
     x, y = digits8.x_test[:64], digits8.y_test[:64]
     lo, hi = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
-    xa = _inner_attack(net, x, y, method=method, norm=nrm, eps=eps, alpha=eps / 2, steps=4, low=lo, high=hi,
+    xa = inner_attack(net, x, y, method=method, norm=nrm, eps=eps, alpha=eps / 2, steps=4, low=lo, high=hi,
                        gen=torch.Generator().manual_seed(0))
     delta = (xa - x).flatten(1)
     size = delta.abs().amax(1) if nrm is Norm.LINF else delta.norm(dim=1)
@@ -207,7 +201,7 @@ def test_checkpoint_of_another_run_is_refused(spec8: InputSpec, small8: Pair, tm
 
 
 def test_cyclic_schedule_is_one_cycle_and_fixes_the_epochs(spec8: InputSpec, small8: Pair, tmp_path: Path) -> None:
-    lrs = [_cyclic_lr(1.0, t / 10, 5) for t in range(51)]
+    lrs = [cyclic_lr(1.0, t / 10, 5) for t in range(51)]
     assert lrs[0] == 0.0 and lrs[20] == pytest.approx(1.0) and lrs[-1] == 0.0 and max(lrs) == lrs[20]
     _train(spec8, small8, steps=1, epochs=1, schedule="cyclic", checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match="epochs"):  # the schedule depends on the total number of epochs

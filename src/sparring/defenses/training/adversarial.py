@@ -4,28 +4,37 @@ All three train the model inside a :class:`~sparring.targets.TorchTarget` on poi
 ``eps``-ball around each training example. Budgets are in raw input space: the training forward is the target's
 own (``spec.mean``/``spec.std`` are applied inside), so the model is trained exactly as it is later attacked.
 The zoo's ``digits-cnn-pgdat`` and ``digits-cnn-trades`` are trained with :func:`adversarial_train`.
+
+The inner maximisation and objectives are in :mod:`.objectives`, the history and checkpoints in :mod:`.checkpoints`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from sparring._progress import progress_bar
 from sparring._util import as_xy, reinit_parameters
 from sparring.attacks.evasion._checks import check_eps, check_positive_int
 from sparring.attacks.evasion.pgd import PGD
-from sparring.attacks.norms import Norm, ball_random, project, steepest_direction
-from sparring.data.cache import load_state, save_state
-from sparring.errors import CheckpointError, ParameterError
+from sparring.attacks.norms import Norm
+from sparring.data.cache import save_state
+from sparring.defenses.training.checkpoints import (
+    FORMAT,
+    FORMAT_VERSION,
+    EpochStats,
+    TrainHistory,
+    checkpoint_path,
+    data_fingerprint,
+    latest_checkpoint,
+)
+from sparring.defenses.training.objectives import FAST_STEP, check_number, cyclic_lr, inner_attack, objective
+from sparring.errors import ParameterError
 from sparring.targets.spec import InputSpec
 from sparring.targets.torch import TorchTarget
 
@@ -33,172 +42,8 @@ __all__ = ["METHODS", "SCHEDULES", "EpochStats", "TrainHistory", "adversarial_tr
 
 METHODS = ("pgd", "trades", "fast-fgsm")
 SCHEDULES = ("constant", "cyclic")
-_FORMAT = "sparring-adversarial-training"
-_FORMAT_VERSION = 1
-_TRADES_INIT = 0.001  # std of the Gaussian start of the TRADES inner maximisation (Zhang et al. 2019, Alg. 1)
-_FAST_STEP = 1.25  # fast FGSM step in units of eps (Wong et al. 2020, sec. 4)
-_CYCLIC_PEAK = 0.4  # the cyclic schedule peaks after this fraction of the epochs (Wong et al. 2020, sec. 5.1)
-
-Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class EpochStats:
-    """What one epoch of adversarial training did.
-
-    Attributes:
-        epoch: 1-based epoch number.
-        loss: mean training loss over the epoch's examples (the method's own objective).
-        train_robust_accuracy: accuracy on the attacked training points, measured in the update's forward pass
-            (before the step). A sudden jump towards 1 in fast FGSM training is the sign of catastrophic overfitting.
-        clean_accuracy: accuracy on ``eval_data`` after the epoch (``None`` without ``eval_data``).
-        robust_accuracy: accuracy under PGD (``eval_steps`` steps, same ``eps`` and norm) on ``eval_data``.
-        seconds: wall time of the epoch, evaluation included.
-    """
-
-    epoch: int
-    loss: float
-    train_robust_accuracy: float
-    clean_accuracy: float | None
-    robust_accuracy: float | None
-    seconds: float
-
-
-@dataclass
-class TrainHistory:
-    """Per-epoch record of :func:`adversarial_train` (also stored in every checkpoint).
-
-    Attributes:
-        method: ``"pgd"``, ``"trades"`` or ``"fast-fgsm"``.
-        params: the training parameters as used (``alpha`` resolved to its value).
-        epochs: one :class:`EpochStats` per finished epoch, including those done before a resume.
-        resumed_from: the epoch of the checkpoint this run continued from (``None`` for a fresh run).
-    """
-
-    method: str
-    params: dict[str, Any]
-    epochs: list[EpochStats] = field(default_factory=list)
-    resumed_from: int | None = None
-
-    @property
-    def last(self) -> EpochStats | None:
-        """The most recent epoch's stats (``None`` before the first epoch)."""
-        return self.epochs[-1] if self.epochs else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data."""
-        return {"method": self.method, "params": dict(self.params), "epochs": [asdict(e) for e in self.epochs],
-                "resumed_from": self.resumed_from}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainHistory:
-        return cls(method=str(d["method"]), params=dict(d["params"]),
-                   epochs=[EpochStats(**e) for e in d["epochs"]], resumed_from=d.get("resumed_from"))
-
-
-# ---------------------------------------------------------------------------------------------------- checks
-def _check_number(value: object, name: str, *, low: float, strict: bool) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if not ok or (value <= low if strict else value < low):  # type: ignore[operator]
-        raise ParameterError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}; got {value!r}.")
-    return float(value)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------------------------------- inner attack
-def _inner_attack(
-    fwd: Forward, x: torch.Tensor, y: torch.Tensor, *, method: str, norm: Norm, eps: float, alpha: float,
-    steps: int, low: torch.Tensor, high: torch.Tensor, gen: torch.Generator,
-) -> torch.Tensor:
-    """The training-time maximisation: ``steps`` projected steepest-ascent steps from a random start.
-
-    PGD / fast FGSM maximise the cross-entropy from a uniform start in the ball; TRADES maximises
-    ``KL(f(x) || f(x'))`` from ``x + 0.001·N(0, I)``. No early stop: the maximisation runs its steps on every point,
-    misclassified or not, as in the papers. Call with the weights frozen.
-    """
-    if method == "trades":
-        with torch.no_grad():
-            p_clean = F.softmax(fwd(x), dim=1)
-        start = x + _TRADES_INIT * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-
-        def objective(z: torch.Tensor) -> torch.Tensor:
-            return F.kl_div(F.log_softmax(z, dim=1), p_clean, reduction="sum")
-    else:
-        start = x + ball_random(x, norm, eps, gen)
-
-        def objective(z: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(z, y, reduction="sum")
-
-    xa = torch.clamp(x + project(start - x, norm, eps), low, high)
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(fwd(xa)), xa)
-        with torch.no_grad():
-            xa = xa.detach() + alpha * steepest_direction(grad, norm)
-            xa = torch.clamp(x + project(xa - x, norm, eps), low, high)
-    return xa.detach()
-
-
-def _cyclic_lr(peak: float, t: float, epochs: int) -> float:
-    """One-cycle learning rate at time ``t`` (in epochs): 0 → ``peak`` at 40% of ``epochs`` → 0 at the end."""
-    top = _CYCLIC_PEAK * epochs
-    return peak * (t / top if t <= top else max(0.0, (epochs - t) / (epochs - top)))
-
-
-def _objective(
-    fwd: Forward, method: str, beta: float, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training loss of a batch and the logits on the attacked points.
-
-    PGD / fast FGSM: ``CE(f(x'), y)``. TRADES: ``CE(f(x), y) + β·KL(f(x) ‖ f(x'))``, averaged over the batch, with
-    gradients through both terms (Zhang et al. 2019, eq. 5).
-    """
-    z_adv = fwd(x_adv)
-    if method != "trades":
-        return F.cross_entropy(z_adv, y), z_adv
-    z_clean = fwd(x)
-    kl = F.kl_div(F.log_softmax(z_adv, dim=1), F.softmax(z_clean, dim=1), reduction="batchmean")
-    return F.cross_entropy(z_clean, y) + beta * kl, z_adv
-
-
-# ---------------------------------------------------------------------------------------------------- checkpoints
-def _checkpoint_path(directory: Path, epoch: int) -> Path:
-    return directory / f"epoch-{epoch:04d}.pt"
-
-
-def _latest_checkpoint(directory: Path, run_key: dict[str, Any], max_epoch: int) -> dict[str, Any] | None:
-    """The newest readable checkpoint with ``epoch <= max_epoch`` (corrupted ones are reported and skipped)."""
-    if not directory.is_dir():
-        return None
-    found = []
-    for p in directory.glob("epoch-*.pt"):
-        try:
-            found.append((int(p.stem.split("-")[1]), p))
-        except ValueError:
-            continue
-    for epoch, path in sorted(found, reverse=True):
-        if epoch > max_epoch:
-            continue
-        state = load_state(path)  # checksum verified, weights_only; a corrupted file is reported and removed
-        if state is None:
-            continue
-        if state.get("format") != _FORMAT or state.get("format_version") != _FORMAT_VERSION:
-            raise CheckpointError(f"{path} is not a sparring adversarial-training checkpoint (version "
-                                  f"{_FORMAT_VERSION}); point checkpoint_dir at a new folder.")
-        if state["run"] != run_key:
-            diff = sorted(k for k in set(run_key) | set(state["run"]) if run_key.get(k) != state["run"].get(k))
-            raise CheckpointError(
-                f"{path} belongs to a different training run (differs in: {', '.join(diff)}); use a new "
-                "checkpoint_dir, or resume=False to start over in this one."
-            )
-        return state
-    return None
-
-
-def _data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> list[float]:
-    return [float(x.shape[0]), float(x.double().sum()), float((y.double() * torch.arange(1, len(y) + 1)).sum())]
-
-
-# ---------------------------------------------------------------------------------------------------- training
 def adversarial_train(
     target: TorchTarget,
     data: Any,
@@ -315,12 +160,12 @@ def adversarial_train(
     e = check_eps(eps, nrm, spec)
     n_steps = 1 if method == "fast-fgsm" else check_positive_int(steps, "steps")
     if alpha is None:
-        step = _FAST_STEP * e if method == "fast-fgsm" else 2.5 * e / n_steps
+        step = FAST_STEP * e if method == "fast-fgsm" else 2.5 * e / n_steps
     else:
-        step = _check_number(alpha, "alpha (inner step size)", low=0.0, strict=True)
-    b = _check_number(beta, "beta (TRADES weight of the KL term)", low=0.0, strict=False)
+        step = check_number(alpha, "alpha (inner step size)", low=0.0, strict=True)
+    b = check_number(beta, "beta (TRADES weight of the KL term)", low=0.0, strict=False)
     check_positive_int(epochs, "epochs")
-    rate = _check_number(lr, "lr", low=0.0, strict=True)
+    rate = check_number(lr, "lr", low=0.0, strict=True)
     if schedule not in SCHEDULES:
         raise ParameterError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}.")
     check_positive_int(batch_size, "batch_size")
@@ -342,7 +187,7 @@ def adversarial_train(
     params: dict[str, Any] = {"method": method, "eps": e, "norm": nrm.value, "steps": n_steps, "alpha": step,
                               "beta": b, "lr": rate, "schedule": schedule, "batch_size": batch_size, "seed": seed,
                               "reinit": reinit}
-    run_key = {**params, "data": _data_fingerprint(x_all, y_all)}
+    run_key = {**params, "data": data_fingerprint(x_all, y_all)}
     if schedule == "cyclic":
         run_key["epochs"] = epochs
     x_all, y_all = x_all.to(dev, dtype), y_all.to(dev)
@@ -351,7 +196,7 @@ def adversarial_train(
     cuda = [dev.index or 0] if dev.type == "cuda" else []
 
     def attack(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return _inner_attack(fwd, xb, yb, method=method, norm=nrm, eps=e, alpha=step, steps=n_steps, low=low,
+        return inner_attack(fwd, xb, yb, method=method, norm=nrm, eps=e, alpha=step, steps=n_steps, low=low,
                              high=high, gen=noise_gen)
 
     order_gen = torch.Generator().manual_seed(seed)
@@ -359,7 +204,7 @@ def adversarial_train(
     opt = torch.optim.Adam(model.parameters(), lr=rate)
     history = TrainHistory(method=method, params=params)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state = _latest_checkpoint(ckpt_dir, run_key, epochs) if ckpt_dir is not None and resume else None
+    state = latest_checkpoint(ckpt_dir, run_key, epochs) if ckpt_dir is not None and resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -385,12 +230,12 @@ def adversarial_train(
             for i, s in enumerate(range(0, n, batch_size)):
                 if schedule == "cyclic":
                     for group in opt.param_groups:
-                        group["lr"] = _cyclic_lr(rate, epoch - 1 + (i + 1) / n_batches, epochs)
+                        group["lr"] = cyclic_lr(rate, epoch - 1 + (i + 1) / n_batches, epochs)
                 xb, yb = x_all[perm[s : s + batch_size]], y_all[perm[s : s + batch_size]]
                 with target.frozen():
                     xa = attack(xb, yb)
                 model.train()
-                loss, z_adv = _objective(fwd, method, b, xb, xa, yb)
+                loss, z_adv = objective(fwd, method, b, xb, xa, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
@@ -408,8 +253,8 @@ def adversarial_train(
                            clean_accuracy=clean_acc, robust_accuracy=robust_acc, seconds=time.perf_counter() - t0)
         history.epochs.append(stats)
         if ckpt_dir is not None:
-            save_state(_checkpoint_path(ckpt_dir, epoch), {
-                "format": _FORMAT, "format_version": _FORMAT_VERSION, "epoch": epoch, "run": run_key,
+            save_state(checkpoint_path(ckpt_dir, epoch), {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "epoch": epoch, "run": run_key,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "order_gen": order_gen.get_state(),
                 "noise_gen": noise_gen.get_state(), "history": history.to_dict(),
             })
