@@ -1,4 +1,4 @@
-"""Parameter checks shared by the gradient attacks."""
+"""Parameter checks shared by the evasion attacks."""
 
 from __future__ import annotations
 
@@ -31,3 +31,10 @@ def check_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ParameterError(f"{name} must be a positive integer; got {value!r}.")
     return value
+
+
+def check_fraction(value: object, name: str) -> float:
+    """A fraction of eps in (0, 1] (step sizes and search radii of the black-box attacks)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < float(value) <= 1:
+        raise ParameterError(f"{name} (a fraction of eps) must be in (0, 1]; got {value!r}.")
+    return float(value)

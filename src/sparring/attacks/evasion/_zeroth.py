@@ -16,11 +16,13 @@ from typing import Literal
 import torch
 
 from sparring.attacks.base import BatchContext
-from sparring.attacks.losses import AttackLoss, margin
+from sparring.attacks.evasion._checks import check_eps, check_fraction, check_positive_int
+from sparring.attacks.losses import AttackLoss, get_loss, margin
 from sparring.attacks.norms import Norm, project
-from sparring.errors import QueryBudgetExceeded
+from sparring.errors import ParameterError, QueryBudgetExceeded
+from sparring.targets.spec import InputSpec
 
-__all__ = ["Search", "estimate_gradient", "run_search"]
+__all__ = ["Search", "check_search_params", "estimate_gradient", "run_search"]
 
 _LOG_FLOOR = 1e-12
 _ROWS = 8192  # most perturbed inputs built at once (memory: rows × input size)
@@ -44,6 +46,20 @@ class Search:
     directions: Literal["rademacher", "gaussian"]
     loss: AttackLoss
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def check_search_params(spec: InputSpec, *, eps: float, norm: str | Norm, n_queries: object, samples: object,
+                        loss: str, fractions: dict[str, object]) -> None:
+    """The checks every zeroth-order search makes before it runs: the budget against the spec, ``n_queries``,
+    ``samples`` (at least one antithetic pair), each fraction of eps in (0, 1] and the loss name."""
+    check_eps(eps, Norm.parse(norm), spec)
+    check_positive_int(n_queries, "n_queries")
+    check_positive_int(samples, "samples")
+    if samples < 2:  # type: ignore[operator]
+        raise ParameterError(f"samples must be >= 2 (one antithetic pair); got {samples!r}.")
+    for name, value in fractions.items():
+        check_fraction(value, name)
+    get_loss(loss)
 
 
 def _scores(ctx: BatchContext, x: torch.Tensor, name: str) -> torch.Tensor:

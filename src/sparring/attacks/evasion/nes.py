@@ -7,12 +7,9 @@ from typing import ClassVar
 import torch
 
 from sparring.attacks.base import BatchContext, EvasionAttack
-from sparring.attacks.evasion._checks import check_eps, check_positive_int
-from sparring.attacks.evasion._zeroth import Search, default_radius, run_search, signed_step
-from sparring.attacks.evasion.spsa import check_fraction
+from sparring.attacks.evasion._zeroth import Search, check_search_params, default_radius, run_search, signed_step
 from sparring.attacks.losses import get_loss
 from sparring.attacks.norms import Norm
-from sparring.errors import ParameterError
 from sparring.targets.base import Target
 from sparring.targets.spec import Access
 
@@ -88,14 +85,9 @@ class NES(EvasionAttack):
         self.seed = seed
 
     def _check_params(self, target: Target) -> None:
-        check_eps(self.eps, Norm.parse(self.norm), target.spec)
-        check_positive_int(self.n_queries, "n_queries")
-        check_positive_int(self.samples, "samples")
-        if self.samples < 2:
-            raise ParameterError(f"samples must be >= 2 (one antithetic pair); got {self.samples!r}.")
-        check_fraction(self.sigma_fraction, "sigma_fraction")
-        check_fraction(self.lr_fraction, "lr_fraction")
-        get_loss(self.loss)
+        check_search_params(target.spec, eps=self.eps, norm=self.norm, n_queries=self.n_queries, samples=self.samples,
+                            loss=self.loss,
+                            fractions={"sigma_fraction": self.sigma_fraction, "lr_fraction": self.lr_fraction})
 
     def _run_batch(
         self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None

@@ -7,8 +7,7 @@ from typing import ClassVar
 import torch
 
 from sparring.attacks.base import BatchContext, EvasionAttack
-from sparring.attacks.evasion._checks import check_eps, check_positive_int
-from sparring.attacks.evasion._zeroth import Search, adam, default_radius, run_search
+from sparring.attacks.evasion._zeroth import Search, adam, check_search_params, default_radius, run_search
 from sparring.attacks.losses import get_loss
 from sparring.attacks.norms import Norm
 from sparring.errors import ParameterError
@@ -16,12 +15,6 @@ from sparring.targets.base import Target
 from sparring.targets.spec import Access
 
 __all__ = ["SPSA"]
-
-
-def check_fraction(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < float(value) <= 1:
-        raise ParameterError(f"{name} (a fraction of eps) must be in (0, 1]; got {value!r}.")
-    return float(value)
 
 
 def check_positive(value: object, name: str) -> float | None:
@@ -105,14 +98,9 @@ class SPSA(EvasionAttack):
         self.seed = seed
 
     def _check_params(self, target: Target) -> None:
-        check_eps(self.eps, Norm.parse(self.norm), target.spec)
-        check_positive_int(self.n_queries, "n_queries")
-        check_positive_int(self.samples, "samples")
-        if self.samples < 2:
-            raise ParameterError(f"samples must be >= 2 (one antithetic pair); got {self.samples!r}.")
-        check_fraction(self.delta_fraction, "delta_fraction")
-        check_fraction(self.lr_fraction, "lr_fraction")
-        get_loss(self.loss)
+        check_search_params(target.spec, eps=self.eps, norm=self.norm, n_queries=self.n_queries, samples=self.samples,
+                            loss=self.loss,
+                            fractions={"delta_fraction": self.delta_fraction, "lr_fraction": self.lr_fraction})
 
     def _run_batch(
         self, ctx: BatchContext, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None
