@@ -9,14 +9,20 @@ from sparring.errors import ParameterError
 from sparring.targets.spec import InputSpec
 
 
-def check_eps(eps: float, norm: Norm, spec: InputSpec) -> float:
-    """``eps`` must be a finite number in ``[0, largest meaningful budget]`` for the norm and the input range."""
+def check_eps_value(eps: object) -> float:
+    """``eps`` as a float when it is a finite number >= 0 (no input range to compare it with)."""
     try:
-        e = float(eps)
+        e = float(eps)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ParameterError(f"eps must be a number; got {eps!r}.") from None
     if not math.isfinite(e) or e < 0:
         raise ParameterError(f"eps must be a finite number >= 0; got {eps!r}.")
+    return e
+
+
+def check_eps(eps: float, norm: Norm, spec: InputSpec) -> float:
+    """``eps`` must be a finite number in ``[0, largest meaningful budget]`` for the norm and the input range."""
+    e = check_eps_value(eps)
     width = spec.range_width
     limit = width if norm is Norm.LINF else width * math.sqrt(spec.n_features)
     if e > limit:

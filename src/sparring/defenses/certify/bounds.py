@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparring.attacks.evasion._checks import check_eps
+from sparring.attacks.evasion._checks import check_eps, check_eps_value
 from sparring.attacks.norms import Norm
 from sparring.defenses.certify.bounded import (
     ATOL,
@@ -79,12 +79,7 @@ def _setup(model_or_target: nn.Module | TorchTarget, x: Any, eps: float, lower: 
         xt = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
         if xt.ndim < 2 or xt.shape[0] == 0 or not bool(torch.isfinite(xt).all()):
             raise InputSpecError(f"x must be a non-empty finite batch (N, ...); got shape {tuple(xt.shape)}.")
-        try:
-            e = float(eps)
-        except (TypeError, ValueError):
-            raise ParameterError(f"eps must be a number; got {eps!r}.") from None
-        if not math.isfinite(e) or e < 0:
-            raise ParameterError(f"eps must be a finite number >= 0; got {eps!r}.")
+        e = check_eps_value(eps)
         bm = BoundedModel(model_or_target, tuple(xt.shape[1:]))
         lo_b, hi_b = torch.tensor(-math.inf), torch.tensor(math.inf)
     else:
