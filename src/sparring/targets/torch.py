@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,7 +13,21 @@ from sparring.errors import InputSpecError, ParameterError
 from sparring.targets.base import ScoreKind, Target
 from sparring.targets.spec import Access, InputSpec
 
-__all__ = ["TorchTarget"]
+__all__ = ["TorchTarget", "frozen_parameters"]
+
+
+@contextmanager
+def frozen_parameters(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """``requires_grad`` off on ``params`` for the duration; each parameter's flag is restored after."""
+    ps = list(params)
+    flags = [p.requires_grad for p in ps]
+    for p in ps:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(ps, flags, strict=True):
+            p.requires_grad_(f)
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -131,17 +145,12 @@ class TorchTarget(Target):
     @contextmanager
     def frozen(self) -> Iterator[TorchTarget]:
         """Eval mode and no weight gradients for the duration; the previous state is restored after."""
-        params = list(self.model.parameters())
-        flags = [p.requires_grad for p in params]
         was_training = self.model.training
         self.model.eval()
-        for p in params:
-            p.requires_grad_(False)
         try:
-            yield self
+            with frozen_parameters(self.model.parameters()):
+                yield self
         finally:
-            for p, f in zip(params, flags, strict=True):
-                p.requires_grad_(f)
             self.model.train(was_training)
 
     def loss_gradient(

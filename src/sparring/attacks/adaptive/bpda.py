@@ -16,7 +16,7 @@ from torch import nn
 from sparring.attacks.adaptive._common import PROBE_POINTS, check_target, probe, uniform_points
 from sparring.errors import ParameterError
 from sparring.targets.spec import Access
-from sparring.targets.torch import Forward, TorchTarget
+from sparring.targets.torch import Forward, TorchTarget, frozen_parameters
 
 __all__ = ["find_gradient_blockers", "hookable", "with_bpda"]
 
@@ -95,15 +95,8 @@ class _BPDATarget(TorchTarget):
     @contextmanager
     def frozen(self) -> Iterator[TorchTarget]:
         params = [p for b in self.blockers if isinstance(b.approx, nn.Module) for p in b.approx.parameters()]
-        flags = [p.requires_grad for p in params]
-        with self._base.frozen():
-            for p in params:
-                p.requires_grad_(False)
-            try:
-                yield self
-            finally:
-                for p, f in zip(params, flags, strict=True):
-                    p.requires_grad_(f)
+        with self._base.frozen(), frozen_parameters(params):
+            yield self
 
     def describe(self) -> dict[str, Any]:
         d = self._base.describe()
