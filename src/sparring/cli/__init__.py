@@ -21,13 +21,15 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     click = None  # type: ignore[assignment]
 
 from sparring import errors
-from sparring.cli.exits import EXIT_BUDGET, EXIT_INTERNAL, EXIT_USAGE, exit_code_for
-from sparring.cli.exits import EXIT_GATE as EXIT_GATE  # re-exported: sparring.cli.EXIT_* is where commands read them
-from sparring.cli.exits import EXIT_HELP as _EXIT_HELP
-from sparring.cli.exits import EXIT_INPUT as EXIT_INPUT
-from sparring.cli.exits import EXIT_INTERRUPTED as EXIT_INTERRUPTED
-from sparring.cli.exits import EXIT_MODEL as EXIT_MODEL
-from sparring.cli.exits import EXIT_OK as EXIT_OK
+from sparring.cli import exits
+
+# The exit codes live in cli/exits.py (so command modules read them without importing this package); here they are
+# sparring.cli.EXIT_*, as the command modules, tests and users know them.
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT = exits.EXIT_OK, exits.EXIT_INTERNAL, exits.EXIT_USAGE, exits.EXIT_INPUT
+EXIT_MODEL, EXIT_BUDGET, EXIT_GATE = exits.EXIT_MODEL, exits.EXIT_BUDGET, exits.EXIT_GATE
+EXIT_INTERRUPTED = exits.EXIT_INTERRUPTED
+_EXIT_HELP = exits.EXIT_HELP
+exit_code_for = exits.exit_code_for
 
 # Modules that add commands of their own: each defines ``add_commands(cli: click.Group) -> None`` and uses
 # ``sparring.cli._fail`` to turn a SparringError into its exit code.
