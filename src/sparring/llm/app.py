@@ -14,6 +14,10 @@ Example ``app.yaml``::
         untrusted: true
     untrusted_inputs: [user, documents]
     exfil_host: attacker.example
+    defences:                      # see sparring.llm.defenses; measured with and without by sparring redteam
+      - datamarking
+      - name: input-guard
+        threshold: 0.5
 
 ``{secret}`` in the system prompt is replaced by ``secret`` (a prompt may also contain the secret literally).
 """
@@ -22,15 +26,17 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sparring.errors import ThreatModelError
 from sparring.llm.chat import Message
 
-__all__ = ["Application", "Document", "load_application"]
+__all__ = ["Application", "DefenceSpec", "Document", "load_application"]
 
-_KEYS = ("name", "system_prompt", "secret", "user_prompt", "documents", "untrusted_inputs", "exfil_host", "marker")
+_KEYS = ("name", "system_prompt", "secret", "user_prompt", "documents", "untrusted_inputs", "exfil_host", "marker",
+         "defences")
 _DOC_KEYS = ("id", "text", "untrusted")
 _INPUTS = ("user", "documents")
 
@@ -42,6 +48,15 @@ class Document:
     id: str
     text: str
     untrusted: bool = True
+
+
+@dataclass(frozen=True)
+class DefenceSpec:
+    """A defence named in the application's ``defences:`` list, with its parameters (see
+    :mod:`sparring.llm.defenses`)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,9 @@ class Application:
     untrusted_inputs: tuple[str, ...] = ("user", "documents")
     exfil_host: str = "attacker.example"
     marker: str = "PWNED-4F7A"
+    defences: tuple[DefenceSpec, ...] = ()
+    #: the :class:`~sparring.llm.defenses.DefenceStack` whose prompt-side defences :meth:`messages` applies
+    active_defences: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for key in ("system_prompt", "secret", "name", "user_prompt", "exfil_host", "marker"):
@@ -85,12 +103,15 @@ class Application:
     def messages(self, user: str | None = None, documents: tuple[Document, ...] | None = None) -> list[Message]:
         """The conversation the application sends: system prompt plus the documents block, then the user turn."""
         docs = self.documents if documents is None else documents
+        text = self.user_prompt if user is None else user
+        if self.active_defences is not None:
+            return list(self.active_defences.render(self, text, docs))
         system = self.rendered_system_prompt.rstrip()
         if docs:
             block = "\n".join(f'<document id="{d.id}">\n{d.text}\n</document>' for d in docs)
             system += "\n\nDocuments:\n" + block
         return [{"role": "system", "content": system},
-                {"role": "user", "content": self.user_prompt if user is None else user}]
+                {"role": "user", "content": text}]
 
 
 def _unknown(keys: list[str], allowed: tuple[str, ...], where: str, source: str) -> ThreatModelError:
@@ -147,5 +168,8 @@ def load_application(path: str | Path) -> Application:
         raise ThreatModelError(f"{p}: untrusted_inputs must be a list such as [user, documents]; got {inputs!r}.")
     kw = {k: raw[k] for k in ("name", "user_prompt", "exfil_host", "marker") if k in raw}
     secret = raw["secret"]
+    from sparring.llm.defenses import specs_from_yaml
+
     return Application(system_prompt=raw["system_prompt"], secret=str(secret) if isinstance(secret, int) else secret,
-                       documents=tuple(docs), untrusted_inputs=tuple(inputs), **kw)
+                       documents=tuple(docs), untrusted_inputs=tuple(inputs),
+                       defences=specs_from_yaml(raw.get("defences"), str(p)), **kw)

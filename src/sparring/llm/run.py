@@ -22,8 +22,9 @@ from typing import Any
 
 from sparring.errors import CheckpointError, EndpointError, ParameterError, QueryBudgetExceeded
 from sparring.llm.app import Application
-from sparring.llm.attacks import ATTACKS, PlannedAttempt, plan_attempts
-from sparring.llm.chat import ChatTarget
+from sparring.llm.attacks import ATTACKS, plan_attempts
+from sparring.llm.chat import ChatReply, ChatTarget
+from sparring.llm.defenses import REFUSAL, plan_defended
 from sparring.llm.detectors import (
     Detector,
     ExfiltrationDetector,
@@ -79,10 +80,15 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """ASR with Wilson 95% intervals per attack x converter, per attack, per converter and per category."""
     recs = list(records)
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {"by_attack_converter": {}, "by_attack": {},
-                                                          "by_converter": {}, "by_category": {}}
+                                                          "by_converter": {}, "by_category": {}, "by_defence": {},
+                                                          "by_attack_converter_defence": {},
+                                                          "by_category_defence": {}}
     for r in recs:
+        d = r.get("defence", "none")
         for key, value in (("by_attack_converter", f"{r['attack']}/{r['converter']}"), ("by_attack", r["attack"]),
-                           ("by_converter", r["converter"]), ("by_category", r["category"])):
+                           ("by_converter", r["converter"]), ("by_category", r["category"]), ("by_defence", d),
+                           ("by_attack_converter_defence", f"{r['attack']}/{r['converter']}@{d}"),
+                           ("by_category_defence", f"{r['category']}@{d}")):
             groups[key].setdefault(value, []).append(r)
     out: dict[str, Any] = {"attempts": len(recs), "overall": _row(recs)}
     for key, g in groups.items():
@@ -110,9 +116,11 @@ def check_gates(summary: dict[str, Any], gates: list[tuple[str, float]]) -> list
     attempt (all errors, or not run) fails as unmeasured."""
     results = []
     for key, limit in gates:
-        row = next((summary[g][key] for g in ("by_category", "by_attack", "by_converter", "by_attack_converter")
-                    if key in summary[g]), None)
-        if row is None and key not in ATTACKS and "/" not in key and key not in summary["by_category"]:
+        row = next((summary[g][key] for g in ("by_category", "by_attack", "by_converter", "by_attack_converter",
+                                              "by_category_defence", "by_attack_converter_defence", "by_defence")
+                    if key in summary.get(g, {})), None)
+        if row is None and key not in ATTACKS and "/" not in key and "@" not in key \
+                and key not in summary["by_category"]:
             known = sorted({*summary["by_category"], *summary["by_attack"], *summary["by_converter"]})
             raise ParameterError(f"gate {key!r} names no category, attack or converter of this run; known: {known}.")
         upper = None if row is None or row["n"] == 0 else row["ci95"][1]
@@ -147,21 +155,31 @@ def _read_records(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _run_key(app: Application, target: ChatTarget, planned: list[PlannedAttempt]) -> str:
+def _run_key(app: Application, target: ChatTarget, planned: list[Any]) -> str:
     ident = {k: v for k, v in target.describe().items() if k not in ("requests_used", "tokens_used")}
-    blob = json.dumps({"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
-                       "plan": [p.id for p in planned]}, sort_keys=True, default=str)
+    key: dict[str, Any] = {"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
+                           "plan": [p.id for p in planned]}
+    if any(p.defence != "none" for p in planned):
+        key["defences"] = sorted({json.dumps(p.stack.describe(), sort_keys=True) for p in planned})
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attacks: tuple[str, ...] | None = None,
                 converters: tuple[str, ...] = ("none",), resume: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                progress: Callable[[int, int], None] | None = None,
+                defences: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run every planned attempt against ``target`` and write the run folder ``out``; returns the summary.
 
     Attempts go in fixed batches of ``target.batch_size`` in plan order. With ``resume``, attempts already
     judged in ``out`` are kept; a batch with any missing attempt is sent again whole (so batching, and with it
     every reply, is the same as in an uninterrupted run) and only the missing records are added.
+
+    ``defences`` names the defence configurations to measure (see
+    :func:`sparring.llm.defenses.defence_configs`: ``none``, ``all``, ``each`` or defence names; default ``none``,
+    plus ``all`` when the application lists defences): every attempt is planned under each, ids of defended ones
+    end in ``@defence``. A request the input guard refuses is not sent (its reply is the refusal); reply-side
+    defences rewrite what is judged (the model's own reply is kept as ``model_reply``).
 
     Raises:
         CheckpointError: ``out`` holds a run of another application, model, decoding or plan (or ``resume`` is
@@ -170,7 +188,7 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    planned = plan_attempts(app, attacks, converters)
+    planned = plan_defended(app, attacks, converters, defences, plan=plan_attempts)
     key = _run_key(app, target, planned)
     manifest_path, attempts_path = folder / "manifest.json", folder / "attempts.jsonl"
     done: dict[str, dict[str, Any]] = {}
@@ -188,6 +206,7 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
             app.secret.encode()).hexdigest(), "untrusted_inputs": list(app.untrusted_inputs)},
         "target": target.describe(), "attacks": sorted({p.attack for p in planned}),
         "converters": list(converters), "planned": len(planned), "detector_version": DETECTOR_VERSION,
+        "defences": {p.defence: p.stack.describe() for p in planned},
         "sources": {a: ATTACKS[a].source for a in sorted({p.attack for p in planned})}}
     _write_atomic(manifest_path, _dump(manifest))
     started, sent = time.perf_counter(), 0
@@ -197,16 +216,23 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
             batch = planned[b:b + target.batch_size]
             if all(p.id in done for p in batch):
                 continue
+            to_send = [p for p in batch if p.blocked is None]
             try:
-                replies = target.chat([list(p.messages) for p in batch])
+                answered = iter(target.chat([list(p.messages) for p in to_send]) if to_send else [])
             except (QueryBudgetExceeded, EndpointError) as exc:
                 stop = exc
                 break
-            sent += len(batch)
-            for p, r in zip(batch, replies, strict=True):
+            sent += len(to_send)
+            for p in batch:
+                r = ChatReply(REFUSAL, finish_reason="blocked") if p.blocked is not None else next(answered)
                 if p.id in done:
                     continue
-                rec = judge({**p.to_dict(), "reply": r.text, "error": r.error, "usage": {
+                extra: dict[str, Any] = {}
+                text = r.text
+                if p.defence != "none" and r.error is None:
+                    text, actions = p.filter_reply(r.text)
+                    extra = {"model_reply": r.text, "defence_actions": actions}
+                rec = judge({**p.to_dict(), **extra, "reply": text, "error": r.error, "usage": {
                     "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                     "finish_reason": r.finish_reason}}, app)
                 done[p.id] = rec
