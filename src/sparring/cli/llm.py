@@ -33,9 +33,13 @@ def load_chat_target(model: str, *, url: str | None = None, api_model: str = "de
 
 def redteam(app_path: str, *, out: str, target: Any | None = None, attacks: tuple[str, ...] | None = None,
             converters: tuple[str, ...] = ("none",), resume: bool = False, rescore_only: bool = False,
-            gates: tuple[str, ...] = (), progress: bool = False, **target_kwargs: Any) -> dict[str, Any]:
+            gates: tuple[str, ...] = (), progress: bool = False, defences: tuple[str, ...] | None = None,
+            utility: bool = False, **target_kwargs: Any) -> dict[str, Any]:
     """Red-team the application in ``app_path`` (or re-judge the stored run with ``rescore_only``); returns the
-    summary with ``gates`` results and ``out``."""
+    summary with ``gates`` results and ``out``. ``defences``: the configurations to measure (see
+    :func:`sparring.llm.defenses.defence_configs`); ``utility``: also score the shipped benign tasks under each
+    (``summary["utility"]``, written to ``out/utility.json``) and the input guard's held-out false-positive rate
+    (``summary["guard"]``)."""
     from sparring.llm.app import load_application
     from sparring.llm.run import check_gates, parse_gate, rescore, run_redteam
 
@@ -51,12 +55,25 @@ def redteam(app_path: str, *, out: str, target: Any | None = None, attacks: tupl
 
         try:
             summary = run_redteam(app, chat, out, attacks=attacks, converters=converters, resume=resume,
-                                  progress=show if progress else None)
+                                  progress=show if progress else None, defences=defences)
+            if utility:
+                from pathlib import Path
+
+                from sparring.llm.guard import evaluate_guard
+                from sparring.llm.utility import run_utility
+
+                extra = {"utility": run_utility(app, chat, defences=defences, out=out), "guard": evaluate_guard()}
+                (Path(out) / "utility.json").write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n")
         finally:
             if progress:
                 print(file=sys.stderr)
             if hasattr(chat, "close") and target is None:
                 chat.close()
+    from pathlib import Path
+
+    stored = Path(out) / "utility.json"
+    if stored.exists():
+        summary.update(json.loads(stored.read_text()))
     summary["gates"] = check_gates(summary, parsed)
     summary["out"] = str(out)
     return summary
@@ -75,6 +92,17 @@ def _print(summary: dict[str, Any]) -> None:
         asr = "-" if row["asr"] is None else f"{row['asr']:.3f}"
         click.echo(f"  {name:<14} {row['successes']}/{row['n']} = {asr} [{row['ci95'][0]:.3f}, "
                    f"{row['ci95'][1]:.3f}]  ({row['errors']} error)")
+    if len(summary.get("by_defence", {})) > 1 or "utility" in summary:
+        click.echo(f"{'defence':<16} {'ASR':>22}  {'utility':>22}")
+        for name, row in summary["by_defence"].items():
+            u = summary.get("utility", {}).get(name)
+            ut = "" if u is None else f"{u['correct']}/{u['n']} [{u['ci95'][0]:.2f}, {u['ci95'][1]:.2f}]"
+            click.echo(f"  {name:<14} {row['successes']:>3}/{row['n']:<3} [{row['ci95'][0]:.2f}, "
+                       f"{row['ci95'][1]:.2f}]  {ut:>22}" + (f"  blocked {u['blocked']}" if u else ""))
+    if "guard" in summary:
+        f = summary["guard"]["fpr"]
+        click.echo(f"input guard false-positive rate on held-out benign texts: {f['flagged']}/{f['n']} "
+                   f"[{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]")
     for g in summary["gates"]:
         verdict = "PASS" if g["passed"] else "FAIL"
         upper = "unmeasured" if g["upper"] is None else f"upper {g['upper']:.3f}"
@@ -118,16 +146,24 @@ def add_commands(cli: Any) -> None:
     @click.option("--max-asr", "gates", multiple=True, help="Gate KEY=MAX (repeatable), KEY a category "
                   "(secret-leak, prompt-leak, goal-hijack, exfiltration), attack or converter: fails (exit 6) when "
                   "the upper end of its ASR's 95% Wilson interval exceeds MAX.")
+    @click.option("--defence", "defences", multiple=True, help="Defence configuration to measure (repeatable): "
+                  "none, all (the application's defences: list together), each (none, each alone, all) or a "
+                  "defence name (delimiting, datamarking, encoding, sandwich, canary, input-guard, output-filter). "
+                  "Default: none, plus all when the application lists defences. Gate one with KEY@DEFENCE.")
+    @click.option("--utility", is_flag=True, help="Also score the shipped benign tasks under each defence "
+                  "configuration and report the input guard's held-out false-positive rate.")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     def redteam_cmd(app_yaml: str, model: str, url: str | None, api_model: str, api_key_env: str | None, out: str,
                     attacks: tuple[str, ...], converters: tuple[str, ...], max_new_tokens: int, temperature: float,
                     seed: int, batch_size: int, request_budget: int | None, token_budget: int | None, resume: bool,
-                    rescore: bool, gates: tuple[str, ...], as_json: bool) -> None:
+                    rescore: bool, gates: tuple[str, ...], defences: tuple[str, ...], utility: bool,
+                    as_json: bool) -> None:
         """Prompt-injection, secret- and prompt-leak attacks on an LLM application (APP_YAML), judged by
         deterministic detectors, stored in --out (manifest.json, attempts.jsonl, summary.json)."""
         try:
             summary = redteam(app_yaml, out=out, attacks=attacks or None, converters=converters or ("none",),
-                              resume=resume, rescore_only=rescore, gates=gates,
+                              resume=resume, rescore_only=rescore, gates=gates, defences=defences or None,
+                              utility=utility,
                               progress=not as_json and sys.stderr.isatty(), model=model, url=url,
                               api_model=api_model, api_key_env=api_key_env, max_new_tokens=max_new_tokens,
                               temperature=temperature, seed=seed, batch_size=batch_size,

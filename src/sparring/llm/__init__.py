@@ -6,10 +6,11 @@ reproducible runs. Importing this package loads neither ``transformers`` nor a m
 'spaced'
 """
 
-from sparring.llm.app import Application, Document, load_application
+from sparring.llm.app import Application, DefenceSpec, Document, load_application
 from sparring.llm.attacks import ATTACKS, CATEGORIES, plan_attempts
 from sparring.llm.chat import ChatReply, ChatTarget, LocalChatModel, Message
 from sparring.llm.converters import CONVERTERS, convert
+from sparring.llm.defenses import DEFENCES, plan_defended, redact
 from sparring.llm.detectors import (
                                     ExfiltrationDetector,
                                     MarkerDetector,
@@ -17,19 +18,24 @@ from sparring.llm.detectors import (
                                     SecretLeakDetector,
                                     load_leak_set,
 )
+from sparring.llm.guard import InputGuard, evaluate_guard, load_guard_set
 from sparring.llm.openai_api import OpenAIChatClient
 from sparring.llm.run import check_gates, rescore, run_redteam, summarize, wilson_interval
 from sparring.llm.server import make_chat_server
+from sparring.llm.utility import load_utility_set, run_utility, score_task
 
 __all__ = [
     "ATTACKS",
     "CATEGORIES",
     "CONVERTERS",
+    "DEFENCES",
     "Application",
     "ChatReply",
     "ChatTarget",
+    "DefenceSpec",
     "Document",
     "ExfiltrationDetector",
+    "InputGuard",
     "LocalChatModel",
     "MarkerDetector",
     "Message",
@@ -38,12 +44,19 @@ __all__ = [
     "SecretLeakDetector",
     "check_gates",
     "convert",
+    "evaluate_guard",
     "load_application",
+    "load_guard_set",
     "load_leak_set",
+    "load_utility_set",
     "make_chat_server",
     "plan_attempts",
+    "plan_defended",
+    "redact",
     "rescore",
     "run_redteam",
+    "run_utility",
+    "score_task",
     "summarize",
     "wilson_interval",
 ]

@@ -44,8 +44,17 @@ from sparring.llm.attacks import PlannedAttempt, plan_attempts
 from sparring.llm.chat import Message
 from sparring.llm.detectors import _B64, _HEX, SecretLeakDetector, _decoded_runs
 
-__all__ = ["DEFENCES", "REFUSAL", "WITHHELD", "DefendedAttempt", "DefenceStack", "build_stack", "defence_configs",
-           "plan_defended", "redact"]
+__all__ = [
+    "DEFENCES",
+    "REFUSAL",
+    "WITHHELD",
+    "DefenceStack",
+    "DefendedAttempt",
+    "build_stack",
+    "defence_configs",
+    "plan_defended",
+    "redact",
+]
 
 REFUSAL = "I can't help with that request."
 WITHHELD = "[reply withheld: it contained protected information]"
@@ -128,7 +137,8 @@ class DefenceStack:
         for t in texts:
             verdict = self.guard.check(t)
             if verdict.flagged:
-                return verdict.to_dict()
+                found: dict[str, Any] = verdict.to_dict()
+                return found
         return None
 
     def filter_reply(self, text: str) -> tuple[str, list[str]]:
@@ -212,10 +222,8 @@ def defence_configs(app: Application, requested: Sequence[str] | None = None) ->
     names = list(requested) if requested else (["none", "all"] if app.defences else ["none"])
     out: list[tuple[str, tuple[DefenceSpec, ...]]] = []
     for n in names:
-        if n == "each":
-            expanded = ["none", *by_name, "all"] if app.defences else ["none", *DEFENCES]
-        else:
-            expanded = [n]
+        every = ["none", *by_name, "all"] if app.defences else ["none", *DEFENCES]
+        expanded = every if n == "each" else [n]
         for e in expanded:
             if e == "none":
                 cfg: tuple[str, tuple[DefenceSpec, ...]] = ("none", ())

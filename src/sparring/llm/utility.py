@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -49,7 +49,7 @@ def _compact(s: str) -> str:
     return re.sub(r"\s+", "", s)
 
 
-UTILITY_CHECKS = {
+UTILITY_CHECKS: dict[str, Callable[[dict[str, Any], str], bool]] = {
     "number": _number,
     "contains": lambda t, r: t["answer"].casefold() in r.casefold(),
     "contains-case": lambda t, r: t["answer"] in r,
