@@ -88,6 +88,9 @@ class Application:
         if bad or not self.untrusted_inputs:
             raise ThreatModelError(f"untrusted_inputs must be a non-empty list of {list(_INPUTS)}; got "
                                    f"{list(self.untrusted_inputs)}.")
+        if any(not isinstance(d, DefenceSpec) for d in self.defences):
+            raise ThreatModelError(f"defences must be DefenceSpec objects (or a defences: list in the YAML); got "
+                                   f"{list(self.defences)!r:.120}.")
         if self.secret not in self.rendered_system_prompt:
             raise ThreatModelError("the system prompt does not contain the secret: write {secret} where the "
                                    "application keeps it, so a leak can be detected.")
