@@ -151,6 +151,13 @@ def _load(tm: ThreatModel, extra: dict[str, Any]) -> Target:
             raise ParameterError("system.spec (an InputSpec JSON file) is needed for an http(s) endpoint.")
         output: Literal["scores", "labels"] = "labels" if tm.exposure.output == "labels" else "scores"
         extra = {k: v for k, v in extra.items() if k != "access"}
+        if s.http is not None:
+            from sparring.targets.text_load import expand_env
+
+            h = s.http
+            extra = {"headers": {k: expand_env(v, f"system.http.headers.{k}") for k, v in h.headers.items()},
+                     "timeout": h.timeout, "retries": h.retries, "input_key": h.input_key,
+                     "output_key": h.output_key, "score_kind": h.output, **extra}
         return HttpTarget(s.model, load_spec(s.spec), output=output, batch_size=min(s.batch_size, 256), **extra)
     from sparring.targets.load import load_target
 

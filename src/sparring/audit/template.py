@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from sparring.audit.threat import HttpSettings
 from sparring.targets.spec import Access, InputSpec
 
 __all__ = ["threat_model_template"]
@@ -45,7 +46,7 @@ def threat_model_template(model: str, *, data: str | None = None, spec: str | No
                           trust_pickle: bool = False, trusted_types: Sequence[str] = (),
                           path: str = "threat.yaml", classes: Sequence[str] | None = None,
                           text_column: str | None = None, label_column: str | None = None,
-                          http: Mapping[str, Any] | None = None) -> str:
+                          http: Mapping[str, Any] | None = None, exposure: str | None = None) -> str:
     """Load ``model`` (and ``data``), measure its clean accuracy, and return an annotated YAML threat model.
 
     Budgets are scaled to the input: on flat features with different ranges (tabular data) they are fractions of
@@ -53,7 +54,10 @@ def threat_model_template(model: str, *, data: str | None = None, spec: str | No
     range and dimension. The clean-accuracy gate is set just under the accuracy measured now, so a regression fails
     CI; ``n`` is capped at the rows the data has. ``path`` is where the file will be written (for the header's
     command). Every value is a starting point to edit. A text model (``classes``, ``text_column``,
-    ``label_column``, ``http`` settings) gets the text template of :mod:`sparring.audit.template_text`.
+    ``label_column``, ``http`` settings) gets the text template of :mod:`sparring.audit.template_text`. A tensor
+    endpoint (an ``http(s)://`` model with ``spec``) gets ``system.http`` from ``http`` (headers as given, so
+    ``${VAR}`` stays a reference to the environment) and ``exposure.output`` from ``exposure`` (``labels`` for an
+    API that answers labels only).
     """
     from sparring.audit.runner import _data, _load
     from sparring.audit.template_text import text_threat_model_template
@@ -69,11 +73,22 @@ def threat_model_template(model: str, *, data: str | None = None, spec: str | No
     draft: dict[str, Any] = {"system": {"model": model, "spec": spec, "entry_point": entry_point, "device": device,
                                         "trust_pickle": trust_pickle, "trusted_types": list(trusted_types),
                                         "data": {"source": data or "zoo", "n": n}}}
+    url = model.startswith(("http://", "https://"))
+    settings = {k: v for k, v in (http or {}).items() if v not in (None, {}, ())}
+    if url and settings:
+        draft["system"]["http"] = settings
+    if exposure is not None:
+        draft["exposure"] = {"output": exposure}
     tm = parse_threat_model(draft, source="sparring init")
     target = _load(tm, {})
-    x, y = _data(tm, target)
-    n = min(n, int(x.shape[0]))
-    acc = float((target.query_labels(x).cpu() == y.cpu()).float().mean())
+    try:
+        x, y = _data(tm, target)
+        n = min(n, int(x.shape[0]))
+        acc = float((target.query_labels(x).cpu() == y.cpu()).float().mean())
+    finally:
+        close = getattr(target, "close", None)  # an HttpTarget's connection pool
+        if callable(close):
+            close()
     d = target.spec.n_features
     per_feature = _per_feature(target.spec)
     width = 1.0 if per_feature else target.spec.range_width
@@ -91,6 +106,19 @@ def threat_model_template(model: str, *, data: str | None = None, spec: str | No
     knowledge = "white-box" if target.access >= Access.GRADIENTS else "black-box"
     output = "labels" if target.access == Access.LABELS else "scores"
     gate = max(0.0, math.floor((acc - 0.02) * 100) / 100)
+    http_block = ""
+    if url:
+        from sparring.audit.template_text import _mapping, _scalar
+
+        h = tm.system.http or HttpSettings()
+        http_block = f"""  http:                     # how to talk to the endpoint
+    headers: {_mapping(h.headers)}   # e.g. {{Authorization: "Bearer ${{API_TOKEN}}"}} (${{VAR}}: from the environment)
+    timeout: {h.timeout:g}              # seconds per request
+    retries: {h.retries}
+    input_key: {_scalar(h.input_key)}       # request key of the batch: POST {{input_key: [...]}}
+    output_key: {_scalar(h.output_key)}        # answer key of the predictions (null: scores, or labels)
+    output: {h.output}      # what the scores are: probabilities | logits
+"""
     return f"""# sparring threat model (schema version 1). Written by `sparring init`; edit, then run:
 #   sparring audit {path} --out sparring-report
 # Measured now: clean accuracy {acc:.4f} on {x.shape[0]} examples; {measured}.
@@ -105,7 +133,7 @@ system:
   trusted_types: {trusted}         # skops types to trust, e.g. ['sklearn.tree._tree.Tree'] for forests
   units: {units}               # budget units: raw | range (fraction of each feature's range) | std | scale.json
   device: {device}
-  data:
+{http_block}  data:
     source: {data or 'zoo'}            # 'zoo' (the zoo model's data) or a .npz / .csv / image folder
     split: test
     n: {n}                    # examples audited (more = tighter estimates, longer runs)

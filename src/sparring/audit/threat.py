@@ -9,7 +9,8 @@ The keys, in short::
     schema_version: 1
     name: digits classifier
     system:    {model, spec, entry_point, trust_pickle, device, batch_size, data: {source, split, n},
-                text: {classes, text_column, label_column, header, label, headers, input_key, ...}}
+                text: {classes, text_column, label_column, header, label, headers, input_key, ...},
+                http: {headers, timeout, retries, input_key, output_key, output: probabilities|logits}}
     exposure:  {audience: internal|public, output: scores|top-k|labels, top_k, decimals}
     attacker:  {knowledge: white-box|grey-box|black-box, evasion: [{norm, eps: [...]}], query_budget,
                 poisoning_share, physical_access}
@@ -49,6 +50,7 @@ __all__ = [
     "Defence",
     "Exposure",
     "Gate",
+    "HttpSettings",
     "Monitoring",
     "ThreatModel",
     "load_threat_model",
@@ -70,6 +72,22 @@ class DataSource(_Strict):
     n: int = Field(200, ge=1, le=100_000)
 
 
+class HttpSettings(_Strict):
+    """``system.http``: how to talk to an ``http(s)://`` tensor endpoint (the text API's settings live in
+    ``system.text``, with the same keys). Whether the API returns scores or labels is ``exposure.output``."""
+
+    headers: dict[str, str] = Field(default_factory=dict)
+    """HTTP headers, e.g. ``{Authorization: "Bearer ${API_TOKEN}"}``; ``$VAR``/``${VAR}`` are read from the environment
+    when the audit runs, and header values without a variable are left out of the reports."""
+    timeout: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0)
+    input_key: str = Field("inputs", min_length=1)
+    output_key: str | None = Field(None, min_length=1)
+    """Answer key of the predictions (default ``scores``, or ``labels`` with ``exposure.output: labels``)."""
+    output: Literal["probabilities", "logits"] = "probabilities"
+    """What the API's scores are."""
+
+
 class System(_Strict):
     """The model under audit: a zoo name, a model file, or an ``http(s)://`` prediction endpoint."""
 
@@ -85,12 +103,24 @@ class System(_Strict):
     """Tabular feature constraints (.json/.yaml, see sparring.targets.constraints): enables the tabular checks."""
     text: TextSystem | None = None
     """A text model's classes, message columns and HTTP settings (see sparring.audit.text_system); no spec."""
+    http: HttpSettings | None = None
+    """Headers, timeout, retries, request/answer keys and score kind of an ``http(s)://`` tensor endpoint."""
     trusted_types: list[str] = Field(default_factory=list)
     """Types to trust in a skops file beyond skops' defaults, e.g. ``sklearn.tree._tree.Tree`` for forests."""
     units: str = "raw"
     """Units of every evasion budget (and certification radius) on flat tabular features: ``raw`` (the inputs' own
     units), ``range`` (a fraction of each feature's range), ``std`` (each feature's standard deviation over the audit
     data) or a JSON scale file (one unit per feature); see sparring.targets.units and sparring.audit.units."""
+
+    @model_validator(mode="after")
+    def _http_for_urls(self) -> System:
+        if self.http is not None and not self.model.startswith(("http://", "https://")):
+            raise ValueError(f"system.http applies to an http(s):// model only; system.model is {self.model!r}: give "
+                             "the endpoint's URL or drop system.http")
+        if self.http is not None and self.text is not None:
+            raise ValueError("a text API takes its HTTP settings in system.text (headers, timeout, input_key, ...); "
+                             "drop system.http")
+        return self
 
     @field_validator("units")
     @classmethod
@@ -361,7 +391,13 @@ class ThreatModel(_Strict):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The threat model as written into reports: ``system.http`` header values that hold a literal (no
+        ``$VAR``) are replaced by ``<redacted>``, so a token typed into the YAML stays out of the reports."""
+        out = self.model_dump(mode="json")
+        http = out["system"].get("http")
+        if http:
+            http["headers"] = {k: v if "$" in v else "<redacted>" for k, v in http["headers"].items()}
+        return out
 
     def spec_hash(self) -> str:
         """SHA-256 of the canonical JSON form: identical threat models hash identically, whatever the YAML layout.

@@ -38,8 +38,13 @@ _COMMAND_MODULES: tuple[str, ...] = ("universal", "privacy", "poison", "extracti
 
 
 def _fail(exc: BaseException) -> NoReturn:
+    from sparring.cli.options import error_json, json_requested
+
     code = exit_code_for(exc)
     kind = type(exc).__name__
+    if json_requested():  # --json: the error is machine output too, on stdout
+        click.echo(error_json(str(exc), kind, code))
+        sys.exit(code)
     click.echo(f"error ({kind}): {exc}", err=True)
     if code == EXIT_INTERNAL:
         click.echo("This looks like a bug in sparring; please report it with the command you ran.", err=True)
@@ -118,9 +123,9 @@ def _option_names(attack_cls: type) -> set[str]:
 
 def build_cli() -> Any:
     """Build the click command group (separate from :func:`main` so tests can invoke it in-process)."""
-    from sparring.cli.options import http_options
+    from sparring.cli.options import JsonErrorGroup, http_options, require_url
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_HELP)
+    @click.group(cls=JsonErrorGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_HELP)
     @click.version_option(package_name="sparring")
     def cli() -> None:
         """sparring — attack your own models before attackers do, defend them, prove how robust they are."""
@@ -373,19 +378,27 @@ def build_cli() -> Any:
                   "ok,toxic,threat); needed for a URL or callable.")
     @click.option("--text-col", help="Text model: the text column of --data.")
     @click.option("--label-col", help="Text model: the label column of --data.")
-    @click.option("--input-key", help="Text API: request key holding the messages (default inputs).")
-    @click.option("--output-key", help="Text API: answer key holding the scores (default scores).")
-    @click.option("--http-header", multiple=True, help="Text API: header 'Name: value' (repeatable); write "
-                  "secrets as ${VAR}, read from the environment and kept out of the file.")
+    @click.option("--exposure", type=click.Choice(["scores", "labels"]),
+                  help="What a URL --model answers (exposure.output; default scores): labels for an API that "
+                       "returns class labels only.")
+    @http_options("a URL --model", batch="inputs", answer="scores, or labels with --exposure labels")
     def init(model: str, data: str | None, spec: str | None, entry_point: str | None, n: int, output: str,
              force: bool, trust_pickle: bool, trusted_types: tuple[str, ...], classes: str | None,
-             text_col: str | None, label_col: str | None, input_key: str | None, output_key: str | None,
-             http_header: tuple[str, ...]) -> None:
+             text_col: str | None, label_col: str | None, exposure: str | None, http_header: tuple[str, ...],
+             timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None) -> None:
         """Write an annotated threat-model template for MODEL, pre-filled from the model and its data.
 
         On tabular data (flat features with different ranges) the budgets are fractions of each feature's range
         (units: range), so eps 0.01 moves every feature by 1 % of its own range. A text model (a skops/joblib
-        text pipeline, 'module:callable', a URL with --classes) gets system.text and no spec.
+        text pipeline, 'module:callable', a URL with --classes) gets system.text and no spec. A URL with --spec
+        (a tensor API) gets system.http from the HTTP options and exposure.output from --exposure; header values
+        are written as given, so write secrets as ${VAR}.
+
+        \b
+        Examples:
+          sparring init --model model.onnx --spec spec.json --data test.npz
+          sparring init --model http://127.0.0.1:8000/predict --spec spec.json --data test.npz --exposure labels \\
+              --http-header 'Authorization: Bearer ${API_TOKEN}' --timeout 30
         """
         from sparring.audit.template import threat_model_template
         from sparring.cli.options import http_settings
@@ -393,12 +406,17 @@ def build_cli() -> Any:
         if output != "-" and Path(output).exists() and not force:
             raise click.UsageError(f"{output} exists; pass --force to overwrite it or choose another --output.")
         try:
+            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            if not model.startswith(("http://", "https://")):
+                require_url(http, None, "a URL --model")
+                if exposure is not None:
+                    raise errors.ParameterError("--exposure describes a URL --model; a model file or zoo model is "
+                                                "queried in-process: drop --exposure.")
             text = threat_model_template(model, data=data, spec=spec, entry_point=entry_point, n=n,
                                          trust_pickle=trust_pickle, trusted_types=trusted_types,
                                          path="threat.yaml" if output == "-" else output,
                                          classes=classes.split(",") if classes else None, text_column=text_col,
-                                         label_column=label_col,
-                                         http=http_settings(http_header, None, input_key, output_key, None))
+                                         label_column=label_col, http=http, exposure=exposure)
         except errors.SparringError as exc:
             _fail(exc)
         if output == "-":

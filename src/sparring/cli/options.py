@@ -1,18 +1,26 @@
-"""The HTTP options every command with ``--url`` (or a URL model) takes, declared once.
+"""The options many commands share, declared once: the HTTP settings and errors as JSON under ``--json``.
+
+HTTP options, for every command with ``--url`` (or a URL model):
 
 ``--http-header 'Name: value'`` (repeatable; ``$VAR`` / ``${VAR}`` read from the environment and never printed),
 ``--timeout``, ``--input-key``, ``--output-key`` and ``--scores probabilities|logits``. :func:`http_settings` turns
 them into target keywords (only those given).
+
+Errors under ``--json``: :func:`json_requested` tells whether the running command (or a group above it) was given
+``--json``; then :func:`error_json` is what ``sparring.cli._fail`` and :class:`JsonErrorGroup` print on stdout,
+``{"error": message, "type": exception class, "exit_code": code}``, with the same exit code as without ``--json``.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-__all__ = ["http_options", "http_settings", "require_url"]
+__all__ = ["JsonErrorGroup", "error_json", "http_options", "http_settings", "json_requested", "require_url"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -61,11 +69,60 @@ def http_settings(http_header: tuple[str, ...], timeout: float | None, input_key
     return out
 
 
-def require_url(http: dict[str, Any], url: str | None) -> None:
-    """Refuse HTTP options given without ``--url`` (they would be silently ignored)."""
+def require_url(http: dict[str, Any], url: str | None, flag: str = "--url") -> None:
+    """Refuse HTTP options given without ``--url`` (they would be silently ignored); ``flag`` names what carries the
+    URL in the command (``init``: a URL ``--model``)."""
     from sparring.errors import ParameterError
 
     if http and not url:
         flags = {"headers": "--http-header", "output": "--scores"}
         given = ", ".join(flags.get(k, "--" + k.replace("_", "-")) for k in http)
-        raise ParameterError(f"{given} applies to --url only; give --url or drop it.")
+        raise ParameterError(f"{given} applies to {flag} only; give {flag} or drop it.")
+
+
+def json_requested(ctx: click.Context | None = None) -> bool:
+    """Whether the command running in ``ctx`` (default: the current click context) or a group above it has
+    ``--json`` (its ``as_json`` parameter) set."""
+    c = ctx if ctx is not None else click.get_current_context(silent=True)
+    while c is not None:
+        if c.params.get("as_json"):
+            return True
+        c = c.parent
+    return False
+
+
+def error_json(message: str, kind: str, exit_code: int) -> str:
+    """The one-line JSON object a ``--json`` command prints instead of an error message."""
+    return json.dumps({"error": message, "type": kind, "exit_code": exit_code}, ensure_ascii=False)
+
+
+class JsonErrorGroup(click.Group):
+    """A click group whose commands answer ``--json`` with a JSON error for what the commands do not catch
+    themselves: usage errors (bad option values, missing arguments: exit 2) and unexpected exceptions (exit 1).
+
+    ``--json`` is looked for among the command's own arguments before click parses them, so a usage error found
+    while parsing is JSON too. Library errors go through ``sparring.cli._fail``, which reads :func:`json_requested`.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        args = [*getattr(ctx, "_protected_args", ()), *ctx.args]
+        as_json = "--json" in args[1:] if args else False
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if not as_json:
+                raise
+            click.echo(error_json(exc.format_message(), type(exc).__name__, exc.exit_code))
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if not as_json:
+                raise
+            from sparring.cli.exits import EXIT_INTERNAL, exit_code_for
+
+            code = exit_code_for(exc)
+            msg = str(exc) if code != EXIT_INTERNAL else (f"{exc} (this looks like a bug in sparring; please report "
+                                                            "it with the command you ran)")
+            click.echo(error_json(msg, type(exc).__name__, code))
+            sys.exit(code)
