@@ -65,3 +65,16 @@ def test_online_lsdd_on_fashion_mnist_alarms_on_noise_within_two_windows_and_not
     noisy = _noisy(test[150:250], 2)
     first = next(i for i, s in enumerate(map(det.update, noisy)) if s.drift)
     assert first < 20
+
+
+def test_online_lsdd_global_scale_on_mnist_is_quiet_on_fresh_digits_and_finds_fashion() -> None:
+    """standardise="global" (the scale that keeps MNIST's ERT, docs/BENCHMARKS.md): quiet on 100 fresh training
+    digits at ERT 1000, and Fashion-MNIST images where digits were expected are found within two windows."""
+    train = _mnist("train")
+    p = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(1))
+    det = OnlineLSDD(train[p[:500]], ert=1000, window_size=10, n_bootstraps=4000, seed=0, standardise="global")
+    assert det.state_dict()["params"]["standardise"] == "global"
+    assert not any(det.update(x).drift for x in train[p[500:600]])
+    det.reset()
+    first = next(i for i, s in enumerate(map(det.update, _fashion("test")[:100])) if s.drift)
+    assert first < 20

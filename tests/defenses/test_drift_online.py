@@ -199,6 +199,8 @@ def test_window_detectors_refuse_bad_input(digits_split: dict[str, torch.Tensor]
         OnlineMMD(np.ones((300, 4)), ert=100, window_size=10).update(np.ones(4))
     with pytest.raises(InputSpecError, match="0 examples"):
         OnlineLSDD(np.zeros((0, 4))).update(np.ones(4))
+    with pytest.raises(ParameterError, match="standardise"):
+        OnlineLSDD(ref, ert=100, window_size=10, standardise="pixel").update(ref[0])
 
 
 def test_streams_without_replacement_are_distinct_rows_at_any_size() -> None:
