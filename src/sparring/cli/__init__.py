@@ -34,7 +34,7 @@ exit_code_for = exits.exit_code_for
 # Modules that add commands of their own: each defines ``add_commands(cli: click.Group) -> None`` and uses
 # ``sparring.cli._fail`` to turn a SparringError into its exit code.
 _COMMAND_MODULES: tuple[str, ...] = ("universal", "privacy", "poison", "extraction", "train", "text", "tabular",
-                                      "drift", "llm", "guard")
+                                      "drift", "llm", "guard", "history")
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -341,8 +341,11 @@ def build_cli() -> Any:
     @click.option("--baseline", "baseline", default=None, type=click.Path(),
                   help="An earlier audit's report.json (or its --out folder): every report shows the per-gate and "
                        "per-step deltas, and gates with max_drop fail when the metric fell by more.")
+    @click.option("--history", "history", envvar="SPARRING_HISTORY", show_envvar=True, metavar="URL",
+                  help="Record the finished audit (gates, deltas) in this audit history: an SQLite file "
+                       "(sqlite:///audits.db or a path) or a PostgreSQL URL; list it with sparring history.")
     def audit(threat_model: str | None, out_dir: str, resume: bool, formats: str, no_progress: bool,
-              debug: bool, baseline: str | None) -> None:
+              debug: bool, baseline: str | None, history: str | None) -> None:
         """Audit a model as THREAT_MODEL (YAML) describes, and write reports.
 
         Without THREAT_MODEL the built-in default runs: the zoo digits CNN on its held-out digits against a
@@ -356,10 +359,12 @@ def build_cli() -> Any:
           sparring audit threat.yaml --out report
           sparring audit threat.yaml --out report --resume
           sparring audit threat.yaml --out new --baseline old/report.json
+          sparring audit threat.yaml --out report --history sqlite:///audits.db
         """
         from sparring.cli.audit import run_audit_command
 
-        sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail, debug, baseline))
+        sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail, debug, baseline,
+                                   history))
 
     @cli.command(epilog=_EXIT_HELP)
     @click.option("--model", "-m", default="digits-cnn", show_default=True, help="Zoo name, model file or URL.")

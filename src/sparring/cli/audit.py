@@ -51,10 +51,12 @@ def audit_exit_code(audit: Any) -> int:
 
 def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, formats: str, progress: bool,
                       fail: Callable[[BaseException], NoReturn], debug: bool = False,
-                      baseline: str | None = None) -> int:
+                      baseline: str | None = None, history: str | None = None) -> int:
     """Run the audit and write the reports; return the exit code (:func:`audit_exit_code`; 2 for unknown formats).
 
     ``baseline``: an earlier report.json to compare with (:mod:`sparring.audit.baseline`), read before the audit runs.
+    ``history``: the audit history (:mod:`sparring.audit.history`) to record the finished run into; opened before
+    the audit runs, so a bad address fails at once.
     """
     from sparring.audit import load_threat_model, run_audit
     from sparring.audit.baseline import apply_baseline, load_baseline
@@ -78,6 +80,11 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
     try:
         tm = load_threat_model(path)
         base = None if baseline is None else load_baseline(baseline)
+        store = None
+        if history is not None:
+            from sparring.audit.history import open_history
+
+            store = open_history(history)
         if progress:
             sys.stderr.write(f"sparring audit: {tm.name} ({path}) -> {out_dir}\n")
         audit = run_audit(tm, out_dir, resume=resume, progress=progress and sys.stderr.isatty(), on_step=on_step,
@@ -85,6 +92,13 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
         if base is not None:
             apply_baseline(audit, base)
         paths = write_reports(audit, out_dir, fmts)
+        run_id = None
+        if store is not None:
+            from sparring.audit.report.machine import report_dict
+
+            with store:
+                if audit.status == "complete":  # a partial run would read as a drop in the trend
+                    run_id = store.record(report_dict(audit))
     except KeyboardInterrupt:
         sys.stderr.write("interrupted before any step finished; nothing to report.\n")
         return EXIT_INTERRUPTED
@@ -95,6 +109,10 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
             if r.traceback and r.step_id.endswith("/follow-up"):
                 sys.stderr.write(r.traceback)
     _print(audit, paths)
+    if history is not None:
+        sys.stderr.write(f"recorded as run {run_id} in the audit history {history} (sparring history --history "
+                         f"{history})\n" if run_id is not None else
+                         "not recorded in the audit history: the audit was interrupted (re-run with --resume).\n")
     return audit_exit_code(audit)
 
 

@@ -16,7 +16,7 @@ EXIT_GATE, EXIT_INTERRUPTED = 6, 130
 
 EXIT_HELP = (
     "Exit codes: 0 success, 1 internal error, 2 usage error, 3 bad input (data/spec/parameters), "
-    "4 model or endpoint problem, 5 query budget exhausted, 6 an audit gate failed, 130 interrupted."
+    "4 model, endpoint or store problem, 5 query budget exhausted, 6 an audit gate failed, 130 interrupted."
 )
 """The epilog of every command's ``--help``."""
 
@@ -25,7 +25,7 @@ def exit_code_for(exc: BaseException) -> int:
     """The documented exit code for a library error."""
     if isinstance(exc, errors.QueryBudgetExceeded):
         return EXIT_BUDGET
-    if isinstance(exc, errors.ModelLoadError | errors.EndpointError | errors.AccessError):
+    if isinstance(exc, errors.ModelLoadError | errors.EndpointError | errors.AccessError | errors.StoreError):
         return EXIT_MODEL
     if isinstance(exc, errors.InputSpecError | errors.ParameterError | errors.DataLoadError | errors.ThreatModelError
                   | errors.CheckpointError | errors.BaselineError):
