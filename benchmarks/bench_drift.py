@@ -24,8 +24,9 @@ its 95% interval (exponential run lengths: 2T/χ²), and the mean detection dela
 Last, the MMD test on 10,000 × 10,000 (breast-cancer rows resampled with jitter; block and permutation
 estimators) in a subprocess: wall time and peak resident memory.
 
-No peer runs here: alibi-detect, frouros and river are not installed in this environment (alibi-detect pulls
-TensorFlow and pins numpy < 2, see issue 18), so nothing is compared side by side.
+No peer runs here: benchmarks/bench_drift_peers.py compares sparring's MMD, LSDD and KS with alibi-detect and
+frouros on the same samples, and benchmarks/bench_drift_ert.py measures the online ERT per reference on full
+MNIST / Fashion-MNIST.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_drift.py`` (about 15 minutes on 2 busy CPU cores);
 ``--quick`` for a 1-minute smoke run. Writes ``benchmarks/results/drift-failing-loudly.json``.

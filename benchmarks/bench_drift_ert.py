@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--alarms", type=int, default=150)
     ap.add_argument("--max-steps", type=int, default=60_000)
     ap.add_argument("--detectors", default="online_mmd,online_lsdd")
+    ap.add_argument("--lsdd-standardise", default="feature", choices=["feature", "global"])
     ap.add_argument("--out", default=str(RESULTS / "drift-ert.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -95,7 +96,8 @@ def main() -> None:
                 for ert in erts:
                     cell: dict[str, Any] = {}
                     t0 = time.perf_counter()
-                    det = makers[det_name](ref, ert=ert, window_size=args.window, seed=r)
+                    extra = {"standardise": args.lsdd_standardise} if det_name == "online_lsdd" else {}
+                    det = makers[det_name](ref, ert=ert, window_size=args.window, seed=r, **extra)
                     det.calibrate()
                     cell["calibration_s"] = round(time.perf_counter() - t0, 2)
                     need = min(args.max_steps, args.alarms * ert * 2)

@@ -288,8 +288,8 @@ class OnlineLSDD(_WindowDetector):
     border pixel inked in 1 of 500 images): fresh data ink them more often than the reference shows, those rows
     land far from every centre, and the calibration, which only replays reference rows, never sees them, so false
     alarms come early. Measured on full MNIST (reference 500, window 10, 100 alarms per reference, four
-    references): per-feature scaling ran at 0.54-0.96x the target ERT 100 and 0.32-0.83x at ERT 500, the global
-    scale within 20% (docs/BENCHMARKS.md, "Online ERT per reference"). The same amplification is what finds
+    references): per-feature scaling ran at 0.58-0.79x the target ERT 100 and 0.33-0.59x at ERT 500, the global
+    scale at 0.85-1.19x (docs/BENCHMARKS.md, "Online ERT per reference"). The same amplification is what finds
     noise on those features quickly: on 8×8 digits (ERT 500, window 20, 10 runs) the default finds noise of sd
     0.2 within 3-20 steps, the global scale within 278-791 steps in 5 runs and not within 450 in the other 5
     (class knockout: alike). Use ``"global"`` on images and other data with
