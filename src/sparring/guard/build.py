@@ -105,6 +105,14 @@ def _build_one(d: DetectorConfig, target: Target, cfg: GuardConfig) -> GuardDete
             raise GuardConfigError(f"detectors ({d.label}).fit: {d.fit.data!r} has no labels; mahalanobis fits class "
                                    "means and needs them.")
         det = MahalanobisDetector(target, threshold=d.threshold).fit(xf, yf)
+        if d.combine is not None:
+            from sparring.attacks.evasion.fgsm import FGSM
+
+            xc, yc = load_data_ref(d.combine, cfg)
+            if yc is None:
+                raise GuardConfigError(f"detectors ({d.label}).combine: {d.combine.data!r} has no labels; FGSM needs "
+                                       "them.")
+            det.fit_combiner(xc, FGSM(eps=d.combine.eps)(target, xc, yc).x_adv)
     elif d.kind == "energy":
         det = EnergyDetector(target, threshold=d.threshold)
     elif d.kind == "max-softmax":

@@ -5,7 +5,8 @@
     model: digits-cnn                 # what load_target takes: a zoo name or a model file (+ spec: spec.json)
     # model: {upstream: "http://10.0.0.5:8000/predict", spec: digits-cnn, score_kind: logits, timeout: 5}
     detectors:
-      - {kind: mahalanobis, policy: reject, fit: {data: train}, calibrate: {data: test, stop: 300, fpr: 0.01}}
+      - {kind: mahalanobis, policy: reject, fit: {data: train}, combine: {data: test, start: 300, eps: 0.2},
+         calibrate: {data: test, stop: 300, fpr: 0.01}}
       - {kind: max-softmax, policy: flag, calibrate: {data: test, stop: 300, fpr: 0.05}}
     prada: {delta: 0.9, min_queries: 100, max_samples: 500, max_clients: 10000, policy: log}
     drift: {method: ks-confidence, window: 200, alpha: 0.01, reference: {data: test}}
@@ -52,6 +53,13 @@ class CalibrateRef(DataRef):
     fpr: float = Field(0.01, gt=0, lt=1)
 
 
+class CombineRef(DataRef):
+    """Mahalanobis layer combination (Lee et al. 2018, sec. 3): a logistic regression over the per-layer scores,
+    fitted on these clean inputs and their FGSM adversarial examples at L∞ ``eps`` made at start-up."""
+
+    eps: float = Field(0.2, gt=0)
+
+
 class ModelConfig(_Strict):
     """A model served in-process (``source`` as ``load_target`` takes it) or an upstream prediction API."""
 
@@ -78,6 +86,7 @@ class DetectorConfig(_Strict):
     policy: Policy = "log"
     name: str | None = None  # shown in responses, events and metrics (default: the kind)
     fit: DataRef | None = None  # training data (mahalanobis only)
+    combine: CombineRef | None = None  # mahalanobis only: combine all layers (else the last layer alone)
     calibrate: CalibrateRef | None = None
     threshold: float | None = None  # a known threshold instead of calibrate
 
@@ -207,8 +216,8 @@ def parse_config(data: Any, *, source: str = "guard.yaml", base_dir: str | Path 
         if d.kind == "mahalanobis" and d.fit is None:
             raise GuardConfigError(f"{source}: detectors.{i} ({d.label}): mahalanobis needs fit: {{data: train}} "
                                    "(the class means and covariance come from training data).")
-        if d.kind != "mahalanobis" and d.fit is not None:
-            raise GuardConfigError(f"{source}: detectors.{i}.fit: only mahalanobis is fitted; drop fit:.")
+        if d.kind != "mahalanobis" and (d.fit is not None or d.combine is not None):
+            raise GuardConfigError(f"{source}: detectors.{i}: only mahalanobis takes fit: and combine:; drop them.")
     labels = [d.label for d in cfg.detectors]
     if len(set(labels)) != len(labels):
         raise GuardConfigError(f"{source}: detectors: names must be unique; got {labels}. Set name: on each.")

@@ -31,6 +31,7 @@ class GuardServer:
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(fam, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it (Linux)
         self._sock.bind((host, port))
         self._sock.listen(2048)
         bound = self._sock.getsockname()
