@@ -13,10 +13,10 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the guard needs the 'guard' extra (fastapi, uvicorn, prometheus-client)")
 
-from sparring.guard.auth import create_key  # noqa: E402
-from sparring.guard.config import parse_config  # noqa: E402
-from sparring.guard.server import GuardServer  # noqa: E402
-from sparring.guard.service import GuardService  # noqa: E402
+from sparring.guard.auth import create_key
+from sparring.guard.config import parse_config
+from sparring.guard.server import GuardServer
+from sparring.guard.service import GuardService
 
 
 def make_service(tmp: Path, **overrides: Any) -> GuardService:

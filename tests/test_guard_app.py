@@ -86,7 +86,7 @@ def test_keys_and_roles(plain: Any, digits: Dataset) -> None:
     r = httpx.post(server.predict_url, json=body, headers=bearer(carol))
     assert r.status_code == 401 and "not valid" in r.json()["error"]
     events = httpx.get(server.url + "/admin/events?client=carol", headers=bearer(admin)).json()["events"]
-    assert [e["status"] for e in events][:2] == [401, 200] or [e["status"] for e in events][0] == 200
+    assert [e["status"] for e in events] == [200]  # the refused request had no verified client: recorded as None
     # no key anywhere: events, metrics, config, the database file
     metrics = httpx.get(server.url + "/metrics", headers=bearer(admin)).text
     raw = b"".join(p.read_bytes() for p in db.parent.iterdir() if p.name.startswith("guard.db"))
@@ -100,7 +100,8 @@ def test_metrics_in_prometheus_format(plain: Any, digits: Dataset) -> None:
     httpx.post(server.predict_url, json={"inputs": digits.x_test[:3].tolist()}, headers=bearer(client))
     text = httpx.get(server.url + "/metrics", headers=bearer(admin)).text
     for line in ('guard_request_seconds_bucket{le="0.005",route="/predict"}', 'guard_requests_total{decision="ok"',
-                 'guard_detector_threshold{detector="mahalanobis"}', 'guard_detector_score_count{detector="mahalanobis"}',
+                 'guard_detector_threshold{detector="mahalanobis"}',
+                 'guard_detector_score_count{detector="mahalanobis"}',
                  "guard_queue_depth 0.0", "guard_events_dropped_total 0.0", "guard_prada_clients"):
         assert line in text, line
 
@@ -108,7 +109,7 @@ def test_metrics_in_prometheus_format(plain: Any, digits: Dataset) -> None:
 def test_mahalanobis_rejects_pgd_digits_and_passes_clean_ones(tmp_path: Path, digits_cnn: TorchTarget,
                                                               digits: Dataset) -> None:
     svc = make_service(tmp_path, detectors=[{**_MAHA, "policy": "reject"}], prada={"enabled": False})
-    clean, y = digits.x_test[250:350], digits.y_test[250:350]
+    clean = digits.x_test[250:350]
     res = PGD(eps=0.2, steps=20)(digits_cnn, digits.x_test[350:450], digits.y_test[350:450])
     adv = res.x_adv[res.success]
     assert adv.shape[0] >= 80
@@ -124,7 +125,8 @@ def test_mahalanobis_rejects_pgd_digits_and_passes_clean_ones(tmp_path: Path, di
             return out
         fpr = sum(rejected(clean)) / clean.shape[0]
         recall = sum(rejected(adv)) / adv.shape[0]
-    # measured: FPR 0.03 on 100 clean, recall 0.92 on 100 successful PGD-20 eps 0.2 (calibrated at 5% FPR on other test digits; combiner fitted on FGSM)
+    # measured: FPR 0.03 on 100 clean, recall 0.92 on 100 successful PGD-20 eps 0.2 (calibrated at 5% FPR
+    # on other test digits; layers combined by a regression fitted on FGSM)
     assert fpr <= 0.10 and recall >= 0.90, (fpr, recall)
     assert svc.store.count("events") == clean.shape[0] + adv.shape[0]
     assert len(svc.store.events(decision="reject", limit=1000)) == round((fpr * 100) + recall * adv.shape[0])

@@ -45,7 +45,7 @@ def test_bad_keys_and_values_are_named(patch: dict[str, object], named: str) -> 
 def test_model_rules() -> None:
     with pytest.raises(GuardConfigError, match="exactly one of source"):
         parse_config({"model": {"source": "digits-cnn", "upstream": "http://127.0.0.1:1/predict"}})
-    with pytest.raises(GuardConfigError, match="model.spec is required with upstream"):
+    with pytest.raises(GuardConfigError, match=r"model\.spec is required with upstream"):
         parse_config({"model": {"upstream": "http://127.0.0.1:1/predict"}})
     with pytest.raises(GuardConfigError, match="mahalanobis needs fit"):
         parse_config({"model": "digits-cnn", "detectors": [{"kind": "mahalanobis", "threshold": 3.0}]})

@@ -70,7 +70,7 @@ def test_a_locked_database_raises_store_error_naming_the_fix(tmp_path: Path) -> 
     other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     try:
-        with pytest.raises(StoreError, match="failed to record an event: OperationalError: database is locked.*not "
+        with pytest.raises(StoreError, match=r"failed to record an event: OperationalError: database is locked.*not "
                                              "locked by another program"):
             st.record(StoreBatch(Event("a", "/predict", 200, "ok")))
     finally:
