@@ -3,7 +3,9 @@ attempts (conversations) to send, with the category that says which detector dec
 
 Categories: ``secret-leak`` (the planted secret, in any encoding), ``prompt-leak`` (a verbatim run of the system
 prompt), ``goal-hijack`` (the attacker's marker emitted instead of the task), ``exfiltration`` (a URL to the
-attacker's host). Threat model: black-box, one turn, the attacker writes only where the application lets
+attacker's host), ``compliance`` (a jailbreak goal with no string to look for: the measured refusal judge of
+:mod:`sparring.llm.judge` decides). The jailbreak families of :mod:`sparring.llm.jailbreaks` are registered here
+next to the injection families. Threat model: black-box, one turn, the attacker writes only where the application lets
 untrusted text in (the user turn, or an untrusted document).
 """
 
@@ -16,10 +18,11 @@ from sparring.errors import ParameterError
 from sparring.llm.app import Application, Document
 from sparring.llm.chat import Message
 from sparring.llm.converters import CONVERTERS, convert
+from sparring.llm.jailbreaks import FAMILIES, SOURCES, jailbreak_payloads
 
 __all__ = ["ATTACKS", "CATEGORIES", "AttackSpec", "PlannedAttempt", "plan_attempts"]
 
-CATEGORIES = ("secret-leak", "prompt-leak", "goal-hijack", "exfiltration")
+CATEGORIES = ("secret-leak", "prompt-leak", "goal-hijack", "exfiltration", "compliance")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ ATTACKS: dict[str, AttackSpec] = {a.name: a for a in (
                          "reply."),
     ), "Greshake et al. 2023, 'Not what you've signed up for: Compromising Real-World LLM-Integrated "
        "Applications with Indirect Prompt Injection' (injections in retrieved documents; markdown exfiltration)"),
+    *(AttackSpec(f, "user", jailbreak_payloads(f), SOURCES[f]) for f in FAMILIES),
 )}
 
 
