@@ -4,6 +4,7 @@ rate limits, backpressure and Prometheus metrics."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,3 +190,26 @@ def test_rate_limit_and_full_queue_answer_with_retry_after(tmp_path: Path, digit
         assert http.post(server.predict_url, json=body).status_code == 200
     assert svc.metrics.value("guard_queue_rejected_total") == 1.0
     assert [e["decision"] for e in svc.store.events(limit=3)] == ["ok", "busy", "rate-limited"]
+
+
+def test_upstream_proxy_answers_like_the_upstream_and_502_when_it_is_down(tmp_path: Path, digits_cnn: TorchTarget,
+                                                                          digits: Dataset) -> None:
+    from sparring.serving import make_server
+
+    upstream = make_server(digits_cnn).start()
+    svc = make_service(tmp_path, model={"upstream": upstream.predict_url, "spec": "digits-cnn",
+                                        "score_kind": "logits", "timeout": 2})
+    x = digits.x_test[:8]
+    with running(svc) as (server, client, _), httpx.Client(headers=bearer(client)) as http:
+        r = http.post(server.predict_url, json={"inputs": x.tolist()})
+        assert r.status_code == 200 and torch.allclose(torch.tensor(r.json()["scores"]), digits_cnn.query(x),
+                                                       atol=1e-5)
+    upstream.stop()
+    with socket.socket() as s:  # a port nothing listens on: the upstream is down
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/predict"
+    svc2 = make_service(tmp_path / "down", model={"upstream": dead, "spec": "digits-cnn", "timeout": 2})
+    with running(svc2) as (server, client, _), httpx.Client(headers=bearer(client)) as http:
+        down = http.post(server.predict_url, json={"inputs": x.tolist()})
+    assert down.status_code == 502 and "the upstream model failed" in down.json()["error"]
+    assert svc2.store.events(limit=1)[0]["status"] == 502 and svc.store.events(limit=1)[0]["status"] == 200
