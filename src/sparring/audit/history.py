@@ -322,8 +322,8 @@ def open_history(url: str | Path, *, create: bool = True) -> HistoryStore:
 
 
 def plot_trend(runs: Sequence[Run], path: str | Path, *, metrics: Sequence[str] | None = None) -> Path:
-    """Draw each gate's value over ``runs`` (one line per model and gate, its threshold dashed) into a PNG or SVG
-    file (by the suffix of ``path``); ``metrics`` keeps the gates of those metrics (default: every gate).
+    """Draw each gate's value over ``runs`` (one line per model and gate, its threshold in each run dashed) into a
+    PNG or SVG file (by the suffix of ``path``); ``metrics`` keeps the gates of those metrics (default: every gate).
 
     Raises:
         ParameterError: no runs, no gate value to draw, or a suffix other than .png / .svg.
@@ -333,25 +333,28 @@ def plot_trend(runs: Sequence[Run], path: str | Path, *, metrics: Sequence[str] 
     p = Path(path)
     if p.suffix.lower() not in (".png", ".svg"):
         raise ParameterError(f"the trend plot is a .png or .svg file; got {str(p)!r}.")
-    series: dict[str, tuple[list[int], list[float], float | None]] = {}
+    series: dict[str, tuple[list[int], list[float], list[float | None]]] = {}
     models = {r.model for r in runs}
     for i, run in enumerate(runs):
         for g in run.gates:
             if g.get("value") is None or (metrics is not None and g["metric"] not in metrics):
                 continue
             label = g["gate"] if len(models) == 1 else f"{run.model}: {g['gate']}"
-            xs, ys, _ = series.setdefault(label, ([], [], g.get("threshold")))
+            xs, ys, ts = series.setdefault(label, ([], [], []))
             xs.append(i)
             ys.append(float(g["value"]))
+            ts.append(None if g.get("threshold") is None else float(g["threshold"]))
     if not series:
         raise ParameterError("nothing to plot: no recorded run has a measured gate"
                              + (f" of metric {', '.join(metrics)}" if metrics else "") + ".")
     fig = Figure(figsize=(max(5.0, 0.5 * len(runs) + 3), 3.6), layout="constrained")
     ax = fig.add_subplot()
-    for label, (xs, ys, threshold) in sorted(series.items()):
+    for label, (xs, ys, ts) in sorted(series.items()):
         line = ax.plot(xs, ys, marker="o", label=label)[0]
-        if threshold is not None:
-            ax.axhline(threshold, color=line.get_color(), linestyle="--", linewidth=0.8)
+        known = [(x, t) for x, t in zip(xs, ts, strict=True) if t is not None]
+        if known:  # per run: a max_drop gate's threshold is the baseline's value minus max_drop
+            ax.plot([x for x, _ in known], [t for _, t in known], color=line.get_color(), linestyle="--",
+                    linewidth=0.8, marker="_")
     ax.set_xticks(range(len(runs)), [f"#{r.id}\n{r.recorded_at[:10]}" for r in runs], fontsize=7)
     ax.set_xlabel("run (id, date); dashed: gate threshold")
     ax.set_ylabel("gate value")
