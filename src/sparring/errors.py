@@ -21,7 +21,8 @@ working. Messages name the value seen, the value expected, and what to do about 
      ├── StoreError (OSError)                 the guard's event store (SQLite / PostgreSQL) cannot be used
      ├── ThreatModelError (ValueError)        an audit's threat model file is missing, not YAML, or invalid
      ├── CheckpointError (RuntimeError)       an audit's checkpoints do not belong to the run being resumed
-     └── BaselineError (ValueError)           an audit's --baseline report is missing or not a sparring report
+     ├── BaselineError (ValueError)           an audit's --baseline report is missing or not a sparring report
+     └── WorkerLostError (RuntimeError)       a worker (process or Ray node) died under a task more times than allowed
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "SparringError",
     "StoreError",
     "ThreatModelError",
+    "WorkerLostError",
 ]
 
 
@@ -125,3 +127,7 @@ class CheckpointError(SparringError, RuntimeError):
 
 class BaselineError(SparringError, ValueError):
     """The earlier report an audit is compared with (``--baseline``) is missing, not JSON, or not a sparring report."""
+
+
+class WorkerLostError(SparringError, RuntimeError):
+    """A task's worker (a pool process or a Ray worker/node) died under it more times than the executor retries."""

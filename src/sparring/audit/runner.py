@@ -33,6 +33,7 @@ from sparring.audit.findings import Finding, GateResult, evaluate_gates, find
 from sparring.audit.registry import CHECKS, PlanContext, RunContext, Skip, Step, StepResult
 from sparring.audit.threat import ThreatModel
 from sparring.errors import AccessError, CheckpointError, EndpointError, ModelLoadError, ParameterError
+from sparring.executors import Executor, LocalExecutor, Outcome
 from sparring.targets.base import Target
 
 __all__ = ["Audit", "Plan", "is_fault", "load_system", "plan_audit", "run_audit"]
@@ -236,6 +237,7 @@ def run_audit(
     target: Target | None = None,
     data: tuple[Any, Any] | None = None,
     debug: bool = False,
+    executor: Executor | None = None,
 ) -> Audit:
     """Run (or resume) the audit of ``tm``, checkpointing into ``out_dir/checkpoints``.
 
@@ -248,6 +250,11 @@ def run_audit(
         target, data: audit this in-memory target on this ``(x, y)`` instead of loading ``tm.system`` (the threat
             model then only names them; its hash does not cover an in-memory model, so do not resume across models).
         debug: keep the traceback of a step that raised (``StepResult.traceback``).
+        executor: where the steps run (:mod:`sparring.executors`): None or ``LocalExecutor()`` in this process, one
+            after the other (the default); a ``ProcessExecutor`` or ``RayExecutor`` runs them at once, each worker
+            re-loading the system from ``tm`` (or from the shipped in-memory ``target``/``data``). Every step keeps
+            its seed, so the findings and gates are the same whichever executor ran them; checkpoints are written
+            here, on the driver, as the results arrive, so ``resume`` works whatever executor ran the first part.
 
     Raises:
         CheckpointError: ``resume`` with checkpoints of a different threat model in ``out_dir``.
@@ -257,7 +264,8 @@ def run_audit(
     given = target is not None
     target, attacker, x, y = load_system(tm, target, data)
     try:
-        return _run_loaded(tm, out_dir, resume, progress, on_step, debug, target, attacker, x, y, started, t0)
+        return _run_loaded(tm, out_dir, resume, progress, on_step, debug, target, attacker, x, y, started, t0,
+                           executor, target if given else None, data)
     finally:
         if not given:  # an endpoint the audit connected to itself: close its connections
             for t in {id(target): target, id(attacker): attacker}.values():
@@ -267,7 +275,9 @@ def run_audit(
 
 
 def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bool, on_step: Any, debug: bool,
-                target: Target, attacker: Target, x: Any, y: Any, started: _dt.datetime, t0: float) -> Audit:
+                target: Target, attacker: Target, x: Any, y: Any, started: _dt.datetime, t0: float,
+                executor: Executor | None = None, given_target: Target | None = None,
+                given_data: tuple[Any, Any] | None = None) -> Audit:
     plan = plan_audit(tm, target)
     ckdir = Path(out_dir) / "checkpoints"
     spec_hash = tm.spec_hash()
@@ -275,23 +285,42 @@ def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bo
     results: list[StepResult] = []
     status: Literal["complete", "interrupted"] = "complete"
 
+    ex: Executor = executor if executor is not None else LocalExecutor()
+    shared: _LiveSystem | _ShippedSystem = (
+        _LiveSystem(tm, target, attacker, x, y, progress, debug) if isinstance(ex, LocalExecutor)
+        else _ship(tm, given_target, given_data, debug))
+
     def run(steps: list[Step]) -> None:
-        for step in steps:
-            i = len(results)
-            path = ckdir / f"{i:03d}.json"
-            cached = _read_checkpoint(path, step, spec_hash) if resume else None
+        base = len(results)
+        done: dict[int, StepResult] = {}
+        todo: list[int] = []
+        for k, step in enumerate(steps):
+            cached = _read_checkpoint(ckdir / f"{base + k:03d}.json", step, spec_hash) if resume else None
             if cached is None:
-                result = _run_step(step, RunContext(tm, target, attacker, x, y, _step_seed(tm.seed, step.id),
-                                                    progress=progress), debug)
-                if result.status == "done":
-                    _write_json(path, {"spec_hash": spec_hash, "step": step.to_dict(), "result": result.to_dict()})
-                else:  # not finished: a resumed audit runs it again
-                    path.unlink(missing_ok=True)
+                todo.append(k)
             else:
-                result = cached
-            results.append(result)
+                done[k] = cached
+                if on_step is not None:
+                    on_step(base + k, len(plan.steps), step, cached, True)
+
+        def arrived(j: int, outcome: Outcome[StepResult]) -> None:
+            k = todo[j]
+            step, path = steps[k], ckdir / f"{base + k:03d}.json"
+            result = outcome.value if outcome.value is not None else _error_result(
+                step, outcome.error or RuntimeError("the task returned nothing"), debug)
+            if result.status == "done":  # the driver writes every checkpoint, whatever executor ran the step
+                _write_json(path, {"spec_hash": spec_hash, "step": step.to_dict(), "result": result.to_dict()})
+            else:  # not finished: a resumed audit runs it again
+                path.unlink(missing_ok=True)
+            done[k] = result
             if on_step is not None:
-                on_step(i, len(plan.steps), step, result, cached is not None)
+                on_step(base + k, len(plan.steps), step, result, False)
+
+        try:
+            ex.map(_step_task, [(steps[k], _step_seed(tm.seed, steps[k].id)) for k in todo], shared=shared,
+                   on_result=arrived)
+        finally:  # interrupted: keep the finished steps, in plan order
+            results.extend(done[k] for k in sorted(done))
 
     unplanned: list[StepResult] = []  # follow-ups that could not decide: reported after every checkpointed step
     try:
@@ -316,6 +345,106 @@ def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bo
     audit.gates = evaluate_gates(tm, results, plan.skipped)
     audit.findings = find(tm, results, audit.gates)
     return audit
+
+
+@dataclass
+class _LiveSystem:
+    """The loaded system, for steps that run in this process (the local executor): nothing is copied."""
+
+    tm: ThreatModel
+    target: Target
+    attacker: Target
+    x: Any
+    y: Any
+    progress: bool
+    debug: bool
+
+    def system(self) -> _LiveSystem:
+        return self
+
+
+@dataclass
+class _ShippedSystem:
+    """What a worker needs to load the system itself: the threat model (a model from a file or the zoo is loaded
+    from there, the zoo from its on-disk cache) and, for an in-memory model, the pickled target and the data."""
+
+    token: str
+    tm: ThreatModel
+    target_blob: bytes | None
+    data: tuple[Any, Any] | None
+    debug: bool
+
+    def system(self) -> _LiveSystem:
+        import sparring.audit.checks  # noqa: F401  (registers the built-in checks in this worker)
+
+        live = _LOADED.get(self.token)
+        if live is None:
+            target = None if self.target_blob is None else _unpack_target(self.target_blob)
+            t, a, x, y = load_system(self.tm, target, self.data)
+            live = _LOADED[self.token] = _LiveSystem(self.tm, t, a, x, y, False, self.debug)
+        return live
+
+
+_LOADED: dict[str, _LiveSystem] = {}
+"""The systems this (worker) process loaded, by the token of the audit that shipped them: loaded once per worker."""
+
+
+def _ship(tm: ThreatModel, target: Target | None, data: tuple[Any, Any] | None, debug: bool) -> _ShippedSystem:
+    blob = None if target is None else _pack_target(target)
+    token = hashlib.sha256(tm.spec_hash().encode() + (blob or b"") + os.urandom(8)).hexdigest()
+    return _ShippedSystem(token, tm, blob, data, debug)
+
+
+def _pack_target(target: Target) -> bytes:
+    """An in-memory target as bytes for the workers. TorchScript modules do not pickle: they travel as the bytes of
+    ``torch.jit.save``; an HTTP target travels as its settings (its own ``__getstate__`` drops the session)."""
+    import io
+    import pickle
+
+    from sparring.targets.torch import TorchTarget
+
+    if isinstance(target, TorchTarget) and isinstance(target.model, torch.jit.ScriptModule):
+        buf = io.BytesIO()
+        torch.jit.save(target.model, buf)
+        state = {k: v for k, v in vars(target).items() if k != "model"}
+        try:
+            return pickle.dumps(("jit", buf.getvalue(), state))
+        except Exception as exc:
+            raise ParameterError(f"the TorchScript target's settings cannot be pickled for the workers ({exc}); "
+                                 "save the model to a file and name it in system.model.") from exc
+    try:
+        return pickle.dumps(("pickle", target, None))
+    except Exception as exc:
+        raise ParameterError(
+            f"the in-memory {type(target).__name__} cannot be pickled for the workers ({type(exc).__name__}: {exc}); "
+            "save the model to a file and name it in system.model, or run with the local executor."
+        ) from exc
+
+
+def _unpack_target(blob: bytes) -> Target:
+    import io
+    import pickle
+
+    from sparring.targets.torch import TorchTarget
+
+    kind, payload, state = pickle.loads(blob)
+    if kind == "pickle":
+        return payload  # type: ignore[no-any-return]
+    target = TorchTarget.__new__(TorchTarget)
+    vars(target).update(state)
+    target.model = torch.jit.load(io.BytesIO(payload))  # type: ignore[no-untyped-call]
+    return target
+
+
+def _step_task(shared: _LiveSystem | _ShippedSystem, task: tuple[Step, int]) -> StepResult:
+    """One audit step as an executor task: the step with its seed, on the system the worker has (or loads once)."""
+    step, seed = task
+    try:
+        live = shared.system()
+    except Exception as exc:  # the worker cannot load the system: this step's error result, as in-process
+        return _error_result(step, exc, shared.debug)
+    return _run_step(step, RunContext(live.tm, live.target, live.attacker, live.x, live.y, seed,
+                                      progress=live.progress), live.debug)
 
 
 def _run_step(step: Step, ctx: RunContext, debug: bool = False) -> StepResult:

@@ -344,8 +344,17 @@ def build_cli() -> Any:
     @click.option("--history", "history", envvar="SPARRING_HISTORY", show_envvar=True, metavar="URL",
                   help="Record the finished audit (gates, deltas) in this audit history: an SQLite file "
                        "(sqlite:///audits.db or a path) or a PostgreSQL URL; list it with sparring history.")
+    @click.option("--executor", type=click.Choice(["local", "processes", "ray"]), default=None,
+                  help="Where the steps run: local (one after the other, the default), processes (--workers N on "
+                       "this machine) or ray (a Ray cluster, see --ray). Findings are the same on every executor.")
+    @click.option("--workers", type=click.IntRange(min=1), default=None,
+                  help="Worker processes for --executor processes (default 2), or CPUs of a private Ray cluster.")
+    @click.option("--ray", "ray_address", metavar="auto|ADDRESS", default=None,
+                  help="Run on the Ray cluster at HOST:PORT, or 'auto' (this machine's cluster, or RAY_ADDRESS); "
+                       "implies --executor ray. Needs the extra sparring[ray]; see docs/cluster.md.")
     def audit(threat_model: str | None, out_dir: str, resume: bool, formats: str, no_progress: bool,
-              debug: bool, baseline: str | None, history: str | None) -> None:
+              debug: bool, baseline: str | None, history: str | None, executor: str | None, workers: int | None,
+              ray_address: str | None) -> None:
         """Audit a model as THREAT_MODEL (YAML) describes, and write reports.
 
         Without THREAT_MODEL the built-in default runs: the zoo digits CNN on its held-out digits against a
@@ -360,11 +369,13 @@ def build_cli() -> Any:
           sparring audit threat.yaml --out report --resume
           sparring audit threat.yaml --out new --baseline old/report.json
           sparring audit threat.yaml --out report --history sqlite:///audits.db
+          sparring audit threat.yaml --out report --executor processes --workers 2
+          sparring audit threat.yaml --out report --ray 127.0.0.1:6379
         """
         from sparring.cli.audit import run_audit_command
 
         sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail, debug, baseline,
-                                   history))
+                                   history, executor=executor, workers=workers, ray_address=ray_address))
 
     @cli.command(epilog=_EXIT_HELP)
     @click.option("--model", "-m", default="digits-cnn", show_default=True, help="Zoo name, model file or URL.")

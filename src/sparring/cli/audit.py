@@ -51,12 +51,15 @@ def audit_exit_code(audit: Any) -> int:
 
 def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, formats: str, progress: bool,
                       fail: Callable[[BaseException], NoReturn], debug: bool = False,
-                      baseline: str | None = None, history: str | None = None) -> int:
+                      baseline: str | None = None, history: str | None = None, *, executor: str | None = None,
+                      workers: int | None = None, ray_address: str | None = None) -> int:
     """Run the audit and write the reports; return the exit code (:func:`audit_exit_code`; 2 for unknown formats).
 
     ``baseline``: an earlier report.json to compare with (:mod:`sparring.audit.baseline`), read before the audit runs.
     ``history``: the audit history (:mod:`sparring.audit.history`) to record the finished run into; opened before
     the audit runs, so a bad address fails at once.
+    ``executor``, ``workers``, ``ray_address``: where the steps run (:func:`sparring.executors.get_executor`;
+    ``ray_address`` implies ``executor="ray"``).
     """
     from sparring.audit import load_threat_model, run_audit
     from sparring.audit.baseline import apply_baseline, load_baseline
@@ -77,7 +80,14 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
         if debug and result.traceback:
             sys.stderr.write(result.traceback)
 
+    ex = None
     try:
+        from sparring.executors import get_executor
+
+        if ray_address is not None and executor not in (None, "ray"):
+            raise errors.ParameterError(f"--ray runs the audit on Ray, but --executor is {executor}; drop one of them.")
+        name = "ray" if ray_address is not None else executor or "local"
+        ex = get_executor(name, workers=workers, ray_address=ray_address)
         tm = load_threat_model(path)
         base = None if baseline is None else load_baseline(baseline)
         store = None
@@ -88,7 +98,7 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
         if progress:
             sys.stderr.write(f"sparring audit: {tm.name} ({path}) -> {out_dir}\n")
         audit = run_audit(tm, out_dir, resume=resume, progress=progress and sys.stderr.isatty(), on_step=on_step,
-                          debug=debug)
+                          debug=debug, executor=ex)
         if base is not None:
             apply_baseline(audit, base)
         paths = write_reports(audit, out_dir, fmts)
@@ -104,6 +114,9 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
         return EXIT_INTERRUPTED
     except errors.SparringError as exc:
         fail(exc)
+    finally:
+        if ex is not None:
+            ex.close()
     if debug:
         for r in audit.results:
             if r.traceback and r.step_id.endswith("/follow-up"):
