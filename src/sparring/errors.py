@@ -18,7 +18,7 @@ working. Messages name the value seen, the value expected, and what to do about 
      │                                        converted model's outputs differ from onnxruntime's
      ├── DataLoadError (OSError)              a data file or dataset is missing or malformed
      ├── EndpointError (ConnectionError)      a remote prediction API is unreachable, slow, or answers nonsense
-     ├── StoreError (OSError)                 the guard's event store (SQLite / PostgreSQL) cannot be used
+     ├── StoreError (OSError)                 a database (guard events, audit history) cannot be opened or used
      ├── ThreatModelError (ValueError)        an audit's threat model file is missing, not YAML, or invalid
      ├── CheckpointError (RuntimeError)       an audit's checkpoints do not belong to the run being resumed
      ├── BaselineError (ValueError)           an audit's --baseline report is missing or not a sparring report
@@ -114,7 +114,8 @@ class EndpointError(SparringError, ConnectionError):
 
 
 class StoreError(SparringError, OSError):
-    """The guard's event store cannot be opened, written or read (database locked, unreachable, bad URL)."""
+    """A database sparring keeps (the guard's event store, the audit history) cannot be opened, written or read
+    (locked, unreachable, not intact, bad URL)."""
 
 
 class ThreatModelError(SparringError, ValueError):
