@@ -55,6 +55,13 @@ _COMPLY = re.compile(r"\b(sure|of course|certainly|here (it )?is|here you go|her
 _OFFER = re.compile(r"\b(anything else|something else|another question|help you with|contact|understand)\b", re.I)
 
 
+def _repetition(text: str) -> float:
+    """Share of repeated word trigrams (0: none repeats; near 1: a loop), a cue for degenerate replies."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def _cues(texts: Any) -> Any:
     """Hand-written cue counts (refusal, hedge, compliance, offer of other help; digits, quoted or listed content,
     length) as dense features next to the n-grams."""
@@ -66,7 +73,8 @@ def _cues(texts: Any) -> Any:
         rows.append([len(_REFUSE.findall(t)), float(bool(_REFUSE.search(first))), len(_BUT.findall(t)),
                      len(_COMPLY.findall(t)), float(bool(_COMPLY.search(first))), len(_OFFER.findall(t)),
                      min(sum(c.isdigit() for c in t), 12) / 4, t.count(":") + t.count("'") / 2,
-                     float(bool(re.search(r"[A-Z]{3,}-?\d{3,}", t))), min(len(t.split()), 60) / 20])
+                     float(bool(re.search(r"[A-Z]{3,}-?\d{3,}", t))), min(len(t.split()), 60) / 20,
+                     _repetition(t)])
     return np.asarray(rows, dtype=float)
 
 
