@@ -213,3 +213,23 @@ def test_upstream_proxy_answers_like_the_upstream_and_502_when_it_is_down(tmp_pa
         down = http.post(server.predict_url, json={"inputs": x.tolist()})
     assert down.status_code == 502 and "the upstream model failed" in down.json()["error"]
     assert svc2.store.events(limit=1)[0]["status"] == 502 and svc.store.events(limit=1)[0]["status"] == 200
+
+
+def test_noise_queries_raise_a_detector_rate_alert_that_natural_clients_do_not(tmp_path: Path,
+                                                                               digits: Dataset) -> None:
+    # PRADA finds uniform-noise clients' minimum distances normal (W about 0.99); the detectors see them
+    svc = make_service(tmp_path, detectors=[{**_MAHA, "policy": "log"}], prada={"enabled": False})
+    gen = torch.Generator().manual_seed(1)
+    natural = digits.x_test[250:]  # held out from fitting, layer combination and calibration
+    with running(svc) as (server, _, admin), httpx.Client() as http:
+        def client(name: str, x: torch.Tensor) -> None:
+            key = http.post(server.url + "/admin/keys", json={"client_id": name}, headers=bearer(admin)).json()["key"]
+            for i in range(0, x.shape[0], 4):
+                assert http.post(server.predict_url, json={"inputs": x[i : i + 4].tolist()},
+                                 headers=bearer(key)).status_code == 200
+        client("noise", torch.rand(200, 1, 28, 28, generator=gen))
+        for c in range(3):
+            client(f"natural-{c}", natural[torch.randperm(len(natural), generator=gen)[:160]])
+    alerts = svc.store.alerts(kind="detector-rate")
+    assert [a["client_id"] for a in alerts] == ["noise"]
+    assert alerts[0]["detail"]["examples"] <= 40 and alerts[0]["detail"]["p0"] == 0.05

@@ -168,7 +168,7 @@ def add_commands(cli: click.Group) -> None:
     @guard.command(epilog=_GUARD_EXIT_HELP)
     @with_store
     @click.option("--client", "client_id", help="Only this client's alerts.")
-    @click.option("--kind", type=click.Choice(["prada", "drift"]), help="Only this kind.")
+    @click.option("--kind", type=click.Choice(["prada", "drift", "detector-rate"]), help="Only this kind.")
     @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
     def alerts(store: str | None, config: str | None, client_id: str | None, kind: str | None, limit: int,

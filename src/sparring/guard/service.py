@@ -75,6 +75,9 @@ class GuardService:
         for d in self.detectors:
             self.metrics.detector_threshold.labels(d.name).set(d.threshold)
         self._requests_since_purge = 0
+        self._rates: dict[str, dict[str, Any]] = {}  # per client: examples, fired, alerted (cache of the store)
+        fprs = [c.calibrate.fpr for c in config.detectors if c.calibrate is not None and c.threshold is None]
+        self.rate_p0 = min(0.5, sum(fprs)) if fprs and len(fprs) == len(config.detectors) else None
         self.apply_retention()
 
     # ------------------------------------------------------------------ setup
@@ -183,6 +186,7 @@ class GuardService:
         batch.event.prediction = {"labels": labels.tolist(),
                                   "confidence": None if conf is None else [round(float(c), 6) for c in conf]}
         batch.event.detectors = report
+        self._rate_observe(cid, report, int(x.shape[0]), batch)  # rejected examples count too
         if rejected:
             name, idx = rejected
             d = report[name]
@@ -212,10 +216,15 @@ class GuardService:
         except StoreError as exc:
             if self.prada is not None:  # memory ran ahead of the store: reload this client from it next time
                 self.prada.reset(cid)
+            self._rates.pop(f"rate:{cid}", None)
             return Outcome(503, {"error": f"the request could not be recorded, so it is not answered: {exc}"},
                            {"Retry-After": str(self.config.queue.retry_after)})
         for a in batch.alerts:
             self.metrics.alerts.labels(a.kind).inc()
+        self._requests_since_purge += 1
+        if self._requests_since_purge >= 10_000:
+            self._requests_since_purge = 0
+            self.apply_retention()
         return outcome
 
     def _run_detectors(self, x: torch.Tensor) -> tuple[dict[str, Any], tuple[str, list[int]] | None, list[str]]:
@@ -236,6 +245,38 @@ class GuardService:
                 elif d.policy == "flag":
                     flagged.append(d.name)
         return report, rejected, flagged
+
+    # ------------------------------------------------------------------ per-client detector rate
+    def _rate_observe(self, cid: str, report: dict[str, Any], n: int, batch: StoreBatch) -> None:
+        """Alert when a client's share of examples over some detector's threshold is implausible for clean traffic.
+
+        With every detector calibrated at false-positive rate ``fpr_i`` on clean data, a clean example fires some
+        detector with probability at most ``p0 = sum(fpr_i)`` (union bound). After at least 20 examples, the client
+        is alerted (kind ``detector-rate``, once) when the binomial tail ``P(X >= fired | n, p0)`` falls below
+        1e-6. This catches extraction clients whose queries are far from the data (uniform noise, the random
+        strategy of Tramèr et al. 2016 and Knockoff's random images), whose minimum distances PRADA finds normal.
+        """
+        if self.rate_p0 is None or not self.detectors:
+            return
+        key = f"rate:{cid}"
+        st = self._rates.get(key) or self.store.get_state(key) or {"examples": 0, "fired": 0, "alerted": False}
+        fired = set()
+        for name, d in report.items():
+            if name != "prada":
+                fired.update(d["fired"])
+        st = {"examples": st["examples"] + n, "fired": st["fired"] + len(fired), "alerted": st["alerted"]}
+        if not st["alerted"] and st["examples"] >= 20:
+            from scipy.stats import binom
+
+            p = float(binom.sf(st["fired"] - 1, st["examples"], self.rate_p0))
+            if p < 1e-6:
+                st["alerted"] = True
+                batch.alerts.append(Alert(cid, "detector-rate", {"examples": st["examples"], "fired": st["fired"],
+                                                                 "p0": self.rate_p0, "p_value": p}))
+        self._rates[key] = st
+        if len(self._rates) > 100_000:
+            self._rates.pop(next(iter(self._rates)))
+        batch.states[key] = st
 
     # ------------------------------------------------------------------ PRADA state, persisted per client
     def _prada_load(self, cid: str) -> dict[str, Any] | None:
