@@ -27,7 +27,7 @@ def test_a_full_config_parses_with_defaults() -> None:
     ({"modle": "digits-cnn"}, "modle: unknown key; allowed keys here: model, detectors"),
     ({"prada": {"deltaa": 0.8}}, "prada.deltaa: unknown key; allowed keys here: enabled, delta, min_queries"),
     ({"detectors": [{"kind": "energy", "policy": "flag", "threshold": 1.0, "polcy": "x"}]},
-     "detectors.0.polcy: unknown key; allowed keys here: kind, policy, name, fit, calibrate, threshold"),
+     "detectors.0.polcy: unknown key; allowed keys here: kind, policy, name, fit, combine, calibrate, threshold"),
     ({"queue": {"max_size": 0}}, "queue.max_size: got 0"),
     ({"detectors": [{"kind": "energy", "policy": "block", "threshold": 1.0}]}, "detectors.0.policy: got 'block'"),
     ({"store": {"url": "mysql://x"}}, "store.url must be sqlite:///path/to/guard.db or postgresql://"),
