@@ -68,6 +68,11 @@ def threat_model_template(model: str, *, data: str | None = None, spec: str | No
                                           trusted_types=trusted_types, classes=classes, text_column=text_column,
                                           label_column=label_column, path=path, http=http)
         if text is not None:
+            if exposure is not None:
+                from sparring.errors import ParameterError
+
+                raise ParameterError("--exposure describes a tensor API (a URL --model with --spec); a text model "
+                                     "answers scores for its classes: drop --exposure.")
             return text
 
     draft: dict[str, Any] = {"system": {"model": model, "spec": spec, "entry_point": entry_point, "device": device,
