@@ -180,7 +180,9 @@ def test_audit_history_shows_both_runs_and_the_regression_of_a_weaker_model(tmp_
         for p in weak.parameters():
             p.add_(0.5 * torch.randn(p.shape, generator=g))
     _save(weak, tmp_path / "model.pt")
+    assert not (tmp_path / "first" / "history.png").exists()  # one run: no trend yet
     assert audit("second", "--baseline", str(tmp_path / "first")) == EXIT_GATE
+    assert (tmp_path / "second" / "history.png").read_bytes()[:4] == b"\x89PNG"
 
     code, out, err = _run("history", "--history", db, "--json", "--plot", str(tmp_path / "trend.svg"))
     assert code == EXIT_OK, err

@@ -57,7 +57,8 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
 
     ``baseline``: an earlier report.json to compare with (:mod:`sparring.audit.baseline`), read before the audit runs.
     ``history``: the audit history (:mod:`sparring.audit.history`) to record the finished run into; opened before
-    the audit runs, so a bad address fails at once.
+    the audit runs, so a bad address fails at once. From the second run of a model on, ``history.png`` in
+    ``out_dir`` plots its gates over the recorded runs.
     ``executor``, ``workers``, ``ray_address``: where the steps run (:func:`sparring.executors.get_executor`;
     ``ray_address`` implies ``executor="ray"``).
     """
@@ -109,6 +110,11 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
             with store:
                 if audit.status == "complete":  # a partial run would read as a drop in the trend
                     run_id = store.record(report_dict(audit))
+                    runs = store.runs(model=audit.threat_model.system.model)
+            if run_id is not None and len(runs) >= 2:  # the trend of this model's gates, beside the reports
+                from sparring.audit.history import plot_trend
+
+                paths["trend"] = plot_trend(runs, Path(out_dir) / "history.png")
     except KeyboardInterrupt:
         sys.stderr.write("interrupted before any step finished; nothing to report.\n")
         return EXIT_INTERRUPTED
