@@ -136,7 +136,7 @@ class RefusalJudge:
 
 
 def _wilson(k: int, n: int) -> tuple[float, float]:
-    from sparring.llm.run import wilson_interval
+    from sparring.llm.stats import wilson_interval
 
     return wilson_interval(k, n)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -36,22 +35,11 @@ from sparring.llm.detectors import (
     SecretLeakDetector,
 )
 from sparring.llm.judge import RefusalJudge, evaluate_judge, rogan_gladen
+from sparring.llm.stats import wilson_interval
 
 __all__ = ["check_gates", "judge", "parse_gate", "rescore", "run_redteam", "summarize", "wilson_interval"]
 
 DETECTOR_VERSION = 1
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson 1927; Brown, Cai and DasGupta 2001 recommend it
-    over the normal interval for small n). ``(0.0, 1.0)`` for ``n = 0``."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def detectors_for(app: Application) -> dict[str, Detector]:
