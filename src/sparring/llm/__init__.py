@@ -19,6 +19,8 @@ from sparring.llm.detectors import (
                                     load_leak_set,
 )
 from sparring.llm.guard import InputGuard, evaluate_guard, load_guard_set
+from sparring.llm.judge import RefusalJudge, evaluate_judge, load_judge_set, rogan_gladen
+from sparring.llm.multiturn import run_multiturn
 from sparring.llm.openai_api import OpenAIChatClient
 from sparring.llm.run import check_gates, rescore, run_redteam, summarize, wilson_interval
 from sparring.llm.server import make_chat_server
@@ -41,12 +43,15 @@ __all__ = [
     "Message",
     "OpenAIChatClient",
     "PromptLeakDetector",
+    "RefusalJudge",
     "SecretLeakDetector",
     "check_gates",
     "convert",
     "evaluate_guard",
+    "evaluate_judge",
     "load_application",
     "load_guard_set",
+    "load_judge_set",
     "load_leak_set",
     "load_utility_set",
     "make_chat_server",
@@ -54,6 +59,8 @@ __all__ = [
     "plan_defended",
     "redact",
     "rescore",
+    "rogan_gladen",
+    "run_multiturn",
     "run_redteam",
     "run_utility",
     "score_task",
