@@ -3,6 +3,10 @@ every attack (converter none) with and without each defence (and all together), 
 task set under the same configurations, and the input guard's false-positive rate on its held-out benign set.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_llm_defences.py [--out benchmarks/results/llm-defences]
+     [--attack NAME ...] [--defence CONFIG ...] [--no-utility]
+     (jailbreaks: --out benchmarks/results/llm-defences-jailbreaks --no-utility --defence none --defence sandwich
+      --defence input-guard --defence output-filter --defence all --attack role-play --attack refusal-suppression
+      --attack prefix-injection --attack payload-splitting --attack many-shot)
 Writes the red-team run folder (manifest.json, attempts.jsonl, summary.json, utility.jsonl) and <out>.json.
 Decoding: greedy, batches of 8, one torch thread; max_new_tokens 32 for attacks, 24 for utility tasks (their
 answers are short). A conversation sent twice (configurations that only screen or filter send the undefended
@@ -53,6 +57,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/llm-defences")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--utility-max-new-tokens", type=int, default=24)
+    ap.add_argument("--attack", dest="attacks", action="append", help="attack family (repeatable; default all)")
+    ap.add_argument("--defence", dest="defences", action="append", help="configuration (default each)")
+    ap.add_argument("--no-utility", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -68,12 +75,14 @@ def main() -> None:
              "classifier_only": evaluate_guard(InputGuard(heuristics=False))}
     print("guard", json.dumps(guard["combined"]), flush=True)
     t1 = time.perf_counter()
-    summary = run_redteam(app, Memo(target), out, defences=("each",),
+    defences = tuple(args.defences or ("each",))
+    summary = run_redteam(app, Memo(target), out, defences=defences,
+                          attacks=tuple(args.attacks) if args.attacks else None,
                           progress=lambda d, n: print(f"redteam {d}/{n}", flush=True))
     red_s = time.perf_counter() - t1
     t2 = time.perf_counter()
     target.max_new_tokens = args.utility_max_new_tokens
-    utility = run_utility(app, Memo(target), defences=("each",), out=out)
+    utility = {} if args.no_utility else run_utility(app, Memo(target), defences=defences, out=out)
     util_s = time.perf_counter() - t2
     result = {"model": target.describe(), "load_seconds": round(load_s, 1), "redteam_seconds": round(red_s, 1),
               "utility_seconds": round(util_s, 1), "guard_heldout": guard,
@@ -81,9 +90,9 @@ def main() -> None:
               "asr_by_attack_converter_defence": summary["by_attack_converter_defence"], "utility": utility}
     Path(f"{out}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     for name, row in summary["by_defence"].items():
-        u = utility[name]
-        print(f"{name:<14} ASR {row['successes']}/{row['n']} {row['ci95']}  utility {u['correct']}/{u['n']} "
-              f"{u['ci95']} blocked {u['blocked']}")
+        u = utility.get(name)
+        print(f"{name:<14} ASR {row['successes']}/{row['n']} {row['ci95']}" + (
+            f"  utility {u['correct']}/{u['n']} {u['ci95']} blocked {u['blocked']}" if u else ""))
 
 
 if __name__ == "__main__":
