@@ -228,3 +228,31 @@ def test_errors_are_json_under_json_with_the_same_exit_code(args: tuple[str, ...
     if kind:
         assert d["type"] == kind
     assert "Traceback" not in out + err and not err.strip()
+
+
+def test_certify_smoothing_of_an_api_matches_the_local_model() -> None:
+    """Smoothing queries Gaussian-noised inputs, which leave the data range: an API that accepts them (the gateway)
+    certifies exactly as the local model; one that refuses them (make_server checks the bounds) exits 4 saying so."""
+    from sparring import zoo
+
+    local = zoo.load("digits-mlp")
+    assert isinstance(local, TorchTarget)
+    args = ("certify", "smoothing", "--model", "digits-mlp", "--n", "6", "--n0", "20", "--n-samples", "200",
+            "--sigma", "0.25", "--radii", "0,0.25", "--json")
+    code, out, err = _run(*args)
+    assert code == EXIT_OK, err
+    want = json.loads(out)
+    with Gateway(local) as gw:
+        code, out, err = _run(*args, "--url", gw.url, "--http-header", f"Authorization: Bearer {TOKEN}",
+                              "--input-key", "batch", "--output-key", "preds", "--scores", "logits")
+    assert code == EXIT_OK, out + err
+    got = json.loads(out)  # the same noise (seed), the API's answers: the same certificates
+    assert got["certified_accuracy"] == want["certified_accuracy"] and got["model"] == gw.url
+    assert got["smoothed_accuracy"] == want["smoothed_accuracy"] and gw.served >= 1
+    with make_server(TorchTarget(local.model, local.spec), output="labels") as srv:
+        code, out, _ = _run(*args, "--url", srv.predict_url, "--output", "labels")
+        assert code == EXIT_MODEL and "outside the declared bounds" in json.loads(out)["error"]
+        code, out, _ = _run("certify", "bounds", "--url", srv.predict_url, "--json")
+        assert code == EXIT_INPUT and "graph" in json.loads(out)["error"]
+    code, out, _ = _run("certify", "smoothing", "--input-key", "x", "--json")
+    assert code == EXIT_INPUT and "--input-key applies to --url only" in json.loads(out)["error"]

@@ -299,24 +299,40 @@ def build_cli() -> Any:
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
     @click.option("--device", default="cpu", show_default=True)
+    @click.option("--url", help="Certify a prediction API at this URL with smoothing (labels suffice; needs --spec, "
+                  "or the zoo --model it serves).")
+    @click.option("--output", type=click.Choice(["scores", "labels"]), default="scores", show_default=True,
+                  help="What the --url API returns.")
+    @http_options()
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
     @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
     def certify(method: str, model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool,
                 data: str | None, split: str, n: int, sigma: float, n0: int, n_samples: int, alpha: float, radii: str,
-                eps: str, bound: str, seed: int, batch_size: int, device: str, as_json: bool,
-                no_progress: bool) -> None:
+                eps: str, bound: str, seed: int, batch_size: int, device: str, url: str | None, output: str,
+                http_header: tuple[str, ...], timeout: float | None, input_key: str | None, output_key: str | None,
+                scores: str | None, as_json: bool, no_progress: bool) -> None:
         """Certified accuracy: randomized smoothing (L2 radii, any model) or bound propagation (L∞, torch models).
 
         \b
         Examples:
           sparring certify smoothing --model digits-cnn --sigma 0.25 --n-samples 10000 --radii 0,0.25,0.5
           sparring certify bounds --model digits-mlp --eps 0.005,0.01 --json
+          sparring certify smoothing --url http://127.0.0.1:8000/predict --spec spec.json --data test.npz \\
+              --output labels --n-samples 1000
         """
         from sparring.cli.certify import print_certify, run_certify
+        from sparring.cli.options import http_settings
 
+        api = None
         try:
+            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            require_url(http, url)
+            if url and method == "bounds":
+                raise errors.ParameterError("bound propagation needs the model's graph, which an API does not give: "
+                                            "certify a --url with smoothing, or bounds on the model file.")
             target = _load_target(model, spec_path, entry_point, trust_pickle, device, batch_size=batch_size,
-                                  white_box=method == "bounds")  # an ONNX graph is bounded through torch
+                                  white_box=method == "bounds", url=url, output=output, http=http)
+            api = target if url else None
             x, y = _load_data(model, data, n, split)
             if hasattr(target, "check_agreement"):
                 target.check_agreement(x)  # the converted graph answers like onnxruntime on these inputs
@@ -327,7 +343,10 @@ def build_cli() -> Any:
                 summary["onnx"] = target.describe()["onnx"]
         except errors.SparringError as exc:
             _fail(exc)
-        print_certify(summary, as_json, model)
+        finally:
+            if api is not None:
+                api.close()
+        print_certify(summary, as_json, url or model)
 
     @cli.command(epilog=_EXIT_HELP)
     @click.argument("threat_model", required=False, type=click.Path(dir_okay=False))
