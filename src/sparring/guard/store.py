@@ -128,26 +128,36 @@ class Store(ABC):
     # ------------------------------------------------------------------ writing
     def record(self, batch: StoreBatch) -> int:
         """Write a request's event, alerts, states and PRADA members in one committed transaction; the event id."""
-        e = batch.event
+        return self.record_many([batch])[0]
+
+    def record_many(self, batches: list[StoreBatch]) -> list[int]:
+        """Write several requests in one committed transaction (group commit: one fsync for all), in order."""
+        ids = []
         with self._tx("record an event") as cur:
+            for batch in batches:
+                ids.append(self._write(cur, batch))
+        return ids
+
+    def _write(self, cur: Any, batch: StoreBatch) -> int:
+        e = batch.event
+        cur.execute(self._sql(
+            "INSERT INTO events (ts, client_id, path, status, decision, input_sha256, n_inputs, prediction, "
+            "detectors, message, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id"),
+            (e.ts, e.client_id, e.path, e.status, e.decision, e.input_sha256, e.n_inputs,
+             _dump(e.prediction), _dump(e.detectors), e.message, e.latency_ms))
+        event_id = int(cur.fetchone()[0])
+        for a in batch.alerts:
+            cur.execute(self._sql("INSERT INTO alerts (ts, client_id, kind, detail, event_id) VALUES (?,?,?,?,?)"),
+                        (a.ts, a.client_id, a.kind, json.dumps(a.detail, allow_nan=False), event_id))
+        for name, st in batch.states.items():
             cur.execute(self._sql(
-                "INSERT INTO events (ts, client_id, path, status, decision, input_sha256, n_inputs, prediction, "
-                "detectors, message, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id"),
-                (e.ts, e.client_id, e.path, e.status, e.decision, e.input_sha256, e.n_inputs,
-                 _dump(e.prediction), _dump(e.detectors), e.message, e.latency_ms))
-            event_id = int(cur.fetchone()[0])
-            for a in batch.alerts:
-                cur.execute(self._sql("INSERT INTO alerts (ts, client_id, kind, detail, event_id) VALUES (?,?,?,?,?)"),
-                            (a.ts, a.client_id, a.kind, json.dumps(a.detail, allow_nan=False), event_id))
-            for name, st in batch.states.items():
-                cur.execute(self._sql(
-                    "INSERT INTO detector_state (name, state, updated) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE "
-                    "SET state = excluded.state, updated = excluded.updated"),
-                    (name, json.dumps(st, allow_nan=False), e.ts))
-            for m in batch.members:
-                cur.execute(self._sql("INSERT INTO prada_members (client_id, seq, label, x) VALUES (?,?,?,?)"), m)
-            for client, below in batch.evict_below.items():
-                cur.execute(self._sql("DELETE FROM prada_members WHERE client_id = ? AND seq <= ?"), (client, below))
+                "INSERT INTO detector_state (name, state, updated) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE "
+                "SET state = excluded.state, updated = excluded.updated"),
+                (name, json.dumps(st, allow_nan=False), e.ts))
+        for m in batch.members:
+            cur.execute(self._sql("INSERT INTO prada_members (client_id, seq, label, x) VALUES (?,?,?,?)"), m)
+        for client, below in batch.evict_below.items():
+            cur.execute(self._sql("DELETE FROM prada_members WHERE client_id = ? AND seq <= ?"), (client, below))
         return event_id
 
     def add_key(self, rec: KeyRecord) -> None:

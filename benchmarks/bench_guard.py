@@ -1,0 +1,139 @@
+"""Latency the guard adds over the bare model, under an open-loop load on loopback, and events lost.
+
+Two servers run as their own processes on 127.0.0.1: the bare model (``sparring.serving``, the same protocol) and
+``sparring guard serve`` in front of the same zoo model (Mahalanobis detector over three layers with policy log,
+PRADA per client, the KS drift window, SQLite WAL + synchronous=FULL). A load generator (asyncio + httpx, one
+process) sends one 1×28×28 digit per request at a fixed rate from ``--clients`` clients, open-loop: request ``i``
+is due at ``t0 + i/rate`` whatever happened before, and its latency is measured from that due time (so a server
+that falls behind is charged for the queueing, Tene's "coordinated omission"). Reported per server: the rate held,
+p50/p95/p99 latency, errors; for the guard also p50/p95/p99 minus the bare model's (the latency it adds), and the
+events lost: 200 answers whose event is not in the store (expected 0).
+
+    python benchmarks/bench_guard.py --rate 300 --seconds 60 --out benchmarks/results/guard.json
+
+Every run here shares two cores with the load generator; say so when quoting the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_BARE = ("import sys; from sparring import zoo; from sparring.serving import make_server; "
+         "s = make_server(zoo.load('digits-cnn'), port=0); print('listening on', s.url, file=sys.stderr, flush=True);"
+         " s.serve_forever()")
+
+
+def _start(cmd: list[str], log: Path, marker: str) -> tuple[subprocess.Popen[bytes], str]:
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, stderr=err, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if marker in text:
+            return proc, text.split(marker, 1)[1].split()[0]
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
+async def _load(url: str, keys: list[str], bodies: list[bytes], rate: float, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    n = int(rate * seconds)
+    lat = np.full(n, np.nan)
+    status = np.zeros(n, dtype=int)
+    limits = httpx.Limits(max_connections=len(keys) * 8, max_keepalive_connections=len(keys) * 8)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+        t0 = time.perf_counter() + 0.5
+
+        async def one(i: int) -> None:
+            due = t0 + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            key = keys[i % len(keys)]
+            try:
+                r = await http.post(url, content=bodies[i % len(bodies)], headers={
+                    "Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
+                status[i] = r.status_code
+            except httpx.HTTPError:
+                status[i] = -1
+            lat[i] = time.perf_counter() - due
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - t0
+    ok = status == 200
+    q = np.percentile(lat[ok] * 1000, [50, 95, 99]) if ok.any() else [float("nan")] * 3
+    return {"requests": n, "ok": int(ok.sum()), "errors": int((~ok).sum()), "held_rps": round(n / wall, 1),
+            "p50_ms": round(float(q[0]), 2), "p95_ms": round(float(q[1]), 2), "p99_ms": round(float(q[2]), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rate", type=float, nargs="+", default=[300.0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    from sparring import zoo
+    from sparring.guard.auth import create_key
+    from sparring.guard.store import open_store
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-guard-"))
+    db = tmp / "guard.db"
+    (tmp / "guard.yaml").write_text(
+        f"model: digits-cnn\nstore: {{url: 'sqlite:///{db}'}}\nqueue: {{max_size: 512}}\n"
+        "rate_limit: {rate: 100000, burst: 100000}\nlimits: {max_batch: 16}\n"
+        "detectors:\n  - {kind: mahalanobis, policy: log, fit: {data: train}, combine: {data: test, start: 150, "
+        "stop: 250}, calibrate: {data: test, stop: 150, fpr: 0.05}}\n"
+        "drift: {window: 200, reference: {data: test, stop: 150}}\n")
+    with open_store(f"sqlite:///{db}") as st:
+        keys = [create_key(st, f"client-{c}")[0] for c in range(args.clients)]
+    x = zoo.data("digits-cnn").x_test[250:]
+    bodies = [json.dumps({"inputs": x[i : i + 1].tolist()}).encode() for i in range(len(x))]
+    bare, bare_url = _start([sys.executable, "-c", _BARE], tmp / "bare.log", "listening on ")
+    guard, guard_url = _start([sys.executable, "-m", "sparring.cli", "guard", "serve", str(tmp / "guard.yaml"),
+                               "--port", "0"], tmp / "guard.log", "guard listening on ")
+    results: list[dict[str, Any]] = []
+    try:
+        for rate in args.rate:
+            b = asyncio.run(_load(bare_url + "/predict", [""] * args.clients, bodies, rate, args.seconds))
+            before = _count(db)
+            g = asyncio.run(_load(guard_url + "/predict", keys, bodies, rate, args.seconds))
+            stored = _count(db) - before
+            row = {"rate": rate, "seconds": args.seconds, "bare": b, "guard": g,
+                   "added_ms": {k: round(g[k] - b[k], 2) for k in ("p50_ms", "p95_ms", "p99_ms")},
+                   "events_lost": max(0, g["ok"] - stored), "events_stored": stored}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        for p in (bare, guard):
+            p.terminate()
+            p.wait(timeout=30)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
+                                        "results": results}, indent=2))
+
+
+def _count(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM events WHERE status = 200").fetchone()[0])
+
+
+if __name__ == "__main__":
+    main()
