@@ -92,6 +92,14 @@ def _print(summary: dict[str, Any]) -> None:
         asr = "-" if row["asr"] is None else f"{row['asr']:.3f}"
         click.echo(f"  {name:<14} {row['successes']}/{row['n']} = {asr} [{row['ci95'][0]:.3f}, "
                    f"{row['ci95'][1]:.3f}]  ({row['errors']} error)")
+        if "corrected" in row and row["corrected"]["asr"] is not None:
+            c = row["corrected"]
+            click.echo(f"  {'':<14} corrected for the judge (Rogan-Gladen): {c['asr']:.3f} [{c['ci95'][0]:.3f}, "
+                       f"{c['ci95'][1]:.3f}]")
+    if "judge" in summary and "compliance" in summary["by_category"]:
+        se, sp = summary["judge"]["sensitivity"], summary["judge"]["specificity"]
+        click.echo(f"refusal judge (held-out): sensitivity {se['k']}/{se['n']} = {se['rate']:.3f}, specificity "
+                   f"{sp['k']}/{sp['n']} = {sp['rate']:.3f}")
     if len(summary.get("by_defence", {})) > 1 or "utility" in summary:
         click.echo(f"{'defence':<16} {'ASR':>22}  {'utility':>22}")
         for name, row in summary["by_defence"].items():
