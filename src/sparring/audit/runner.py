@@ -23,6 +23,7 @@ import platform
 import shutil
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -396,28 +397,41 @@ def _ship(tm: ThreatModel, target: Target | None, data: tuple[Any, Any] | None, 
 
 
 def _pack_target(target: Target) -> bytes:
-    """An in-memory target as bytes for the workers. TorchScript modules do not pickle: they travel as the bytes of
-    ``torch.jit.save``; an HTTP target travels as its settings (its own ``__getstate__`` drops the session)."""
+    """An in-memory target as bytes for the workers: a :class:`~sparring.targets.torch.TorchTarget` travels as its
+    settings and its module (TorchScript modules do not pickle, so they travel as the bytes of ``torch.jit.save``);
+    any other target must pickle as it is. Each worker gets a fresh query counter."""
     import io
     import pickle
 
     from sparring.targets.torch import TorchTarget
 
-    if isinstance(target, TorchTarget) and isinstance(target.model, torch.jit.ScriptModule):
-        buf = io.BytesIO()
-        torch.jit.save(target.model, buf)
-        state = {k: v for k, v in vars(target).items() if k != "model"}
+    if not isinstance(target, TorchTarget):
         try:
-            return pickle.dumps(("jit", buf.getvalue(), state))
+            return pickle.dumps(("pickle", target, None))
         except Exception as exc:
-            raise ParameterError(f"the TorchScript target's settings cannot be pickled for the workers ({exc}); "
-                                 "save the model to a file and name it in system.model.") from exc
+            raise ParameterError(
+                f"the in-memory {type(target).__name__} cannot be pickled for the workers ({type(exc).__name__}: "
+                f"{exc}); save the model to a file and name it in system.model, or run with the local executor."
+            ) from exc
+    settings = {"spec": target.spec, "access": target.access, "output": target.output,
+                "batch_size": target.batch_size, "query_budget": target.counter.budget, "top_k": target.top_k,
+                "decimals": target.decimals}
+    buf = io.BytesIO()
     try:
-        return pickle.dumps(("pickle", target, None))
+        if isinstance(target.model, torch.jit.ScriptModule):
+            with warnings.catch_warnings():  # torch deprecates TorchScript, but users still audit TorchScript models
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.save(target.model, buf)
+            kind = "jit"
+        else:
+            torch.save(target.model, buf)
+            kind = "module"
+        return pickle.dumps((kind, buf.getvalue(), settings))
     except Exception as exc:
         raise ParameterError(
-            f"the in-memory {type(target).__name__} cannot be pickled for the workers ({type(exc).__name__}: {exc}); "
-            "save the model to a file and name it in system.model, or run with the local executor."
+            f"the in-memory {type(target.model).__name__} model cannot be pickled for the workers ({type(exc).__name__}"
+            f": {exc}); define its class in an importable module, save it to a file and name it in system.model, "
+            "or run with the local executor."
         ) from exc
 
 
@@ -427,13 +441,14 @@ def _unpack_target(blob: bytes) -> Target:
 
     from sparring.targets.torch import TorchTarget
 
-    kind, payload, state = pickle.loads(blob)
+    kind, payload, settings = pickle.loads(blob)
     if kind == "pickle":
         return payload  # type: ignore[no-any-return]
-    target = TorchTarget.__new__(TorchTarget)
-    vars(target).update(state)
-    target.model = torch.jit.load(io.BytesIO(payload))  # type: ignore[no-untyped-call]
-    return target
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = (torch.jit.load(io.BytesIO(payload)) if kind == "jit"  # type: ignore[no-untyped-call]
+                 else torch.load(io.BytesIO(payload), weights_only=False))  # our own bytes, from the driver
+    return TorchTarget(model, **settings)
 
 
 def _step_task(shared: _LiveSystem | _ShippedSystem, task: tuple[Step, int]) -> StepResult:

@@ -36,7 +36,8 @@ from sparring.attacks.privacy.shadow import (
     scaled_logit,
 )
 from sparring.attacks.result import Cost
-from sparring.errors import InputSpecError, ParameterError
+from sparring.errors import InputSpecError, ParameterError, WorkerLostError
+from sparring.executors import Executor, LocalExecutor
 from sparring.targets.base import Target
 from sparring.targets.spec import Access
 
@@ -138,7 +139,9 @@ class LiRA:
             raise ParameterError(f"online must be True or False; got {self.online!r}.")
 
     def __call__(self, target: Target, x: Any, y: Any, member: Any, *, train: Trainer,
-                 aux: tuple[Any, Any] | None = None) -> MembershipResult:
+                 aux: tuple[Any, Any] | None = None, executor: Executor | None = None) -> MembershipResult:
+        """Train the shadow models (one task each on ``executor``: default in this process, one after the other;
+        shadow ``k`` always trains with seed ``seed * 1000 + k``, so the scores do not depend on the executor)."""
         self._check_params()
         target.require(Access.SCORES, self.name)
         t0 = time.perf_counter()
@@ -154,14 +157,28 @@ class LiRA:
         queries = target.counter.used - q0
         gen = torch.Generator().manual_seed(self.seed)
         halves = balanced_halves(self.n_shadow, len(pool_x), gen)
-        phis = []
-        for k in range(self.n_shadow):
-            shadow = train(pool_x[halves[k]], pool_y[halves[k]], self.seed * 1000 + k)
-            phis.append(scaled_logit(log_probs(shadow, xt), yt).cpu())
+        ex = executor if executor is not None else LocalExecutor()
+        shared = (train, pool_x.cpu(), pool_y.cpu(), xt.cpu(), yt.cpu())
+        outcomes = ex.map(_shadow_phi, [(halves[k], self.seed * 1000 + k) for k in range(self.n_shadow)],
+                          shared=shared)
+        for k, o in enumerate(outcomes):
+            if o.error is not None:
+                raise o.error if not isinstance(o.error, WorkerLostError) else WorkerLostError(
+                    f"shadow model {k}: {o.error}")
+        phis = [o.value for o in outcomes]
         inside = halves[:, : len(xt)]
-        phi_shadow = torch.stack(phis)
+        phi_shadow = torch.stack(phis)  # type: ignore[arg-type]
         scores, fit = lira_scores(phi_target, phi_shadow, inside, online=self.online, fixed_variance=self._fixed())
         name = f"{self.name}-{'online' if self.online else 'offline'}"
         return MembershipResult(name, self.get_params(), Cost(queries, 0, time.perf_counter() - t0),
                                 scores=scores, member=m,
                                 extras={"phi_target": phi_target, "phi_shadow": phi_shadow, "inside": inside, **fit})
+
+
+def _shadow_phi(shared: tuple[Trainer, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                task: tuple[torch.Tensor, int]) -> torch.Tensor:
+    """One shadow model as an executor task: train it on its half of the pool with its seed, return its φ."""
+    train, pool_x, pool_y, xt, yt = shared
+    half, seed = task
+    shadow = train(pool_x[half], pool_y[half], seed)
+    return scaled_logit(log_probs(shadow, xt), yt).cpu()

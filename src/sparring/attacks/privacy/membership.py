@@ -33,6 +33,7 @@ from sparring.attacks.privacy.shadow import (
 )
 from sparring.attacks.result import Cost
 from sparring.errors import InputSpecError, LabelError, ParameterError
+from sparring.executors import Executor
 from sparring.targets.base import Target
 from sparring.targets.spec import Access
 
@@ -222,8 +223,9 @@ def zoo_membership_data(name: str, n: int) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def run_membership(attack: str, target: Target, x: Any, y: Any, member: Any, *, train: Trainer | None = None,
-                   n_shadow: int = 8, seed: int = 0) -> MembershipResult:
-    """Run a membership attack by name (one of ``MEMBERSHIP_ATTACKS``); shadow attacks need ``train``."""
+                   n_shadow: int = 8, seed: int = 0, executor: Executor | None = None) -> MembershipResult:
+    """Run a membership attack by name (one of ``MEMBERSHIP_ATTACKS``); shadow attacks need ``train``. LiRA trains
+    its shadow models as one task each on ``executor`` (:mod:`sparring.executors`; default: in this process)."""
     if attack not in MEMBERSHIP_ATTACKS:
         raise ParameterError(f"unknown membership attack {attack!r}; choose one of {', '.join(MEMBERSHIP_ATTACKS)}.")
     if attack == "loss-threshold":
@@ -233,4 +235,5 @@ def run_membership(attack: str, target: Target, x: Any, y: Any, member: Any, *, 
                              "zoo_trainer(name) for a zoo model, or torch_trainer(build, spec, epochs=...)).")
     if attack == "shadow":
         return ShadowModelAttack(n_shadow=n_shadow, seed=seed)(target, x, y, member, train=train)
-    return LiRA(n_shadow=n_shadow, online=attack == "lira", seed=seed)(target, x, y, member, train=train)
+    return LiRA(n_shadow=n_shadow, online=attack == "lira", seed=seed)(target, x, y, member, train=train,
+                                                                        executor=executor)

@@ -8,6 +8,7 @@ the per-example statistics read from a target's output (:func:`log_probs`, :func
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,44 +38,65 @@ def torch_trainer(
     build: Callable[[], nn.Module], spec: InputSpec, *, epochs: int, lr: float = 1e-3, batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> Trainer:
-    """A :data:`Trainer` that builds ``build()`` and trains it with cross-entropy and Adam (the zoo's recipe)."""
-    from sparring.data.datasets import Dataset
-    from sparring.data.zoo import train_torch_classifier
-    from sparring.targets.torch import TorchTarget
+    """A :data:`Trainer` that builds ``build()`` and trains it with cross-entropy and Adam (the zoo's recipe).
 
-    def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> Target:
-        ds = Dataset("shadow", x.cpu(), y.cpu(), x[:0].cpu(), y[:0].cpu(), spec)
-        model = train_torch_classifier(build(), ds, spec, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-        return TorchTarget(model.to(device), spec)
+    The trainer pickles when ``build`` does (a module-level function or class), so shadow models can be trained on
+    worker processes (:mod:`sparring.executors`)."""
+    return _TorchTrainer(build, spec, epochs, lr, batch_size, str(device))
 
-    return train
+
+@dataclass(frozen=True)
+class _TorchTrainer:
+    build: Callable[[], nn.Module]
+    spec: InputSpec
+    epochs: int
+    lr: float
+    batch_size: int
+    device: str
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> Target:
+        from sparring.data.datasets import Dataset
+        from sparring.data.zoo import train_torch_classifier
+        from sparring.targets.torch import TorchTarget
+
+        ds = Dataset("shadow", x.cpu(), y.cpu(), x[:0].cpu(), y[:0].cpu(), self.spec)
+        model = train_torch_classifier(self.build(), ds, self.spec, epochs=self.epochs, lr=self.lr,
+                                       batch_size=self.batch_size, seed=seed)
+        return TorchTarget(model.to(self.device), self.spec)
 
 
 def zoo_trainer(name: str, *, device: str | torch.device = "cpu") -> Trainer:
-    """A :data:`Trainer` that repeats zoo model ``name``'s own recipe (architecture, epochs, custom training)."""
+    """A :data:`Trainer` that repeats zoo model ``name``'s own recipe (architecture, epochs, custom training).
+
+    It pickles (it holds the zoo name only), so shadow models can be trained on worker processes."""
     from sparring.data import zoo
-    from sparring.data.datasets import Dataset
-    from sparring.targets.sklearn import SklearnTarget
-    from sparring.targets.torch import TorchTarget
 
     e = zoo.entry(name)
-    spec = e.spec()
-    if e.kind == "sklearn":
-        def train_sklearn(x: torch.Tensor, y: torch.Tensor, seed: int) -> Target:
+    if e.kind != "sklearn" and e.train is None:
+        return torch_trainer(e.build, e.spec(), epochs=e.epochs, lr=e.lr, device=device)
+    return _ZooTrainer(name, str(device))
+
+
+@dataclass(frozen=True)
+class _ZooTrainer:
+    name: str
+    device: str
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> Target:
+        from sparring.data import zoo
+        from sparring.data.datasets import Dataset
+        from sparring.targets.sklearn import SklearnTarget
+        from sparring.targets.torch import TorchTarget
+
+        e = zoo.entry(self.name)
+        spec = e.spec()
+        if e.kind == "sklearn":
             est = e.build().fit(x.reshape(len(x), -1).cpu().numpy(), y.cpu().numpy())
             return SklearnTarget(est, spec)
-
-        return train_sklearn
-    if e.train is None:
-        return torch_trainer(e.build, spec, epochs=e.epochs, lr=e.lr, device=device)
-    recipe = e.train
-
-    def train_recipe(x: torch.Tensor, y: torch.Tensor, seed: int) -> Target:
+        assert e.train is not None
         model = e.build()
-        recipe(model, Dataset("shadow", x.cpu(), y.cpu(), x[:0].cpu(), y[:0].cpu(), spec), spec)
-        return TorchTarget(model.to(device).eval(), spec)
-
-    return train_recipe
+        e.train(model, Dataset("shadow", x.cpu(), y.cpu(), x[:0].cpu(), y[:0].cpu(), spec), spec)
+        return TorchTarget(model.to(self.device).eval(), spec)
 
 
 def random_halves(n_models: int, n: int, generator: torch.Generator) -> torch.Tensor:
