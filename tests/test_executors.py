@@ -253,3 +253,17 @@ def test_lira_trains_16_shadow_models_as_16_tasks_with_the_local_scores() -> Non
     assert torch.equal(spread.extras["phi_shadow"], local.extras["phi_shadow"])
     assert torch.equal(spread.scores, local.scores) and spread.auc == local.auc
     assert local.auc > 0.55  # the shadows learned something: the scores separate members a little
+
+
+def test_cli_refuses_contradictory_executor_options(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sparring.cli import build_cli
+
+    r = CliRunner().invoke(build_cli(), ["audit", "--out", str(tmp_path / "o"), "--ray", "127.0.0.1:1",
+                                         "--executor", "processes"])
+    assert r.exit_code != 0 and "drop one of them" in r.output
+    r = CliRunner().invoke(build_cli(), ["audit", "--out", str(tmp_path / "o"), "--executor", "local",
+                                         "--workers", "3"])
+    assert r.exit_code != 0 and "--executor processes" in r.output
+    assert not (tmp_path / "o" / "checkpoints").exists()  # refused before any step ran

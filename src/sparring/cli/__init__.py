@@ -367,7 +367,8 @@ def build_cli() -> Any:
                   help="Where the steps run: local (one after the other, the default), processes (--workers N on "
                        "this machine) or ray (a Ray cluster, see --ray). Findings are the same on every executor.")
     @click.option("--workers", type=click.IntRange(min=1), default=None,
-                  help="Worker processes for --executor processes (default 2), or CPUs of a private Ray cluster.")
+                  help="Worker processes for --executor processes (default 2; alone, N > 1 implies it), or CPUs "
+                       "of a private Ray cluster.")
     @click.option("--ray", "ray_address", metavar="auto|ADDRESS", default=None,
                   help="Run on the Ray cluster at HOST:PORT, or 'auto' (this machine's cluster, or RAY_ADDRESS); "
                        "implies --executor ray. Needs the extra sparring[ray]; see docs/cluster.md.")

@@ -60,7 +60,7 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
     the audit runs, so a bad address fails at once. From the second run of a model on, ``history.png`` in
     ``out_dir`` plots its gates over the recorded runs.
     ``executor``, ``workers``, ``ray_address``: where the steps run (:func:`sparring.executors.get_executor`;
-    ``ray_address`` implies ``executor="ray"``).
+    ``ray_address`` implies ``executor="ray"``, ``workers`` > 1 alone ``"processes"``).
     """
     from sparring.audit import load_threat_model, run_audit
     from sparring.audit.baseline import apply_baseline, load_baseline
@@ -87,7 +87,7 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
 
         if ray_address is not None and executor not in (None, "ray"):
             raise errors.ParameterError(f"--ray runs the audit on Ray, but --executor is {executor}; drop one of them.")
-        name = "ray" if ray_address is not None else executor or "local"
+        name = "ray" if ray_address is not None else executor or ("processes" if (workers or 1) > 1 else "local")
         ex = get_executor(name, workers=workers, ray_address=ray_address)
         tm = load_threat_model(path)
         base = None if baseline is None else load_baseline(baseline)
