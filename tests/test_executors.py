@@ -267,3 +267,21 @@ def test_cli_refuses_contradictory_executor_options(tmp_path: Path) -> None:
                                          "--workers", "3"])
     assert r.exit_code != 0 and "--executor processes" in r.output
     assert not (tmp_path / "o" / "checkpoints").exists()  # refused before any step ran
+
+
+def test_in_memory_http_target_ships_its_settings_not_its_session(digits_cnn: Any, digits: Any) -> None:
+    from sparring.audit.runner import _pack_target, _unpack_target
+    from sparring.serving import make_server
+    from sparring.targets.http import HttpTarget
+
+    with make_server(digits_cnn) as srv:
+        sent = HttpTarget(srv.predict_url, digits_cnn.spec, score_kind="logits", timeout=5.0, retries=1,
+                          headers={"X-Token": "t0k"}, batch_size=16)
+        got = _unpack_target(_pack_target(sent))
+        assert isinstance(got, HttpTarget) and got._client is not sent._client
+        assert (got.url, got.timeout, got.retries, got.batch_size) == (srv.predict_url, 5.0, 1, 16)
+        assert got._client.headers["x-token"] == "t0k"
+        x = digits.x_test[:8]
+        assert torch.allclose(got.query(x), sent.query(x))
+        sent.close()
+        got.close()

@@ -399,12 +399,21 @@ def _ship(tm: ThreatModel, target: Target | None, data: tuple[Any, Any] | None, 
 def _pack_target(target: Target) -> bytes:
     """An in-memory target as bytes for the workers: a :class:`~sparring.targets.torch.TorchTarget` travels as its
     settings and its module (TorchScript modules do not pickle, so they travel as the bytes of ``torch.jit.save``);
-    any other target must pickle as it is. Each worker gets a fresh query counter."""
+    an :class:`~sparring.targets.http.HttpTarget` as its settings and headers (not its session or a custom test
+    transport); any other target must pickle as it is. Each worker gets a fresh query counter."""
     import io
     import pickle
 
+    from sparring.targets.http import HttpTarget
     from sparring.targets.torch import TorchTarget
 
+    if isinstance(target, HttpTarget):  # its settings, not its session: each worker opens its own connections
+        http = {"url": target.url, "spec": target.spec, "output": target.answers, "score_kind": target.output,
+                "batch_size": target.batch_size, "timeout": target.timeout, "retries": target.retries,
+                "backoff": target.backoff, "query_budget": target.counter.budget, "top_k": target.top_k,
+                "decimals": target.decimals, "input_key": target.input_key, "output_key": target.output_key,
+                "headers": dict(target._client.headers)}
+        return pickle.dumps(("http", None, http))
     if not isinstance(target, TorchTarget):
         try:
             return pickle.dumps(("pickle", target, None))
@@ -444,6 +453,10 @@ def _unpack_target(blob: bytes) -> Target:
     kind, payload, settings = pickle.loads(blob)
     if kind == "pickle":
         return payload  # type: ignore[no-any-return]
+    if kind == "http":
+        from sparring.targets.http import HttpTarget
+
+        return HttpTarget(**settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = (torch.jit.load(io.BytesIO(payload)) if kind == "jit"  # type: ignore[no-untyped-call]
