@@ -32,6 +32,7 @@ from typing import Any
 
 from sparring.errors import ThreatModelError
 from sparring.llm.chat import Message
+from sparring.llm.defence_specs import DefenceSpec, specs_from_yaml
 
 __all__ = ["Application", "DefenceSpec", "Document", "load_application"]
 
@@ -48,15 +49,6 @@ class Document:
     id: str
     text: str
     untrusted: bool = True
-
-
-@dataclass(frozen=True)
-class DefenceSpec:
-    """A defence named in the application's ``defences:`` list, with its parameters (see
-    :mod:`sparring.llm.defenses`)."""
-
-    name: str
-    params: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -171,8 +163,6 @@ def load_application(path: str | Path) -> Application:
         raise ThreatModelError(f"{p}: untrusted_inputs must be a list such as [user, documents]; got {inputs!r}.")
     kw = {k: raw[k] for k in ("name", "user_prompt", "exfil_host", "marker") if k in raw}
     secret = raw["secret"]
-    from sparring.llm.defenses import specs_from_yaml
-
     return Application(system_prompt=raw["system_prompt"], secret=str(secret) if isinstance(secret, int) else secret,
                        documents=tuple(docs), untrusted_inputs=tuple(inputs),
                        defences=specs_from_yaml(raw.get("defences"), str(p)), **kw)

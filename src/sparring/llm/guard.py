@@ -161,7 +161,7 @@ class InputGuard:
 def evaluate_guard(guard: InputGuard | None = None, rows: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """False-positive rate on the benign rows and detection rate on the attack rows (default: the held-out set),
     each with its Wilson 95% interval."""
-    from sparring.llm.run import wilson_interval
+    from sparring.llm.stats import wilson_interval
 
     g = guard or InputGuard()
     data = load_guard_set("heldout") if rows is None else rows
