@@ -90,6 +90,7 @@ def test_pair_stops_at_first_success_and_resumes_per_attempt(tmp_path: Path) -> 
         run_multiturn(app, OpenAIChatClient("http://api.test", transport=back), tmp_path / "x", attacks=("gcg",))
 
 
+@pytest.mark.slow  # ~45 s on the loaded two-core machine
 @needs_model
 @pytest.mark.usefixtures("one_thread")
 def test_crescendo_and_pair_run_on_the_bundled_model(smollm: LocalChatModel, tmp_path: Path) -> None:
