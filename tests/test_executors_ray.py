@@ -64,6 +64,10 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
     ray_bin = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="rx", dir="/tmp")  # short: Ray's unix socket paths must stay under 108 chars
+    # Token auth off on both nodes and this driver: Ray turns it on by itself when ~/.ray/auth_token exists (a
+    # private ray.init() writes one), and a loopback test cluster must not depend on what is in the home folder.
+    old_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
@@ -83,6 +87,10 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
         ray.shutdown()
         for p in reversed(procs):
             _stop(p)
+        if old_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old_mode
 
 
 def _cli(*args: str) -> Any:
@@ -112,12 +120,13 @@ def _running_task_pids(pgids: list[int]) -> list[int]:
         if not d.isdigit():
             continue
         try:
-            if os.getpgid(int(d)) not in pgids:
+            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if os.getpgid(int(d)) not in pgids and os.getpgid(ppid) not in pgids:  # a worker of our raylets
                 continue
-            cmd = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except (OSError, ProcessLookupError):
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ProcessLookupError, IndexError, ValueError):
             continue
-        if cmd.startswith("ray::_ray_task"):
+        if "_ray_task" in cmd:
             pids.append(int(d))
     return pids
 
