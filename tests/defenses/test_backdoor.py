@@ -168,13 +168,16 @@ def test_neural_cleanse_leaves_labels_that_never_converged_out_of_the_anomaly_in
     early = NeuralCleanse(steps=10, batch_size=16, seed=0)(H.clean_model(), ds.x_test[:200])
     assert early.flagged == [] and not early.backdoored and early.not_converged == list(range(10))
     assert bool(early.anomaly.isnan().all()) and early.summary()["anomaly_index"] == [None] * 10
-    # 20 steps on the BadNets model: every label but 8 converged; the index is the MAD index of those nine
+    # 20 steps on the BadNets model: most labels converged (here every label but 8; on other CPUs 6 too, the
+    # boundary is a float away); the index is the MAD index of the converged ones and the unconverged stay out
     part = NeuralCleanse(steps=20, batch_size=16, seed=0)(H.badnets_model(), ds.x_test[:200])
-    assert part.not_converged == [8] and part.flagged == [H.TARGET_CLASS]
+    nc = part.not_converged
+    assert 1 <= len(nc) <= 3 and H.TARGET_CLASS not in nc and part.flagged == [H.TARGET_CLASS]
     conv = part.converged
-    assert torch.allclose(part.anomaly[conv], anomaly_index(part.norms[conv])) and bool(part.anomaly[8].isnan())
-    assert float(part.success[8]) < 0.99 <= float(part.success[conv].min())
-    assert part.summary()["not_converged"] == [8]
+    assert torch.allclose(part.anomaly[conv], anomaly_index(part.norms[conv]))
+    assert bool(part.anomaly[nc].isnan().all())
+    assert float(part.success[nc].max()) < 0.99 <= float(part.success[conv].min())
+    assert part.summary()["not_converged"] == nc
 
 
 def test_anomaly_index_is_median_absolute_deviation() -> None:

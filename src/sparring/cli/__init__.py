@@ -42,9 +42,8 @@ def _fail(exc: BaseException) -> NoReturn:
 
     code = exit_code_for(exc)
     kind = type(exc).__name__
-    if json_requested():  # --json: the error is machine output too, on stdout
+    if json_requested():  # --json: the error is machine output too, on stdout (and still said on stderr)
         click.echo(error_json(str(exc), kind, code))
-        sys.exit(code)
     click.echo(f"error ({kind}): {exc}", err=True)
     if code == EXIT_INTERNAL:
         click.echo("This looks like a bug in sparring; please report it with the command you ran.", err=True)

@@ -8,7 +8,8 @@ them into target keywords (only those given).
 
 Errors under ``--json``: :func:`json_requested` tells whether the running command (or a group above it) was given
 ``--json``; then :func:`error_json` is what ``sparring.cli._fail`` and :class:`JsonErrorGroup` print on stdout,
-``{"error": message, "type": exception class, "exit_code": code}``, with the same exit code as without ``--json``.
+``{"error": message, "type": exception class, "exit_code": code}``, with the same exit code as without ``--json``;
+the usual ``error (Type): message`` line still goes to stderr, so a run piped into a file shows its error.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class JsonErrorGroup(click.Group):
             if not as_json:
                 raise
             click.echo(error_json(exc.format_message(), type(exc).__name__, exc.exit_code))
+            click.echo(f"error ({type(exc).__name__}): {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
             raise
@@ -125,4 +127,5 @@ class JsonErrorGroup(click.Group):
             msg = str(exc) if code != EXIT_INTERNAL else (f"{exc} (this looks like a bug in sparring; please report "
                                                             "it with the command you ran)")
             click.echo(error_json(msg, type(exc).__name__, code))
+            click.echo(f"error ({type(exc).__name__}): {msg}", err=True)
             sys.exit(code)
