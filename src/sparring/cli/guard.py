@@ -73,10 +73,10 @@ def add_commands(cli: click.Group) -> None:
         from sparring.errors import SparringError
         from sparring.guard.config import load_config
         from sparring.guard.server import GuardServer
-        from sparring.guard.service import GuardService
+        from sparring.guard.service import open_service
 
         try:
-            svc = GuardService(load_config(config))
+            svc = open_service(load_config(config))
             server = GuardServer(svc, host, port)
         except (SparringError, OSError) as exc:
             fail(exc)

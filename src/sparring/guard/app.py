@@ -44,6 +44,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _Texts(list[str]):
+    """A validated batch of messages (text models)."""
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows; send finite numbers only")
 
@@ -53,6 +57,9 @@ def create_app(service: GuardService) -> Any:
     app = FastAPI(title="sparring guard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     cfg = service.config
+    from sparring.guard.text import TextGuardService, validate_request_texts
+
+    text_service = service if isinstance(service, TextGuardService) else None
 
     def answer(o: Outcome, started: float, route: str) -> Any:
         service.metrics.latency.labels(route).observe(time.perf_counter() - started)
@@ -114,6 +121,10 @@ def create_app(service: GuardService) -> Any:
                                 f"retry after {ra} s.", request, started, who=who, headers={"Retry-After": ra})
         try:
             got = await _read_json(request, started, who)
+            if isinstance(got, _Texts) and text_service is not None:
+                texts = list(got)
+                o = await to_thread.run_sync(lambda: text_service.predict_texts(who, texts, path=request.url.path))
+                return answer(o, started, "/predict")
             if not isinstance(got, np.ndarray):
                 return got
             try:
@@ -177,6 +188,12 @@ def create_app(service: GuardService) -> Any:
         if isinstance(inputs, list) and len(inputs) > cfg.limits.max_batch:
             return await refuse(400, "invalid", f"a batch of {len(inputs)} examples exceeds the limit of "
                                 f"{cfg.limits.max_batch}; split it.", request, started, who=who, body_sha=sha)
+        if text_service is not None:
+            try:
+                return _Texts(validate_request_texts(inputs, max_batch=cfg.limits.max_batch,
+                                                     max_chars=cfg.limits.max_text_chars))
+            except SparringError as exc:
+                return await refuse(400, "invalid", str(exc), request, started, who=who, body_sha=sha)
         try:
             arr = np.asarray(inputs)
         except (TypeError, ValueError) as exc:
@@ -193,6 +210,8 @@ def create_app(service: GuardService) -> Any:
         _, refused = await authorise(request, started)
         if refused is not None:
             return refused
+        if text_service is not None:
+            return JSONResponse(text_service.health())
         return JSONResponse({"status": "ok", "spec": service.spec.to_dict(), "output": service.output,
                              "score_kind": service.target.view_output if service.output == "scores" else None})
 

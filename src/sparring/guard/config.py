@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sparring.errors import GuardConfigError
 
-__all__ = ["DataRef", "DetectorConfig", "GuardConfig", "load_config", "parse_config"]
+__all__ = ["DashboardConfig", "DataRef", "DetectorConfig", "GuardConfig", "WebhookConfig", "load_config",
+           "parse_config"]
 
 Policy = Literal["log", "flag", "reject"]
 
@@ -70,6 +71,16 @@ class ModelConfig(_Strict):
     timeout: float = Field(10.0, gt=0)
     entry_point: str | None = None
     trust_pickle: bool = False
+    kind: Literal["tensor", "text"] | None = None  # text: a text classifier (default for text zoo names)
+    classes: list[str] | None = None  # text models: the class names in output order
+
+    @property
+    def is_text(self) -> bool:
+        if self.kind is not None:
+            return self.kind == "text"
+        from sparring.data.text import text_model_names
+
+        return self.source in text_model_names()
 
     @field_validator("upstream")
     @classmethod
@@ -82,13 +93,14 @@ class ModelConfig(_Strict):
 class DetectorConfig(_Strict):
     """One adversarial-input detector and what to do when it fires."""
 
-    kind: Literal["mahalanobis", "energy", "max-softmax", "squeezing"]
+    kind: Literal["mahalanobis", "energy", "max-softmax", "squeezing", "unicode"]  # unicode: text models only
     policy: Policy = "log"
     name: str | None = None  # shown in responses, events and metrics (default: the kind)
     fit: DataRef | None = None  # training data (mahalanobis only)
     combine: CombineRef | None = None  # mahalanobis only: combine all layers (else the last layer alone)
     calibrate: CalibrateRef | None = None
     threshold: float | None = None  # a known threshold instead of calibrate
+    normalise: bool = False  # unicode only: the model classifies the normalised text
 
     @property
     def label(self) -> str:
@@ -142,6 +154,7 @@ class LimitsConfig(_Strict):
     max_body: int = Field(4 * 1024 * 1024, ge=64)
     max_batch: int = Field(256, ge=1)
     body_timeout: float = Field(10.0, gt=0)
+    max_text_chars: int = Field(10_000, ge=1)  # text models: characters per message
 
 
 class RetentionConfig(_Strict):
@@ -151,6 +164,33 @@ class RetentionConfig(_Strict):
 
 class AuthConfig(_Strict):
     cache_seconds: float = Field(5.0, ge=0)  # a verified key is trusted this long before its hash is checked again
+
+
+class WebhookConfig(_Strict):
+    """An alert webhook (:mod:`sparring.guard.webhooks`): committed alerts of ``kinds`` POSTed as JSON to ``url``,
+    signed with HMAC-SHA256 under the secret in the environment variable ``secret_env``."""
+
+    url: str
+    kinds: list[Literal["prada", "detector-rate", "drift"]] = []  # empty: every kind
+    secret_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout: float = Field(5.0, gt=0, le=60)
+    retries: int = Field(5, ge=0, le=20)
+    backoff: float = Field(1.0, gt=0)  # seconds before the first retry, doubled each time
+    max_backoff: float = Field(300.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("a webhook url must be http://... or https://...")
+        return v
+
+
+class DashboardConfig(_Strict):
+    """``GET /admin/dashboard`` (:mod:`sparring.guard.dashboard`)."""
+
+    rejected_samples: int = Field(50, ge=0, le=10_000)  # rejected inputs kept to show (0: none are kept)
+    session_hours: float = Field(8.0, gt=0, le=168)  # lifetime of the browser session cookie
 
 
 class GuardConfig(_Strict):
@@ -166,6 +206,8 @@ class GuardConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     retention: RetentionConfig = RetentionConfig()
     auth: AuthConfig = AuthConfig()
+    webhooks: list[WebhookConfig] = []
+    dashboard: DashboardConfig = DashboardConfig()
     output: Literal["scores", "labels"] = "scores"
     base_dir: str = Field(".", exclude=True)
 
@@ -177,6 +219,9 @@ class GuardConfig(_Strict):
         """The configuration as JSON (for ``GET /admin/config``; it holds no keys or passwords in store URLs)."""
         d = self.model_dump(mode="json")
         d["store"]["url"] = _redact_url(self.store.url)
+        for w in d["webhooks"]:  # a webhook URL's path or query is often its credential (Slack, Teams)
+            scheme, rest = w["url"].split("://", 1)
+            w["url"] = f"{scheme}://{rest.split('/', 1)[0].rsplit('@', 1)[-1]}/***"
         return d
 
 
@@ -209,7 +254,20 @@ def parse_config(data: Any, *, source: str = "guard.yaml", base_dir: str | Path 
     if m.upstream is not None and m.spec is None:
         raise GuardConfigError(f"{source}: model.spec is required with upstream: a spec.json file or the zoo name "
                                "of the model the API serves.")
+    if m.is_text:
+        _check_text(cfg, source)
     for i, d in enumerate(cfg.detectors):
+        if (d.kind == "unicode") != m.is_text:
+            raise GuardConfigError(f"{source}: detectors.{i} ({d.label}): " + (
+                "unicode is a text detector; the model is not a text model (set model.kind: text for one)."
+                if d.kind == "unicode" else f"{d.kind} needs a tensor model; for a text model use kind: unicode."))
+        if d.kind != "unicode" and d.normalise:
+            raise GuardConfigError(f"{source}: detectors.{i} ({d.label}): only unicode takes normalise:; drop it.")
+        if d.kind == "unicode":
+            if d.calibrate is not None:
+                raise GuardConfigError(f"{source}: detectors.{i} ({d.label}): unicode counts evasion characters; "
+                                       "give threshold: (default 0: one such character fires) instead of calibrate:.")
+            continue
         if d.calibrate is None and d.threshold is None:
             raise GuardConfigError(f"{source}: detectors.{i} ({d.label}): give calibrate: {{data: ..., fpr: ...}} "
                                    "or threshold:.")
@@ -222,6 +280,20 @@ def parse_config(data: Any, *, source: str = "guard.yaml", base_dir: str | Path 
     if len(set(labels)) != len(labels):
         raise GuardConfigError(f"{source}: detectors: names must be unique; got {labels}. Set name: on each.")
     return cfg
+
+
+def _check_text(cfg: GuardConfig, source: str) -> None:
+    m = cfg.model
+    if m.upstream is not None:
+        raise GuardConfigError(f"{source}: model: a text model is served in-process (source:); proxying an upstream "
+                               "text API is not supported yet.")
+    if m.spec is not None or m.entry_point is not None:
+        raise GuardConfigError(f"{source}: model: a text model takes no spec: or entry_point: (give "
+                               "source: module:callable for a callable); drop them.")
+    if cfg.output != "scores":
+        raise GuardConfigError(f"{source}: output: a text model answers scores, as HttpTextTarget reads; drop it.")
+    if len([d for d in cfg.detectors if d.normalise]) > 1:
+        raise GuardConfigError(f"{source}: detectors: normalise: true on one unicode detector at most.")
 
 
 def load_config(path: str | Path) -> GuardConfig:

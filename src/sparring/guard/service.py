@@ -30,7 +30,7 @@ from sparring.guard.metrics import GuardMetrics
 from sparring.guard.store import Alert, Event, Store, StoreBatch, open_store
 from sparring.targets.base import Target
 
-__all__ = ["GuardService", "Outcome"]
+__all__ = ["GuardService", "Outcome", "open_service"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,34 +102,38 @@ class GuardService:
     """Everything one guard process holds: the target, detectors, PRADA, drift window, store, keys and metrics."""
 
     def __init__(self, config: GuardConfig, *, target: Target | None = None, store: Store | None = None) -> None:
-        self.config = config
         self.target = target if target is not None else load_model(config)
         self.spec = self.target.spec
-        self.output = config.output
         self.detectors: list[GuardDetector] = build_detectors(config, self.target)
-        self.store = store if store is not None else open_store(config.store.url)
-        self.metrics = GuardMetrics()
-        self.committer = GroupCommitter(self.store)
-        self.keys = KeyVerifier(self.store, cache_seconds=config.auth.cache_seconds)
-        self.rate = TokenBucket(config.rate_limit.rate, config.rate_limit.burst)
+        self._init_common(config, store)
         p = config.prada
         self.prada: PradaDetector | None = None
         if p.enabled:
             self.prada = PradaDetector(delta=p.delta, min_queries=p.min_queries, max_samples=max(p.max_samples,
                                        p.min_queries), max_clients=p.max_clients)
         self.drift = self._build_drift()
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._depth_lock = threading.Lock()
         for d in self.detectors:
             self.metrics.detector_threshold.labels(d.name).set(d.threshold)
-        self._requests_since_purge = 0
         self._rates: dict[str, dict[str, Any]] = {}  # per client: examples, fired, alerted (cache of the store)
         fprs = [c.calibrate.fpr for c in config.detectors if c.calibrate is not None and c.threshold is None]
         self.rate_p0 = min(0.5, sum(fprs)) if fprs and len(fprs) == len(config.detectors) else None
         self.apply_retention()
 
     # ------------------------------------------------------------------ setup
+    def _init_common(self, config: GuardConfig, store: Store | None) -> None:
+        """What every guard holds whatever it serves: store, group committer, keys, rate limits, metrics, queue."""
+        self.config = config
+        self.output = config.output
+        self.store = store if store is not None else open_store(config.store.url)
+        self.metrics = GuardMetrics()
+        self.committer = GroupCommitter(self.store)
+        self.keys = KeyVerifier(self.store, cache_seconds=config.auth.cache_seconds)
+        self.rate = TokenBucket(config.rate_limit.rate, config.rate_limit.burst)
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._depth_lock = threading.Lock()
+        self._requests_since_purge = 0
+
     def _build_drift(self) -> ConfidenceKS | None:
         d = self.config.drift
         if not d.enabled or self.output == "labels":
@@ -366,3 +370,13 @@ class GuardService:
                                                      "delta": self.prada.delta}))
             if self.config.prada.policy == "reject":
                 body.setdefault("guard", {})["prada"] = "flagged: later requests will be refused"
+
+
+def open_service(config: GuardConfig, *, store: Store | None = None) -> GuardService:
+    """The service ``config`` describes: :class:`~sparring.guard.text.TextGuardService` for a text model, else a
+    :class:`GuardService`."""
+    if config.model.is_text:
+        from sparring.guard.text import TextGuardService
+
+        return TextGuardService(config, store=store)
+    return GuardService(config, store=store)
