@@ -266,16 +266,19 @@ def build_cli() -> Any:
         masking = _masking_warning(cls, result)
         if masking:
             summary["warnings"] = [masking]
+        budget_msg = (f"the query budget ({query_budget}) ran out before the attack finished: "
+                      f"{summary['n_unknown']} of {summary['n']} points are unknown (neither robust nor broken; not "
+                      "counted as robust). Raise --query-budget or lower --n.") if summary["budget_exhausted"] else ""
         if as_json:
+            if budget_msg:  # the summary is still the answer; the error keys say it failed, as every --json error
+                summary.update(error=budget_msg, type="QueryBudgetExceeded", exit_code=EXIT_BUDGET)
             click.echo(json.dumps(summary, default=str))
         else:
             _print_summary(summary)
         if masking:
             click.echo(f"warning: {masking}", err=True)
-        if summary["budget_exhausted"]:
-            click.echo(f"error (QueryBudgetExceeded): the query budget ({query_budget}) ran out before the attack "
-                       f"finished: {summary['n_unknown']} of {summary['n']} points are unknown (neither robust nor "
-                       "broken; not counted as robust). Raise --query-budget or lower --n.", err=True)
+        if budget_msg:
+            click.echo(f"error (QueryBudgetExceeded): {budget_msg}", err=True)
             sys.exit(EXIT_BUDGET)
 
     @cli.command(epilog=_EXIT_HELP)

@@ -219,7 +219,14 @@ def add_commands(cli: click.Group) -> None:
                                      steps=steps, compare=not no_compare, query_budget=query_budget, seed=seed)
         except SparringError as exc:
             _fail(exc)
+        cut = [r for r in out["results"] if r["budget_exhausted"]]
+        counts = ", ".join(f"{r['n_unknown']} of {out['n']} rows unknown"
+                           f" ({'constrained' if r['constrained'] else 'baseline'})" for r in cut)
+        budget_msg = (f"the query budget ({query_budget}) ran out: {counts} (neither robust nor evaded; not counted "
+                      "as robust). Raise --query-budget or lower --n.") if cut else ""
         if as_json:
+            if budget_msg:  # the results are still the answer; the error keys say it failed, as every --json error
+                out.update(error=budget_msg, type="QueryBudgetExceeded", exit_code=EXIT_BUDGET)
             click.echo(json.dumps(out, indent=1))
         else:
             click.echo(f"{attack} on {out['model']}, {out['n']} rows")
@@ -234,10 +241,6 @@ def add_commands(cli: click.Group) -> None:
                            f"({r['queries']} queries, {r['seconds']:.1f} s)")
                 for rule, k in sorted(r["violations"].items(), key=lambda kv: -kv[1])[:8]:
                     click.echo(f"      violates {rule}: {k} rows")
-        cut = [r for r in out["results"] if r["budget_exhausted"]]
-        if cut:
-            counts = ", ".join(f"{r['n_unknown']} of {out['n']} rows unknown"
-                               f" ({'constrained' if r['constrained'] else 'baseline'})" for r in cut)
-            click.echo(f"error (QueryBudgetExceeded): the query budget ({query_budget}) ran out: {counts} (neither "
-                       "robust nor evaded; not counted as robust). Raise --query-budget or lower --n.", err=True)
+        if budget_msg:
+            click.echo(f"error (QueryBudgetExceeded): {budget_msg}", err=True)
             sys.exit(EXIT_BUDGET)

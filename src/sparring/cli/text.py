@@ -210,7 +210,12 @@ def add_commands(cli: Any) -> None:
                                 http=http_settings(http_header, timeout, input_key, output_key, scores))
         except errors.SparringError as exc:
             _fail(exc)
+        budget_msg = (f"the query budget ({query_budget}) ran out: {s['n_unknown']} of {s['n']} messages are "
+                      "unknown (neither robust nor broken; not counted as robust). Raise --query-budget or lower "
+                      "--n.") if s["budget_exhausted"] else ""
         if as_json:
+            if budget_msg:  # the summary is still the answer; the error keys say it failed, as every --json error
+                s.update(error=budget_msg, type="QueryBudgetExceeded", exit_code=EXIT_BUDGET)
             click.echo(json.dumps(s, default=str, ensure_ascii=False))
         else:
             for key in ("attack", "model", "defence", "adaptive", "n", "clean_accuracy", "attack_success_rate",
@@ -227,8 +232,6 @@ def add_commands(cli: Any) -> None:
             for ex in s["examples"]:
                 click.echo(f"\n  {ex['label']} -> {ex['adversarial_label']}\n  original:    {ex['original']}\n"
                            f"  adversarial: {ex['adversarial']}")
-        if s["budget_exhausted"]:
-            click.echo(f"error (QueryBudgetExceeded): the query budget ({query_budget}) ran out: {s['n_unknown']} "
-                       f"of {s['n']} messages are unknown (neither robust nor broken; not counted as robust). "
-                       "Raise --query-budget or lower --n.", err=True)
+        if budget_msg:
+            click.echo(f"error (QueryBudgetExceeded): {budget_msg}", err=True)
             sys.exit(EXIT_BUDGET)
