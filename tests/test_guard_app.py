@@ -233,3 +233,47 @@ def test_noise_queries_raise_a_detector_rate_alert_that_natural_clients_do_not(t
     alerts = svc.store.alerts(kind="detector-rate")
     assert [a["client_id"] for a in alerts] == ["noise"]
     assert alerts[0]["detail"]["examples"] <= 40 and alerts[0]["detail"]["p0"] == 0.05
+
+
+@pytest.mark.parametrize("on_error", ["fail-closed", "fail-open"])
+def test_store_locked_by_another_connection_fails_closed_or_open_never_silently(
+        tmp_path: Path, digits: Dataset, on_error: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Another program holds an exclusive write transaction on the guard's SQLite file (a real lock, not a mock):
+    fail-closed answers 503 + Retry-After and no prediction; fail-open answers the prediction with
+    ``X-Guard-Event: not-recorded``; both count ``guard_events_dropped_total`` and log the loss. After the lock
+    is released the guard records again."""
+    from sparring.guard.config import parse_config
+    from sparring.guard.service import GuardService
+    from sparring.guard.store import SQLiteStore
+
+    db = tmp_path / "guard.db"
+    cfg = parse_config({"model": "digits-cnn", "store": {"url": f"sqlite:///{db}", "on_error": on_error},
+                        "drift": {"enabled": False}, "rate_limit": {"rate": 10_000, "burst": 10_000}},
+                       base_dir=tmp_path)
+    svc = GuardService(cfg, store=SQLiteStore(db, busy_timeout_ms=200))
+    x = digits.x_test[:1].tolist()
+    with running(svc) as (server, client, admin), httpx.Client(headers=bearer(client)) as http:
+        assert http.post(server.predict_url, json={"inputs": x}).status_code == 200  # the keys are now cached
+        before = _count(db)
+        other = sqlite3.connect(db, timeout=0, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute("INSERT INTO detector_state (name, state, updated) VALUES ('lock-holder', '{}', 0)")
+        try:
+            with caplog.at_level("ERROR", logger="sparring.guard.service"):
+                r = http.post(server.predict_url, json={"inputs": x})
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        if on_error == "fail-closed":
+            assert r.status_code == 503 and "scores" not in r.json() and r.headers["Retry-After"] == "1"
+            assert "could not be recorded" in r.json()["error"] and "locked" in r.json()["error"]
+        else:
+            assert r.status_code == 200 and len(r.json()["scores"][0]) == 10
+        assert r.headers["X-Guard-Event"] == "not-recorded"
+        assert any("could not be stored" in rec.getMessage() for rec in caplog.records)
+        assert _count(db) == before  # the lost event is not there: it was counted and logged instead
+        metrics = http.get(server.url + "/metrics", headers=bearer(admin)).text
+        assert "guard_events_dropped_total 1.0" in metrics
+        ok = http.post(server.predict_url, json={"inputs": x})
+        assert ok.status_code == 200 and "X-Guard-Event" not in ok.headers and _count(db) == before + 1
+    svc.store.close()

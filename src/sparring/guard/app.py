@@ -63,6 +63,8 @@ def create_app(service: GuardService) -> Any:
 
     def answer(o: Outcome, started: float, route: str) -> Any:
         service.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        if o.event_id is None:  # the store failed (fail-open: answered anyway; counted and logged): say so
+            o.headers["X-Guard-Event"] = "not-recorded"
         return JSONResponse(o.body, status_code=o.status, headers=o.headers)
 
     async def refuse(status: int, decision: str, message: str, request: Any, started: float, *,
