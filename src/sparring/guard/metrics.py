@@ -35,6 +35,8 @@ class GuardMetrics:
                                registry=r)
         self.prada_clients = Gauge("guard_prada_clients", "Clients tracked by PRADA in memory.", registry=r)
         self.drift_p = Gauge("guard_drift_p_value", "p-value of the last completed drift window.", registry=r)
+        self.webhook_deliveries = Counter("guard_webhook_deliveries", "Alert webhook attempts by result (delivered, "
+                                          "retried, failed).", ["result"], registry=r)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
