@@ -4,7 +4,10 @@ Every request's event (and any alert and detector state it changed) is written i
 committed before the response is sent. SQLite runs in WAL mode with ``synchronous=FULL``: a committed transaction
 survives a process kill and a power cut (SQLite docs, "Write-Ahead Logging" and "PRAGMA synchronous"). PostgreSQL
 (``postgresql://`` URLs, psycopg 3) commits with its default ``synchronous_commit=on``, so several guard replicas
-can share one database.
+can share one database: a replica takes a per-client advisory lock (:meth:`Store.client_lock`) before it reads a
+client's detector state and holds it until that request's transaction is committed, so two replicas never
+read-modify-write the same client's PRADA state at once (no lost update). A broken connection (the server
+restarted) is reopened on the next use.
 
 Tables: ``events`` (one row per request: client, time, SHA-256 of the body's inputs, prediction, detector outputs,
 decision, status), ``alerts`` (PRADA and drift alarms), ``clients`` (API keys: only a salted scrypt hash is kept),
@@ -22,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +87,7 @@ class Store(ABC):
     """The small interface the guard needs; SQL is shared, placeholders and DDL differ per backend."""
 
     placeholder = "?"
+    shared = False  # True where several guard processes may share the database (PostgreSQL)
     _ddl: tuple[str, ...] = ()
     _conn: Any
 
@@ -99,6 +104,18 @@ class Store(ABC):
     @abstractmethod
     def url(self) -> str: ...
 
+    def _alive(self) -> bool:
+        """Whether the connection is usable (PostgreSQL: not closed by a server restart or a network error)."""
+        return True
+
+    @contextmanager
+    def client_lock(self, client_id: str) -> Iterator[None]:
+        """Hold one client's detector state against other processes sharing the store, for a read-modify-write.
+
+        A no-op for SQLite (one guard process per database file); PostgreSQL takes a session advisory lock keyed
+        by the client id. Raises :class:`~sparring.errors.StoreError` when the lock cannot be taken."""
+        yield
+
     def _sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
@@ -106,15 +123,19 @@ class Store(ABC):
     def _tx(self, what: str) -> Iterator[Any]:
         with self._lock:
             try:
+                if not self._alive():  # e.g. the server restarted: reconnect (raises while it is still down)
+                    self._conn = self._connect()
                 cur = self._conn.cursor()
                 try:
                     yield cur
                     self._conn.commit()
                 except BaseException:
-                    self._conn.rollback()
+                    if self._alive():
+                        self._conn.rollback()
                     raise
                 finally:
-                    cur.close()
+                    if self._alive():
+                        cur.close()
             except self._errors() as exc:
                 raise StoreError(f"the guard store ({self.url}) failed to {what}: {type(exc).__name__}: {exc}. "
                                  "Check that the database is reachable, not locked by another program, and has "
@@ -207,10 +228,11 @@ class Store(ABC):
             row = cur.fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    def prada_members(self, client_id: str) -> list[tuple[int, int, bytes]]:
+    def prada_members(self, client_id: str, since: int = 0) -> list[tuple[int, int, bytes]]:
+        """The client's stored PRADA queries with a sequence number above ``since``: ``(seq, class, float32)``."""
         with self._tx("read PRADA state") as cur:
-            cur.execute(self._sql("SELECT seq, label, x FROM prada_members WHERE client_id = ? ORDER BY seq"),
-                        (client_id,))
+            cur.execute(self._sql("SELECT seq, label, x FROM prada_members WHERE client_id = ? AND seq > ? "
+                                  "ORDER BY seq"), (client_id, int(since)))
             rows = cur.fetchall()
         return [(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
@@ -269,7 +291,8 @@ class Store(ABC):
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._alive():
+                self._conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -340,9 +363,18 @@ class SQLiteStore(Store):
 
 
 class PostgresStore(Store):
-    """PostgreSQL through psycopg 3 (the ``guard`` extra): one connection, every write a committed transaction."""
+    """PostgreSQL through psycopg 3 (the ``guard`` extra): one connection, every write a committed transaction, and
+    a small pool of autocommit connections that hold per-client advisory locks (see :meth:`client_lock`).
+
+    Args:
+        url: ``postgresql://user:password@host:port/database``.
+        connect_timeout: seconds to wait for a connection (also when reconnecting after a server restart).
+        lock_timeout: seconds a request waits for a client's lock held by another replica before
+            :class:`~sparring.errors.StoreError` (PostgreSQL's ``lock_timeout``).
+    """
 
     placeholder = "%s"
+    shared = True
     _ddl = (
         "CREATE TABLE IF NOT EXISTS events (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, client_id TEXT, "
         "path TEXT, status INTEGER NOT NULL, decision TEXT NOT NULL, input_sha256 TEXT, n_inputs INTEGER, "
@@ -358,10 +390,13 @@ class PostgresStore(Store):
         "NOT NULL, x BYTEA NOT NULL, PRIMARY KEY (client_id, seq))",
     )
 
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 10.0, lock_timeout: float = 10.0) -> None:
         super().__init__()
         self._url = url
         self._timeout = connect_timeout
+        self._lock_timeout_ms = max(1, int(lock_timeout * 1000))
+        self._pool: list[Any] = []  # idle lock connections
+        self._pool_lock = threading.Lock()
         try:
             import psycopg
         except ImportError as exc:
@@ -394,7 +429,46 @@ class PostgresStore(Store):
         return (self._psycopg.Error,)
 
     def _connect(self) -> Any:
-        return self._psycopg.connect(self._url, connect_timeout=int(self._timeout))
+        return self._psycopg.connect(self._url, connect_timeout=max(1, int(self._timeout)))
+
+    def _alive(self) -> bool:
+        return not self._conn.closed
+
+    @contextmanager
+    def client_lock(self, client_id: str) -> Iterator[None]:
+        """A session advisory lock on ``client_id`` (a 64-bit key from BLAKE2b of the id), held on a connection of
+        its own until the block ends: the block reads the client's state, and its commit happens inside it.
+        Another replica asking for the same client waits (at most ``lock_timeout``); other clients do not."""
+        key = int.from_bytes(blake2b(client_id.encode(), digest_size=8, person=b"sparring-prada").digest(), "big",
+                             signed=True)
+        try:
+            with self._pool_lock:
+                conn = self._pool.pop() if self._pool else None
+            if conn is None or conn.closed:
+                conn = self._psycopg.connect(self._url, connect_timeout=max(1, int(self._timeout)), autocommit=True)
+                conn.execute(f"SET lock_timeout = {self._lock_timeout_ms}")
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except self._psycopg.Error as exc:
+            raise StoreError(f"the guard store ({self.url}) failed to lock client {client_id!r}'s detector state: "
+                             f"{type(exc).__name__}: {exc}. Check that the database is reachable; a lock held "
+                             "longer than lock_timeout means another replica is stuck.") from exc
+        try:
+            yield
+        finally:
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            except self._psycopg.Error:  # the session is gone, and its locks with it
+                conn.close()
+            else:
+                with self._pool_lock:
+                    self._pool.append(conn)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            for conn in self._pool:
+                conn.close()
+            self._pool.clear()
+        super().close()
 
 
 def open_store(url: str) -> Store:

@@ -235,12 +235,7 @@ class PradaDetector:
         rows = members if members is not None else [tuple(m) for m in state.get("members", [])]
         rows = sorted(rows, key=lambda m: int(m[0]))[-self.max_samples :]
         c = _Client()
-        c.queries, c.stored_total = int(state["queries"]), int(state["stored_total"])
-        c.statistic = None if state["statistic"] is None else float(state["statistic"])
-        c.flagged_at = None if state["flagged_at"] is None else int(state["flagged_at"])
-        c.distances = deque(float(d) for d in state["distances"][-self.max_samples :])
-        c.threshold = {int(k): float(v) for k, v in state["threshold"].items()}
-        c.growing_stats = {int(k): (int(v[0]), float(v[1]), float(v[2])) for k, v in state["growing_stats"].items()}
+        self._set_scalars(c, state)
         for seq, label, flat in rows:
             c.growing.setdefault(int(label), deque()).append(torch.tensor(flat, dtype=torch.float32))
             c.order.append((int(label), int(seq)))
@@ -248,6 +243,40 @@ class PradaDetector:
         self._clients.move_to_end(str(client_id))
         while len(self._clients) > self.max_clients:
             self._clients.popitem(last=False)
+
+    def advance_client_state(self, client_id: str, state: dict[str, Any],
+                             new_members: list[tuple[int, int, Any]]) -> bool:
+        """Bring a tracked client forward to a later :meth:`client_state` (``members=False``) written by another
+        detector that shares this client (another guard replica), given the queries that one stored after this
+        detector's latest (``(seq, class, flat query)``, seq above this detector's ``stored_total``): the same
+        state :meth:`load_client_state` would give, without re-reading the members this detector holds.
+
+        False (nothing changed) when the client is not tracked here or ``new_members`` do not continue its
+        stored queries (some were already evicted, or the state is not later): then load it in full."""
+        c = self._clients.get(str(client_id))
+        if c is None or not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            return False
+        total = int(state["stored_total"])
+        rows = sorted(new_members, key=lambda m: int(m[0]))
+        if int(state["queries"]) < c.queries or len(rows) != total - c.stored_total or any(
+                int(m[0]) != c.stored_total + 1 + i for i, m in enumerate(rows)):
+            return False
+        for seq, label, flat in rows:
+            c.growing.setdefault(int(label), deque()).append(torch.from_numpy(np.array(flat, dtype=np.float32)))
+            c.order.append((int(label), int(seq)))
+            if len(c.order) > self.max_samples:
+                c.growing[c.order.popleft()[0]].popleft()
+        self._set_scalars(c, state)
+        self._clients.move_to_end(str(client_id))
+        return True
+
+    def _set_scalars(self, c: _Client, state: dict[str, Any]) -> None:
+        c.queries, c.stored_total = int(state["queries"]), int(state["stored_total"])
+        c.statistic = None if state["statistic"] is None else float(state["statistic"])
+        c.flagged_at = None if state["flagged_at"] is None else int(state["flagged_at"])
+        c.distances = deque(float(d) for d in state["distances"][-self.max_samples :])
+        c.threshold = {int(k): float(v) for k, v in state["threshold"].items()}
+        c.growing_stats = {int(k): (int(v[0]), float(v[1]), float(v[2])) for k, v in state["growing_stats"].items()}
 
     def state_dict(self) -> dict[str, Any]:
         """Every tracked client's state (with its stored queries) as plain JSON data, least recently seen first."""
