@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,8 @@ def input_hash(x: torch.Tensor) -> str:
 
 class GuardService:
     """Everything one guard process holds: the target, detectors, PRADA, drift window, store, keys and metrics."""
+
+    _store_reads = True  # False during one fail-open request while the store is down (memory state only)
 
     def __init__(self, config: GuardConfig, *, target: Target | None = None, store: Store | None = None) -> None:
         self.target = target if target is not None else load_model(config)
@@ -207,11 +210,28 @@ class GuardService:
         """Answer a validated batch for ``who``: model, detectors and policies, PRADA, drift; event stored first."""
         t0 = time.perf_counter()
         sha = input_hash(x)
-        with self._lock:  # model, detectors and detector state in one order ...
-            res = self._predict_locked(who, x, sha, path, t0)
-        if isinstance(res, Outcome):
-            return res
-        return self._commit(res.batch, res.outcome, t0, res.cid)  # ... the commit grouped with others, in that order
+        with ExitStack() as held:
+            with self._lock:  # model, detectors and detector state in one order ...
+                try:
+                    if self.store.shared and (self.prada is not None or self.rate_p0 is not None):
+                        held.enter_context(self.store.client_lock(who.client_id))  # other replicas wait ...
+                    res = self._predict_locked(who, x, sha, path, t0)
+                except StoreError as exc:
+                    if self.config.store.on_error == "fail-closed":
+                        return self.refuse(503, "error", f"the guard store is unavailable, so the request is not "
+                                           f"answered: {exc}", path=path, client_id=who.client_id, body_sha=sha,
+                                           headers={"Retry-After": str(self.config.queue.retry_after)})
+                    logger.warning("the guard store is unavailable (fail-open): answering %r without its stored "
+                                   "detector state: %s", who.client_id, exc)
+                    self._store_reads = False
+                    try:
+                        res = self._predict_locked(who, x, sha, path, t0)
+                    finally:
+                        self._store_reads = True
+            if isinstance(res, Outcome):
+                return res
+            # ... the commit grouped with others, in that order; ... until this client's state is committed
+            return self._commit(res.batch, res.outcome, t0, res.cid)
 
     def _predict_locked(self, who: Principal, x: torch.Tensor, sha: str, path: str, t0: float) -> Outcome | _Pending:
         cid = who.client_id
@@ -313,7 +333,9 @@ class GuardService:
         if self.rate_p0 is None or not self.detectors:
             return
         key = f"rate:{cid}"
-        st = self._rates.get(key) or self.store.get_state(key) or {"examples": 0, "fired": 0, "alerted": False}
+        cached = self._rates.get(key) if not self.store.shared or not self._store_reads else None
+        st = cached or (self.store.get_state(key) if self._store_reads else None) or {"examples": 0, "fired": 0,
+                                                                                     "alerted": False}
         fired = set()
         for name, d in report.items():
             if name != "prada":
@@ -334,18 +356,27 @@ class GuardService:
 
     # ------------------------------------------------------------------ PRADA state, persisted per client
     def _prada_load(self, cid: str) -> dict[str, Any] | None:
-        """The client's PRADA state in memory, read from the store when this process does not hold it."""
+        """The client's PRADA state in memory, read from the store when this process does not hold it, or, with a
+        store shared by several replicas (PostgreSQL; the caller holds the client's lock), when another replica
+        committed a later one: then only the queries it stored since this replica's latest are read."""
         if self.prada is None:
             return None
         st = self.prada.client_state(cid, members=False)
-        if st is None:
-            saved = self.store.get_state(f"prada:{cid}")
-            if saved is not None:
-                rows = [(seq, label, np.frombuffer(blob, dtype=np.float32).tolist())
-                        for seq, label, blob in self.store.prada_members(cid)]
-                self.prada.load_client_state(cid, saved, rows)
-                st = saved
-        return st
+        if (st is not None and not self.store.shared) or not self._store_reads:
+            return st
+        saved = self.store.get_state(f"prada:{cid}")
+        if saved is None:
+            return st
+        if st is not None:
+            if (saved["queries"], saved["stored_total"]) == (st["queries"], st["stored_total"]):
+                return st  # this replica wrote the latest state
+            rows = self.store.prada_members(cid, since=int(st["stored_total"]))
+            if self.prada.advance_client_state(cid, saved, [(q, lab, np.frombuffer(b, dtype=np.float32))
+                                                             for q, lab, b in rows]):
+                return saved
+        members = [(q, lab, np.frombuffer(b, dtype=np.float32).tolist()) for q, lab, b in self.store.prada_members(cid)]
+        self.prada.load_client_state(cid, saved, members)
+        return saved
 
     def _prada_observe(self, cid: str, x: torch.Tensor, labels: torch.Tensor, batch: StoreBatch,
                        report: dict[str, Any], body: dict[str, Any]) -> None:
