@@ -1,10 +1,12 @@
 """Two guard replicas on one real PostgreSQL server share each client's PRADA state: a client's extraction queries
 split across both replicas are detected as one client's, with exactly one alert, no lost update under concurrent
-requests, and every event from both replicas in the store."""
+requests, and every event from both replicas in the store. The server stopped mid-run: fail-closed 503 (or
+fail-open answers, counted as dropped), no acknowledged event lost, and both replicas recover when it is back."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -22,7 +24,7 @@ from sparring.guard.server import GuardServer
 from sparring.guard.service import GuardService
 from sparring.guard.store import open_store
 from tests.guard_helpers import batch_sha, bearer
-from tests.guard_pg import postgres_server
+from tests.guard_pg import postgres_control, postgres_server
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -138,3 +140,85 @@ def test_concurrent_requests_on_both_replicas_lose_no_prada_update(tmp_path: Pat
             assert len(store.prada_members("mallory")) == ref.stored("m")
             alerts = store.alerts(kind="prada")
             assert len(alerts) == (0 if ref.flagged_at("m") is None else 1)
+
+
+def _wait(cond: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_postgres_stopped_mid_run_fails_closed_and_both_replicas_recover(tmp_path: Path, digits: Dataset) -> None:
+    natural = torch.cat([digits.x_train, digits.x_test])  # 1797 distinct digits: one input hash per request
+    answers: list[tuple[int, int, str]] = []  # (request, status, Retry-After)
+    with postgres_control() as pg:
+        with open_store(pg.url) as st:
+            key, _ = create_key(st, "alice")
+        with replicas(pg.url, tmp_path) as servers:
+            done = threading.Event()
+
+            def load() -> None:
+                with httpx.Client(timeout=30) as http:
+                    for i in range(natural.shape[0]):
+                        if done.is_set():
+                            return
+                        r = http.post(servers[i % 2].predict_url, json={"inputs": natural[i : i + 1].tolist()},
+                                      headers=bearer(key))
+                        answers.append((i, r.status_code, r.headers.get("Retry-After", "")))
+                        time.sleep(0.005)
+
+            thread = threading.Thread(target=load)
+            thread.start()
+            try:
+                _wait(lambda: len(answers) >= 40, "40 answers before the fault")
+                pg.stop("immediate")  # like a crash of the database server
+                _wait(lambda: sum(s == 503 for _, s, _ in answers) >= 20, "20 answers while it is down")
+                pg.start()  # WAL recovery
+                restarted = len(answers)
+                _wait(lambda: sum(s == 200 for _, s, _ in answers[restarted:]) >= 40, "40 answers after restart")
+            finally:
+                done.set()
+                thread.join(timeout=60)
+            dropped = sum(srv.service.metrics.value("guard_events_dropped_total") for srv in servers)
+        with open_store(pg.url) as st:
+            events = st.events(limit=10_000)
+            prada = st.get_state("prada:alice")
+    statuses = {s for _, s, _ in answers}
+    assert statuses <= {200, 503}, statuses  # fail-closed: never a 500, never an answer without its event
+    down = [a for a in answers if a[1] == 503]
+    assert all(ra == "1" for _, _, ra in down) and len(down) >= 20
+    stored = {e["input_sha256"]: e for e in events}
+    acked = [i for i, s, _ in answers if s == 200]
+    assert all(batch_sha(natural[i : i + 1].numpy()) in stored for i in acked)  # no acknowledged event lost
+    # every 503 either has its event (the refusal was recorded) or is counted as dropped: none silently lost
+    assert dropped == len(down) - sum(e["status"] == 503 for e in events)
+    assert all(s == 200 for _, s, _ in answers[-20:])  # both replicas serve again (reconnected)
+    # PRADA state and events were committed together: the state counts exactly the stored answered queries
+    assert prada is not None and prada["queries"] == sum(e["n_inputs"] for e in events if e["status"] == 200)
+
+
+def test_fail_open_answers_while_postgres_is_down_and_counts_every_unrecorded_event(tmp_path: Path,
+                                                                                   digits: Dataset) -> None:
+    x = digits.x_test[:30]
+    with postgres_control() as pg:
+        with open_store(pg.url) as st:
+            key, _ = create_key(st, "bob")
+        with replicas(pg.url, tmp_path, n=1, store={"url": pg.url, "on_error": "fail-open"}) as (srv,), \
+                httpx.Client(timeout=30) as http:
+            def status(i: int) -> int:
+                return http.post(srv.predict_url, json={"inputs": x[i : i + 1].tolist()},
+                                 headers=bearer(key)).status_code
+
+            assert [status(i) for i in range(10)] == [200] * 10
+            pg.stop("fast")
+            assert [status(i) for i in range(10, 20)] == [200] * 10  # answered, unrecorded, counted
+            assert srv.service.metrics.value("guard_events_dropped_total") == 10
+            pg.start()
+            assert [status(i) for i in range(20, 30)] == [200] * 10
+            assert srv.service.metrics.value("guard_events_dropped_total") <= 11  # the broken connection, once
+            events = srv.service.store.events(limit=100)
+    shas = {e["input_sha256"] for e in events}
+    assert all(batch_sha(x[i : i + 1].numpy()) in shas for i in range(10))
+    assert not any(batch_sha(x[i : i + 1].numpy()) in shas for i in range(10, 20))
+    assert sum(batch_sha(x[i : i + 1].numpy()) in shas for i in range(20, 30)) >= 9

@@ -441,13 +441,10 @@ class PostgresStore(Store):
         Another replica asking for the same client waits (at most ``lock_timeout``); other clients do not."""
         key = int.from_bytes(blake2b(client_id.encode(), digest_size=8, person=b"sparring-prada").digest(), "big",
                              signed=True)
+        with self._pool_lock:
+            conn = self._pool.pop() if self._pool else None
         try:
-            with self._pool_lock:
-                conn = self._pool.pop() if self._pool else None
-            if conn is None or conn.closed:
-                conn = self._psycopg.connect(self._url, connect_timeout=max(1, int(self._timeout)), autocommit=True)
-                conn.execute(f"SET lock_timeout = {self._lock_timeout_ms}")
-            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            conn = self._locked(conn, key)
         except self._psycopg.Error as exc:
             raise StoreError(f"the guard store ({self.url}) failed to lock client {client_id!r}'s detector state: "
                              f"{type(exc).__name__}: {exc}. Check that the database is reachable; a lock held "
@@ -462,6 +459,24 @@ class PostgresStore(Store):
             else:
                 with self._pool_lock:
                     self._pool.append(conn)
+
+    def _locked(self, conn: Any, key: int) -> Any:
+        """``conn`` (an idle pooled connection, or None) holding the advisory lock ``key``; a pooled connection that
+        broke meanwhile (the server restarted) is replaced by a fresh one."""
+        for fresh in (conn is None or conn.closed, True):
+            try:
+                if fresh:
+                    conn = self._psycopg.connect(self._url, connect_timeout=max(1, int(self._timeout)),
+                                                 autocommit=True)
+                    conn.execute(f"SET lock_timeout = {self._lock_timeout_ms}")
+                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                return conn
+            except self._psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                if fresh:
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         with self._pool_lock:
