@@ -34,7 +34,7 @@ from sparring.audit.findings import Finding, GateResult, evaluate_gates, find
 from sparring.audit.registry import CHECKS, PlanContext, RunContext, Skip, Step, StepResult
 from sparring.audit.threat import ThreatModel
 from sparring.errors import AccessError, CheckpointError, EndpointError, ModelLoadError, ParameterError
-from sparring.executors import Executor, LocalExecutor, Outcome
+from sparring.executors import Executor, LocalExecutor, Outcome, TaskBar, shard_seed
 from sparring.targets.base import Target
 
 __all__ = ["Audit", "Plan", "is_fault", "load_system", "plan_audit", "run_audit"]
@@ -239,6 +239,8 @@ def run_audit(
     data: tuple[Any, Any] | None = None,
     debug: bool = False,
     executor: Executor | None = None,
+    shard_points: int | None = None,
+    on_task: Any = None,
 ) -> Audit:
     """Run (or resume) the audit of ``tm``, checkpointing into ``out_dir/checkpoints``.
 
@@ -256,6 +258,12 @@ def run_audit(
             re-loading the system from ``tm`` (or from the shipped in-memory ``target``/``data``). Every step keeps
             its seed, so the findings and gates are the same whichever executor ran them; checkpoints are written
             here, on the driver, as the results arrive, so ``resume`` works whatever executor ran the first part.
+        shard_points: run every step whose check can be sharded (evasion, certification) as tasks of this many
+            points each, merged on the driver (:mod:`sparring.audit.shards`); the shard size is recorded in the
+            step's params, so the results depend on it but not on the executor or its number of workers.
+        on_task: optional callback ``(finished, total, step, shard)`` as each task's outcome arrives on the driver
+            (``shard``: the shard index, None for a whole step). With ``progress`` and a non-local executor, one bar
+            over the tasks advances here too.
 
     Raises:
         CheckpointError: ``resume`` with checkpoints of a different threat model in ``out_dir``.
@@ -266,7 +274,7 @@ def run_audit(
     target, attacker, x, y = load_system(tm, target, data)
     try:
         return _run_loaded(tm, out_dir, resume, progress, on_step, debug, target, attacker, x, y, started, t0,
-                           executor, target if given else None, data)
+                           executor, target if given else None, data, shard_points, on_task)
     finally:
         if not given:  # an endpoint the audit connected to itself: close its connections
             for t in {id(target): target, id(attacker): attacker}.values():
@@ -278,8 +286,12 @@ def run_audit(
 def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bool, on_step: Any, debug: bool,
                 target: Target, attacker: Target, x: Any, y: Any, started: _dt.datetime, t0: float,
                 executor: Executor | None = None, given_target: Target | None = None,
-                given_data: tuple[Any, Any] | None = None) -> Audit:
+                given_data: tuple[Any, Any] | None = None, shard_points: int | None = None,
+                on_task: Any = None) -> Audit:
+    from sparring.audit.shards import ShardGather, task_list, with_shards
+
     plan = plan_audit(tm, target)
+    plan.steps[:] = with_shards(plan.steps, shard_points)
     ckdir = Path(out_dir) / "checkpoints"
     spec_hash = tm.spec_hash()
     _prepare(ckdir, spec_hash, plan, resume)
@@ -304,8 +316,18 @@ def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bo
                 if on_step is not None:
                     on_step(base + k, len(plan.steps), step, cached, True)
 
-        def arrived(j: int, outcome: Outcome[StepResult]) -> None:
-            k = todo[j]
+        tasks, owner = task_list([(steps[k], _step_seed(tm.seed, steps[k].id)) for k in todo], len(x))
+        gather = ShardGather(tasks, owner)
+        bar = TaskBar(len(tasks), "audit", enabled=progress and not isinstance(ex, LocalExecutor))
+
+        def arrived(j: int, task_outcome: Outcome[StepResult]) -> None:
+            bar.advance()
+            if on_task is not None:
+                on_task(bar.done, len(tasks), tasks[j][0], tasks[j][2][0] if len(tasks[j]) > 2 else None)
+            merged = gather.add(j, task_outcome)  # a sharded step: None until its last shard arrived
+            if merged is None:
+                return
+            k, outcome = todo[merged[0]], merged[1]
             step, path = steps[k], ckdir / f"{base + k:03d}.json"
             result = outcome.value if outcome.value is not None else _error_result(
                 step, outcome.error or RuntimeError("the task returned nothing"), debug)
@@ -318,8 +340,8 @@ def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bo
                 on_step(base + k, len(plan.steps), step, result, False)
 
         try:
-            ex.map(_step_task, [(steps[k], _step_seed(tm.seed, steps[k].id)) for k in todo], shared=shared,
-                   on_result=arrived)
+            with bar:
+                ex.map(_step_task, tasks, shared=shared, on_result=arrived)
         finally:  # interrupted: keep the finished steps, in plan order
             results.extend(done[k] for k in sorted(done))
 
@@ -336,6 +358,7 @@ def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bo
                     stub = Step(f"{c.name}/follow-up", c.name, c.threat, {}, "follow-up of the finished steps")
                     unplanned.append(_error_result(stub, exc, debug))
         if extra:
+            extra = with_shards(extra, shard_points)
             plan.steps.extend(extra)
             run(extra)
     except KeyboardInterrupt:
@@ -464,14 +487,19 @@ def _unpack_target(blob: bytes) -> Target:
     return TorchTarget(model, **settings)
 
 
-def _step_task(shared: _LiveSystem | _ShippedSystem, task: tuple[Step, int]) -> StepResult:
-    """One audit step as an executor task: the step with its seed, on the system the worker has (or loads once)."""
-    step, seed = task
+def _step_task(shared: _LiveSystem | _ShippedSystem, task: tuple[Any, ...]) -> StepResult:
+    """One audit step as an executor task: the step with its seed, on the system the worker has (or loads once);
+    ``(step, seed, (index, start, stop))``: one point shard of it, with the shard's seed."""
+    step, seed = task[0], task[1]
     try:
         live = shared.system()
     except Exception as exc:  # the worker cannot load the system: this step's error result, as in-process
         return _error_result(step, exc, shared.debug)
-    return _run_step(step, RunContext(live.tm, live.target, live.attacker, live.x, live.y, seed,
+    x, y = live.x, live.y
+    if len(task) > 2:
+        i, a, b = task[2]
+        x, y, seed = x[a:b], y[a:b], shard_seed(seed, i)
+    return _run_step(step, RunContext(live.tm, live.target, live.attacker, x, y, seed,
                                       progress=live.progress), live.debug)
 
 
@@ -526,6 +554,8 @@ def _read_checkpoint(path: Path, step: Step, spec_hash: str) -> StepResult | Non
         data = json.loads(path.read_text(encoding="utf-8"))
         if data["spec_hash"] != spec_hash or data["step"]["id"] != step.id:
             return None
+        if data["step"].get("params", {}).get("shard_points") != step.params.get("shard_points"):
+            return None  # run with another shard size: other numbers
         result = StepResult.from_dict(data["result"])
         return result if result.status == "done" else None  # an error (older sparring wrote them): run it again
     except (OSError, json.JSONDecodeError, KeyError, TypeError):

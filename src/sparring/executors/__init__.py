@@ -1,8 +1,9 @@
 """Executors: run independent, seeded tasks locally, on a pool of processes, or on a Ray cluster.
 
-The audit runner (one task per step), LiRA (one task per shadow model) and randomized-smoothing CERTIFY (one task
-per shard of points) hand their work to an :class:`Executor`; results come back in submission order and never
-depend on which executor ran them, because every task carries its own seed. See docs/cluster.md.
+The audit runner (one task per step, or per point shard of a step), LiRA (one task per shadow model) and
+randomized-smoothing CERTIFY (one task per point shard) hand their work to an :class:`Executor`; results come back in
+submission order and never depend on which executor ran them, because every task carries its own seed (a shard's
+from the job's seed and its index: :func:`shard_seed`, :func:`shard_ranges`). See docs/cluster.md.
 
 >>> from sparring.executors import get_executor
 >>> ex = get_executor("local")
@@ -17,10 +18,12 @@ from typing import Literal
 from sparring.errors import ParameterError
 from sparring.executors._base import Executor, LocalExecutor, Outcome, TaskFn
 from sparring.executors._processes import ProcessExecutor
+from sparring.executors._progress import TaskBar
 from sparring.executors._ray import RayExecutor
+from sparring.executors._shards import shard_ranges, shard_seed
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "Outcome", "ProcessExecutor", "RayExecutor", "TaskFn",
-           "get_executor"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "Outcome", "ProcessExecutor", "RayExecutor", "TaskBar",
+           "TaskFn", "get_executor", "shard_ranges", "shard_seed"]
 
 EXECUTORS = ("local", "processes", "ray")
 

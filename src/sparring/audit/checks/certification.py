@@ -5,6 +5,9 @@
   that returns labels.
 
 They run when the threat model's ``certification`` section asks for them or a gate tests ``certified_accuracy``.
+Both can run on point shards (``run_audit(..., shard_points=k)``, :mod:`sparring.audit.shards`): each shard is
+certified on its own (smoothing with the shard's seed) and ``merge`` puts the shards back together. Bound
+propagation is deterministic, so its sharded results equal the unsharded ones.
 """
 
 from __future__ import annotations
@@ -50,6 +53,18 @@ class BoundsCheck:
                      reason=f"verify every L∞ perturbation within {e:g} ({method} of IBP and CROWN bounds)")
                 for e in sorted(eps)]
 
+    def merge(self, step: Step, parts: list[StepResult]) -> StepResult:
+        """The shards' verified points concatenated; the certified accuracy over all of them (as ``verify`` on all
+        points computes it); the methods' win counts added."""
+        from sparring.audit.shards import concat_per_point, merge_notes, sum_cost
+
+        per_point = concat_per_point(parts)
+        first = parts[0].measurements[0]
+        acc = float(np.asarray(per_point["verified"], dtype=bool).mean()) if per_point["verified"] else 0.0
+        return StepResult(step_id=step.id, check=self.name, threat="certification", params=dict(step.params),
+                          measurements=[Measurement("certified_accuracy", acc, dict(first.params))],
+                          per_point=per_point, cost=sum_cost(parts), notes=merge_notes(parts))
+
     def run(self, step: Step, ctx: RunContext) -> StepResult:
         from sparring.defenses.certify.verify import verify
 
@@ -87,6 +102,17 @@ class SmoothingCheck:
         return [Step(id=f"certify/smoothing/l2/sigma={c.sigma:g}", check=self.name, threat="certification",
                      params={"norm": "l2", "sigma": c.sigma, "n0": c.n0, "n": c.n, "alpha": c.alpha, "radii": radii},
                      reason=f"randomized smoothing certificate (sigma {c.sigma:g}, {c.n} samples, alpha {c.alpha:g})")]
+
+    def merge(self, step: Step, parts: list[StepResult]) -> StepResult:
+        """The shards' radii and correctness concatenated; every measurement (a fraction of points: certified at a
+        radius, smoothed accuracy, abstentions) over all points, from the shards' exact counts."""
+        from sparring.audit.shards import concat_per_point, count_fraction, sum_cost
+
+        sizes = [len(p.per_point["radius"]) for p in parts]
+        meas = [Measurement(m.metric, count_fraction([p.measurements[i].value for p in parts], sizes),
+                            dict(m.params)) for i, m in enumerate(parts[0].measurements)]
+        return StepResult(step_id=step.id, check=self.name, threat="certification", params=dict(step.params),
+                          measurements=meas, per_point=concat_per_point(parts), cost=sum_cost(parts))
 
     def run(self, step: Step, ctx: RunContext) -> StepResult:
         from sparring.defenses.certify.smoothing import SmoothedClassifier

@@ -4,7 +4,8 @@
 * scores (black-box or grey-box API): Square (Andriushchenko et al. 2020) within the query budget;
 * labels only: HopSkipJump (Chen et al. 2020) within the query budget.
 
-Each (attack, norm, eps) is one step, checkpointed on its own.
+Each (attack, norm, eps) is one step, checkpointed on its own; with point shards (``run_audit(...,
+shard_points=k)``, :mod:`sparring.audit.shards`) a step runs as several tasks merged by :func:`merge_evasion`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from sparring.attacks.result import EvasionResult
 from sparring.audit.registry import Measurement, PlanContext, RunContext, Skip, Step, StepResult, register_check
 from sparring.targets.spec import Access
 
-__all__ = ["WHITE_BOX", "EvasionGradient", "EvasionLabels", "EvasionScores", "evasion_result", "run_attack"]
+__all__ = ["WHITE_BOX", "EvasionGradient", "EvasionLabels", "EvasionScores", "evasion_result", "merge_evasion",
+           "run_attack"]
 
 AttackFactory = Callable[[str, float, int], EvasionAttack]
 
@@ -73,17 +75,10 @@ def evasion_result(step: Step, result: EvasionResult, x: torch.Tensor, n_example
     robust = (adv_pred == y) & ~unknown
     broken = (clean & ~robust).nonzero().squeeze(1)[:n_examples]
     x_adv = torch.as_tensor(result.x_adv).cpu()
-    p = step.params
-    common = {"norm": p["norm"], "eps": p["eps"], "attack": p["attack"]}
     rounded = {k: round(float(v), 6) for k, v in result.cost.to_dict().items()}
     return StepResult(
         step_id=step.id, check=step.check, threat=step.threat, params=dict(step.params),
-        measurements=[
-            Measurement("robust_accuracy", float(robust.float().mean()), common),
-            Measurement("clean_accuracy", float(clean.float().mean()), common),
-            Measurement("attack_success_rate", result.attack_success_rate, common),
-            Measurement("unknown_rate", float(unknown.float().mean()) if len(unknown) else 0.0, common),
-        ],
+        measurements=_measurements(step, robust, clean, unknown, result.attack_success_rate),
         per_point={"robust": robust.tolist(), "unknown": unknown.tolist(), "clean_correct": clean.tolist(),
                    "adv_pred": adv_pred.tolist(),
                    "norm": [round(v, 6) for v in torch.as_tensor(result.norms).cpu().tolist()]},
@@ -92,6 +87,43 @@ def evasion_result(step: Step, result: EvasionResult, x: torch.Tensor, n_example
         cost=rounded,
         notes=[f"{k}: {v}" for k, v in sorted(result.extras.items())],
     )
+
+
+def _measurements(step: Step, robust: torch.Tensor, clean: torch.Tensor, unknown: torch.Tensor,
+                  success_rate: float) -> list[Measurement]:
+    p = step.params
+    common = {"norm": p["norm"], "eps": p["eps"], "attack": p["attack"]}
+    return [
+        Measurement("robust_accuracy", float(robust.float().mean()), common),
+        Measurement("clean_accuracy", float(clean.float().mean()), common),
+        Measurement("attack_success_rate", success_rate, common),
+        Measurement("unknown_rate", float(unknown.float().mean()) if len(unknown) else 0.0, common),
+    ]
+
+
+def merge_evasion(step: Step, parts: list[StepResult], n_examples: int = 6) -> StepResult:
+    """One evasion step's result from its point shards (:mod:`sparring.audit.shards`), in shard order: per-point
+    evidence concatenated, the measurements computed over all points exactly as :func:`evasion_result` does
+    (the attack success rate from each shard's count of broken clean-correct points), costs added, the first
+    ``n_examples`` broken points as examples (indices into the whole audit set)."""
+    from sparring.audit.shards import concat_per_point, count_fraction, merge_notes, sum_cost
+
+    per_point = concat_per_point(parts)
+    robust, clean = torch.tensor(per_point["robust"], dtype=torch.bool), torch.tensor(per_point["clean_correct"],
+                                                                                     dtype=torch.bool)
+    unknown = torch.tensor(per_point["unknown"], dtype=torch.bool)
+    n_clean = [sum(map(bool, p.per_point["clean_correct"])) for p in parts]
+    asr = count_fraction([p.value("attack_success_rate") or 0.0 for p in parts], n_clean)
+    examples: dict[str, list[Any]] = {key: [] for key in parts[0].examples}
+    offset = 0
+    for p in parts:
+        for key, values in p.examples.items():
+            examples[key] += [offset + int(v) for v in values] if key == "index" else list(values)
+        offset += len(p.per_point["robust"])
+    examples = {key: v[:n_examples] for key, v in examples.items()}
+    return StepResult(step_id=step.id, check=step.check, threat=step.threat, params=dict(step.params),
+                      measurements=_measurements(step, robust, clean, unknown, asr), per_point=per_point,
+                      examples=examples, cost=sum_cost(parts), notes=merge_notes(parts))
 
 
 def run_attack(step: Step, ctx: RunContext, attack: EvasionAttack, target: Any, *, n: int | None = None) -> StepResult:
@@ -132,6 +164,9 @@ class EvasionGradient:
                 ))
         return steps
 
+    def merge(self, step: Step, parts: list[StepResult]) -> StepResult:
+        return merge_evasion(step, parts)
+
     def run(self, step: Step, ctx: RunContext) -> StepResult:
         p = step.params
         factory = dict(WHITE_BOX[ctx.threat_model.effort])[p["attack"]]()
@@ -161,6 +196,9 @@ class EvasionScores:
                             f"{q} queries per example")
                 for norm, eps in tm.budgets()]
 
+    def merge(self, step: Step, parts: list[StepResult]) -> StepResult:
+        return merge_evasion(step, parts)
+
     def run(self, step: Step, ctx: RunContext) -> StepResult:
         from sparring.attacks.evasion.square import Square
 
@@ -189,6 +227,9 @@ class EvasionLabels:
                      params={"attack": "hopskipjump", "norm": norm, "eps": eps, "max_queries": q, "max_iter": iters},
                      reason=f"labels-only API: HopSkipJump with {q} queries per example instead of gradient attacks")
                 for norm, eps in tm.budgets()]
+
+    def merge(self, step: Step, parts: list[StepResult]) -> StepResult:
+        return merge_evasion(step, parts)
 
     def run(self, step: Step, ctx: RunContext) -> StepResult:
         from sparring.attacks.evasion.hopskipjump import HopSkipJump
