@@ -169,7 +169,7 @@ def test_audit_history_shows_both_runs_and_the_regression_of_a_weaker_model(tmp_
 
     def audit(out: str, *extra: str) -> int:
         code, _, err = _run("audit", str(tmp_path / "tm.yaml"), "--out", str(tmp_path / out), "--no-progress",
-                            "--format", "json", "--history", db, *extra)
+                            "--format", "json,html", "--history", db, *extra)
         assert "recorded as run" in err, err
         return code
 
@@ -183,6 +183,11 @@ def test_audit_history_shows_both_runs_and_the_regression_of_a_weaker_model(tmp_
     assert not (tmp_path / "first" / "history.png").exists()  # one run: no trend yet
     assert audit("second", "--baseline", str(tmp_path / "first")) == EXIT_GATE
     assert (tmp_path / "second" / "history.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Over time" not in (tmp_path / "first" / "report.html").read_text(encoding="utf-8")
+    page = (tmp_path / "second" / "report.html").read_text(encoding="utf-8")
+    trend = page[page.index('<h2 id="history">'):page.index('<h2 id="findings">')]
+    assert 'alt="gate values over the recorded runs" src="data:image/png;base64,' in trend  # the plot, inline
+    assert "previous run #1" in trend and "this run #2" in trend
 
     code, out, err = _run("history", "--history", db, "--json", "--plot", str(tmp_path / "trend.svg"))
     assert code == EXIT_OK, err
@@ -194,6 +199,11 @@ def test_audit_history_shows_both_runs_and_the_regression_of_a_weaker_model(tmp_
     assert drop["status"] == "fail" and drop["change"] is not None and drop["change"] < -0.02
     before = {b["gate"]: b["delta"] for b in second["baseline"]["gates"]}
     assert drop["baseline_delta"] == pytest.approx(before[drop["gate"]])
+    first = json.loads((tmp_path / "first" / "report.json").read_text(encoding="utf-8"))
+    for g0, g1 in zip(first["gates"], second["gates"], strict=True):  # each gate: run 1's value beside run 2's
+        if g0["value"] is not None and g1["value"] is not None:
+            assert f"{g0['value']:.4f}" in trend and f"{g1['value']:.4f}" in trend
+            assert f"{g1['value'] - g0['value']:+.4f}" in trend
     assert (tmp_path / "trend.svg").read_text(encoding="utf-8").startswith("<?xml")
     code, out, _ = _run("history", "--history", db)
     assert code == EXIT_OK and "fail" in out and "vs baseline" in out and "audit history" in out

@@ -36,7 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sparring.errors import ParameterError, StoreError
 
-__all__ = ["HistoryStore", "PostgresHistory", "Run", "SQLiteHistory", "open_history", "plot_trend", "run_summary"]
+__all__ = ["HistoryStore", "PostgresHistory", "Run", "SQLiteHistory", "open_history", "plot_trend", "run_summary",
+           "trend_figure", "trend_table"]
 
 TABLE = "sparring_audit_runs"
 _COLUMNS = ("id", "recorded_at", "name", "model", "verdict", "status", "spec_hash", "summary")
@@ -328,11 +329,23 @@ def plot_trend(runs: Sequence[Run], path: str | Path, *, metrics: Sequence[str] 
     Raises:
         ParameterError: no runs, no gate value to draw, or a suffix other than .png / .svg.
     """
-    from matplotlib.figure import Figure
-
     p = Path(path)
     if p.suffix.lower() not in (".png", ".svg"):
         raise ParameterError(f"the trend plot is a .png or .svg file; got {str(p)!r}.")
+    fig = trend_figure(runs, metrics=metrics)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, format=p.suffix.lower()[1:], dpi=120)
+    return p
+
+
+def trend_figure(runs: Sequence[Run], *, metrics: Sequence[str] | None = None) -> Any:
+    """The matplotlib Figure of :func:`plot_trend` (no pyplot state), e.g. to embed in the HTML report.
+
+    Raises:
+        ParameterError: no gate value to draw.
+    """
+    from matplotlib.figure import Figure
+
     series: dict[str, tuple[list[int], list[float], list[float | None]]] = {}
     models = {r.model for r in runs}
     for i, run in enumerate(runs):
@@ -361,6 +374,22 @@ def plot_trend(runs: Sequence[Run], path: str | Path, *, metrics: Sequence[str] 
     ax.set_title("sparring audit history")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, format=p.suffix.lower()[1:], dpi=120)
-    return p
+    return fig
+
+
+def trend_table(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Per gate of the last run in ``runs`` (one model's runs, oldest first): its value and status beside the
+    previous run's, and the change (``None`` where either is unmeasured or the gate is new); the HTML report shows
+    it under the trend plot."""
+    if not runs:
+        return []
+    last, prev = runs[-1], (runs[-2] if len(runs) > 1 else None)
+    before = {g["gate"]: g for g in prev.gates} if prev is not None else {}
+    out = []
+    for g in last.gates:
+        b = before.get(g["gate"], {})
+        now, was = g.get("value"), b.get("value")
+        out.append({"gate": g["gate"], "previous": was, "previous_status": b.get("status"), "now": now,
+                    "status": g.get("status"), "change": None if now is None or was is None else
+                    float(now) - float(was)})
+    return out

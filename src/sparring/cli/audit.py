@@ -102,19 +102,19 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
                           debug=debug, executor=ex)
         if base is not None:
             apply_baseline(audit, base)
-        paths = write_reports(audit, out_dir, fmts)
-        run_id = None
-        if store is not None:
+        run_id, runs = None, None
+        if store is not None:  # recorded first, so that report.html can show the trend up to this run
             from sparring.audit.report.machine import report_dict
 
             with store:
                 if audit.status == "complete":  # a partial run would read as a drop in the trend
                     run_id = store.record(report_dict(audit))
                     runs = store.runs(model=audit.threat_model.system.model)
-            if run_id is not None and len(runs) >= 2:  # the trend of this model's gates, beside the reports
-                from sparring.audit.history import plot_trend
+        paths = write_reports(audit, out_dir, fmts, history=runs)
+        if runs is not None and len(runs) >= 2:  # the trend of this model's gates, beside the reports
+            from sparring.audit.history import plot_trend
 
-                paths["trend"] = plot_trend(runs, Path(out_dir) / "history.png")
+            paths["trend"] = plot_trend(runs, Path(out_dir) / "history.png")
     except KeyboardInterrupt:
         sys.stderr.write("interrupted before any step finished; nothing to report.\n")
         return EXIT_INTERRUPTED

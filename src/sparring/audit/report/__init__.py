@@ -6,20 +6,28 @@ for CI (one test case per gate).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparring.audit.report.html import render_html
 from sparring.audit.report.machine import REPORT_SCHEMA_VERSION, render_junit, render_markdown, report_dict
 from sparring.audit.runner import Audit
+
+if TYPE_CHECKING:
+    from sparring.audit.history import Run
 
 __all__ = ["REPORT_SCHEMA_VERSION", "render_html", "render_junit", "render_markdown", "report_dict", "write_reports"]
 
 FILES = {"html": "report.html", "json": "report.json", "markdown": "summary.md", "junit": "junit.xml"}
 
 
-def write_reports(audit: Audit, out_dir: str | Path, formats: tuple[str, ...] = tuple(FILES)) -> dict[str, Path]:
-    """Write the requested report formats into ``out_dir``; return their paths by format."""
+def write_reports(audit: Audit, out_dir: str | Path, formats: tuple[str, ...] = tuple(FILES), *,
+                  history: Sequence[Run] | None = None) -> dict[str, Path]:
+    """Write the requested report formats into ``out_dir``; return their paths by format.
+
+    ``history``: this model's recorded runs, oldest first, this audit's the last (:meth:`HistoryStore.runs`); from
+    two runs on the HTML report shows their trend and the previous run's gate values beside this run's."""
     import json
 
     out = Path(out_dir)
@@ -29,7 +37,7 @@ def write_reports(audit: Audit, out_dir: str | Path, formats: tuple[str, ...] = 
         "json": lambda: json.dumps(data, indent=2, sort_keys=False),
         "markdown": lambda: render_markdown(data),
         "junit": lambda: render_junit(data),
-        "html": lambda: _html_or_plain(audit, data),
+        "html": lambda: _html_or_plain(audit, data, history),
     }
     paths = {}
     for fmt in formats:
@@ -41,11 +49,11 @@ def write_reports(audit: Audit, out_dir: str | Path, formats: tuple[str, ...] = 
     return paths
 
 
-def _html_or_plain(audit: Audit, data: dict[str, Any]) -> str:
+def _html_or_plain(audit: Audit, data: dict[str, Any], history: Sequence[Run] | None = None) -> str:
     """The HTML report; if drawing it fails (a plot or section on unexpected results), a plain page with the verdict,
     the gates, the findings and the error, so that a report is always written."""
     try:
-        return render_html(audit, data)
+        return render_html(audit, data, history=history)
     except Exception as exc:  # the audit's results are sound; only the drawing failed
         import html
 

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from sparring.audit.findings import clean_accuracy, robust_curves
 from sparring.audit.registry import CHECKS, ReportSection, StepResult
 from sparring.audit.report import plots
 from sparring.audit.runner import Audit
 
+if TYPE_CHECKING:
+    from sparring.audit.history import Run
+
 __all__ = ["render_html"]
 
 MAX_EXAMPLES = 6
 
 
-def render_html(audit: Audit, data: dict[str, Any]) -> str:
-    """Render the report page from the audit (for its evidence) and its JSON report dict."""
+def render_html(audit: Audit, data: dict[str, Any], *, history: Sequence[Run] | None = None) -> str:
+    """Render the report page from the audit (for its evidence) and its JSON report dict; ``history`` (this model's
+    recorded runs, this one last) adds the trend over them when there are two or more."""
     import jinja2
     import yaml
 
@@ -36,8 +41,26 @@ def render_html(audit: Audit, data: dict[str, Any]) -> str:
         "sections": _family_sections(audit),
         "threat_yaml": yaml.safe_dump(audit.threat_model.to_dict(), sort_keys=False),
         "target_json": json.dumps(audit.target, indent=2),
+        "trend": _trend(history),
     }
     return env.get_template("report.html.j2").render(**ctx)
+
+
+def _trend(history: Sequence[Run] | None) -> dict[str, Any] | None:
+    """The audit history's trend plot (inline PNG) and the last two runs' gates side by side, from two runs on."""
+    if history is None or len(history) < 2:
+        return None
+    from sparring.audit.history import trend_figure, trend_table
+    from sparring.errors import ParameterError
+
+    try:
+        png = plots.png(trend_figure(history))
+    except ParameterError:  # no run has a measured gate: the table still says so
+        png = None
+    prev, last = history[-2], history[-1]
+    return {"png": png, "rows": trend_table(history), "n": len(history),
+            "previous": {"id": prev.id, "at": prev.recorded_at, "verdict": prev.verdict},
+            "now": {"id": last.id, "at": last.recorded_at, "verdict": last.verdict}}
 
 
 def _family_sections(audit: Audit) -> list[ReportSection]:
