@@ -9,6 +9,8 @@ Routes (every one needs an API key: ``Authorization: Bearer <key>`` or ``X-API-K
     store unavailable (``Retry-After``).
 ``GET /health`` → ``{"status": "ok", "spec": ..., "output": ..., "score_kind": ...}`` as :mod:`sparring.serving`.
 ``GET /metrics`` (admin) Prometheus text format.
+``GET /admin/dashboard`` (admin; a browser may send the key once as ``?key=`` for a session cookie) the HTML
+    dashboard of :mod:`sparring.guard.dashboard`.
 ``GET /admin/events``, ``GET /admin/alerts`` (``?client=&decision=&kind=&limit=``), ``GET /admin/config``,
     ``GET /admin/keys``, ``POST /admin/keys {"client_id": ..., "role": "client"|"admin"}`` (the key, once),
     ``DELETE /admin/keys/{key_id}`` (admin).
@@ -22,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import math
 import time
 from typing import Any
 
@@ -33,11 +37,49 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sparring.errors import ParameterError, SparringError, StoreError
 from sparring.guard.auth import Principal, check_client_id, create_key
+from sparring.guard.dashboard import add_dashboard
 from sparring.guard.service import GuardService, Outcome
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "json_body_bytes"]
+
+logger = logging.getLogger(__name__)
 
 _NUMERIC_KINDS = "iuf"
+_NUMBER_BYTES = 25  # "-1.2345678901234567e-05, ": a float32 written as Python/JS write a double, with its separator
+_TEXT_CHAR_BYTES = 6  # "\\uXXXX": a BMP character written as an escape (ensure_ascii)
+_DEFAULT_BODY = 4 * 1024 * 1024
+_MAX_DEFAULT_BODY = 64 * 1024 * 1024
+
+
+def json_body_bytes(max_batch: int, shape: tuple[int, ...] | None = None, *, max_chars: int | None = None) -> int:
+    """The largest request a full batch takes in JSON: ``max_batch`` examples of ``shape`` at up to 25 bytes a
+    number plus 4 per nested list, or ``max_batch`` messages of ``max_chars`` characters at up to 6 bytes each."""
+    if shape is None:
+        per = (max_chars or 0) * _TEXT_CHAR_BYTES + 4
+    else:
+        lists = sum(math.prod(shape[:k]) for k in range(len(shape)))
+        per = math.prod(shape) * _NUMBER_BYTES + lists * 4 + 4
+    return max_batch * per + 64
+
+
+def _body_limit(service: GuardService, text: bool) -> int:
+    """``limits.max_body`` or, unset, what a full batch needs (at least 4 MiB, at most 64 MiB); logs at start-up
+    when the limit cannot admit a full ``max_batch``, naming the limits to change."""
+    lim = service.config.limits
+    if text:
+        need = json_body_bytes(lim.max_batch, max_chars=lim.max_text_chars)
+        what = f"{lim.max_batch} messages of limits.max_text_chars={lim.max_text_chars} characters"
+    else:
+        shape = tuple(service.spec.shape)
+        need = json_body_bytes(lim.max_batch, shape)
+        what = f"{lim.max_batch} examples of shape {list(shape)}"
+    limit = lim.max_body if lim.max_body is not None else max(_DEFAULT_BODY, min(need, _MAX_DEFAULT_BODY))
+    if limit < need:
+        fits = max(1, lim.max_batch * limit // need)
+        logger.warning("limits.max_body is %d bytes but a full batch (limits.max_batch=%s) takes up to %d bytes in "
+                       "JSON; raise limits.max_body to %d or lower limits.max_batch to %d, else such batches get 413.",
+                       limit, what, need, need, fits)
+    return limit
 
 
 class _BodyTooLarge(Exception):
@@ -60,6 +102,7 @@ def create_app(service: GuardService) -> Any:
     from sparring.guard.text import TextGuardService, validate_request_texts
 
     text_service = service if isinstance(service, TextGuardService) else None
+    body_limit = _body_limit(service, text_service is not None)
 
     def answer(o: Outcome, started: float, route: str) -> Any:
         service.metrics.latency.labels(route).observe(time.perf_counter() - started)
@@ -95,6 +138,12 @@ def create_app(service: GuardService) -> Any:
                                       "has a client key.", request, started, who=who)
         return who, None
 
+    def keep_rejected(o: Outcome, who: Principal, inputs: Any) -> None:
+        """The fired examples of a committed detector rejection, for the dashboard (written off this thread)."""
+        g = o.body.get("guard") if o.status == 403 else None
+        if isinstance(g, dict) and "rejected_by" in g and o.event_id is not None:
+            samples.submit(o.event_id, who.client_id, str(g["rejected_by"]), inputs, list(g["examples"]))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
         started = time.perf_counter()
@@ -126,6 +175,7 @@ def create_app(service: GuardService) -> Any:
             if isinstance(got, _Texts) and text_service is not None:
                 texts = list(got)
                 o = await to_thread.run_sync(lambda: text_service.predict_texts(who, texts, path=request.url.path))
+                keep_rejected(o, who, texts)
                 return answer(o, started, "/predict")
             if not isinstance(got, np.ndarray):
                 return got
@@ -134,12 +184,13 @@ def create_app(service: GuardService) -> Any:
             except SparringError as exc:
                 return await refuse(400, "invalid", str(exc), request, started, who=who, body_sha=_sha(got))
             o = await to_thread.run_sync(lambda: service.predict(who, x, path=request.url.path))
+            keep_rejected(o, who, x)
             return answer(o, started, "/predict")
         finally:
             service.leave_queue()
 
     async def _read_json(request: Any, started: float, who: Principal) -> Any:
-        limit = cfg.limits.max_body
+        limit = body_limit
         length = request.headers.get("content-length")
         if length is not None:
             if not length.isdigit():
@@ -308,6 +359,7 @@ def create_app(service: GuardService) -> Any:
         await to_thread.run_sync(lambda: service.record(_admin_event(who, request.url.path, 200, key_id)))
         return JSONResponse({"revoked": key_id})
 
+    samples = add_dashboard(app, service, authorise, refuse)  # GET /admin/dashboard
     return app
 
 

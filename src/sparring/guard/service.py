@@ -29,6 +29,7 @@ from sparring.guard.config import GuardConfig
 from sparring.guard.drift import ConfidenceKS
 from sparring.guard.metrics import GuardMetrics
 from sparring.guard.store import Alert, Event, Store, StoreBatch, open_store
+from sparring.guard.webhooks import WebhookDispatcher
 from sparring.targets.base import Target
 
 __all__ = ["GuardService", "Outcome", "open_service"]
@@ -130,6 +131,7 @@ class GuardService:
         self.store = store if store is not None else open_store(config.store.url)
         self.metrics = GuardMetrics()
         self.committer = GroupCommitter(self.store)
+        self.webhooks = WebhookDispatcher(config.webhooks, self.store, self.metrics) if config.webhooks else None
         self.keys = KeyVerifier(self.store, cache_seconds=config.auth.cache_seconds)
         self.rate = TokenBucket(config.rate_limit.rate, config.rate_limit.burst)
         self._lock = threading.Lock()
@@ -295,6 +297,8 @@ class GuardService:
                            {"Retry-After": str(self.config.queue.retry_after)})
         for a in batch.alerts:
             self.metrics.alerts.labels(a.kind).inc()
+        if self.webhooks is not None and batch.alerts and outcome.event_id is not None:
+            self.webhooks.submit(outcome.event_id, batch.alerts)  # committed: delivered by another thread
         self._requests_since_purge += 1
         if self._requests_since_purge >= 10_000:
             self._requests_since_purge = 0
