@@ -182,7 +182,7 @@ def build_cli() -> Any:
     @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
     def attack(attack: str, model: str, url: str | None, output: str, http_header: tuple[str, ...],
                timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None,
-               spec_path: str | None, entry_point: str | None, trust_pickle: bool,
+               retries: int | None, spec_path: str | None, entry_point: str | None, trust_pickle: bool,
                data: str | None, split: str, n: int, eps: float | None, norm: str, steps: int | None,
                alpha: float | None, restarts: int | None, loss: str | None, n_target_classes: int | None,
                aa_version: str | None, square_queries: int | None, confidence: float | None,
@@ -219,7 +219,7 @@ def build_cli() -> Any:
             from sparring.cli.options import http_settings, require_url
             from sparring.targets.spec import Access
 
-            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            http = http_settings(http_header, timeout, input_key, output_key, scores, retries)
             require_url(http, url)
             target = _load_target(model, spec_path, entry_point, trust_pickle, device, url=url, output=output,
                                   http=http, white_box=getattr(cls, "needs", None) == Access.GRADIENTS,
@@ -312,7 +312,8 @@ def build_cli() -> Any:
                 data: str | None, split: str, n: int, sigma: float, n0: int, n_samples: int, alpha: float, radii: str,
                 eps: str, bound: str, seed: int, batch_size: int, device: str, url: str | None, output: str,
                 http_header: tuple[str, ...], timeout: float | None, input_key: str | None, output_key: str | None,
-                scores: str | None, as_json: bool, no_progress: bool) -> None:
+                scores: str | None, as_json: bool, no_progress: bool,
+                retries: int | None = None) -> None:
         """Certified accuracy: randomized smoothing (L2 radii, any model) or bound propagation (L∞, torch models).
 
         \b
@@ -327,7 +328,7 @@ def build_cli() -> Any:
 
         api = None
         try:
-            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            http = http_settings(http_header, timeout, input_key, output_key, scores, retries)
             require_url(http, url)
             if url and method == "bounds":
                 raise errors.ParameterError("bound propagation needs the model's graph, which an API does not give: "
@@ -423,7 +424,8 @@ def build_cli() -> Any:
     def init(model: str, data: str | None, spec: str | None, entry_point: str | None, n: int, output: str,
              force: bool, trust_pickle: bool, trusted_types: tuple[str, ...], classes: str | None,
              text_col: str | None, label_col: str | None, exposure: str | None, http_header: tuple[str, ...],
-             timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None) -> None:
+             timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None,
+             retries: int | None = None) -> None:
         """Write an annotated threat-model template for MODEL, pre-filled from the model and its data.
 
         On tabular data (flat features with different ranges) the budgets are fractions of each feature's range
@@ -444,7 +446,7 @@ def build_cli() -> Any:
         if output != "-" and Path(output).exists() and not force:
             raise click.UsageError(f"{output} exists; pass --force to overwrite it or choose another --output.")
         try:
-            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            http = http_settings(http_header, timeout, input_key, output_key, scores, retries)
             if not model.startswith(("http://", "https://")):
                 require_url(http, None, "a URL --model")
                 if exposure is not None:

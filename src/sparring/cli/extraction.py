@@ -65,7 +65,7 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
     def steal(method: str, model: str, url: str | None, output: str, http_header: tuple[str, ...],
               timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None,
-              spec_path: str | None, entry_point: str | None, trust_pickle: bool, pool: str | None,
+              retries: int | None, spec_path: str | None, entry_point: str | None, trust_pickle: bool, pool: str | None,
               eval_data: str | None, n_eval: int, budget: int | None,
               strategy: str, labels: str, rounds: int, epochs: int, seed: int, save: str | None, as_json: bool) -> None:
         """Steal a model through its prediction API and report fidelity against the queries spent.
@@ -79,7 +79,7 @@ def add_commands(cli: click.Group) -> None:
         from sparring.errors import SparringError
 
         try:
-            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            http = http_settings(http_header, timeout, input_key, output_key, scores, retries)
             require_url(http, url)
             target = _load_target(model, spec_path, entry_point, trust_pickle, "cpu", url=url, output=output,
                                   http=http)

@@ -3,8 +3,8 @@
 HTTP options, for every command with ``--url`` (or a URL model):
 
 ``--http-header 'Name: value'`` (repeatable; ``$VAR`` / ``${VAR}`` read from the environment and never printed),
-``--timeout``, ``--input-key``, ``--output-key`` and ``--scores probabilities|logits``. :func:`http_settings` turns
-them into target keywords (only those given).
+``--timeout``, ``--retries``, ``--input-key``, ``--output-key`` and ``--scores probabilities|logits``.
+:func:`http_settings` turns them into target keywords (only those given).
 
 Errors under ``--json``: :func:`json_requested` tells whether the running command (or a group above it) was given
 ``--json``; then :func:`error_json` is what ``sparring.cli._fail`` and :class:`JsonErrorGroup` print on stdout,
@@ -28,7 +28,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def http_options(what: str = "the --url API", batch: str = "inputs", answer: str = "scores, or labels") -> Callable[
         [_F], _F]:
-    """Add the five HTTP options to a click command; ``what`` names the endpoint in the help texts."""
+    """Add the six HTTP options to a click command; ``what`` names the endpoint in the help texts."""
 
     def deco(fn: _F) -> _F:
         for opt in reversed([
@@ -37,6 +37,10 @@ def http_options(what: str = "the --url API", batch: str = "inputs", answer: str
                          "output)."),
             click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
                          help=f"Seconds per HTTP request to {what} (10)."),
+            click.option("--retries", type=click.IntRange(min=0),
+                         help=f"Extra attempts after a failed request to {what} (default 3; 0 for none): connection "
+                         "errors, timeouts, HTTP 429 and 5xx are retried, each wait twice the last (exponential "
+                         "backoff); other 4xx are not."),
             click.option("--input-key", help=f"Request key holding the batch (default {batch})."),
             click.option("--output-key", help=f"Answer key holding the predictions (default {answer})."),
             click.option("--scores", type=click.Choice(["probabilities", "logits"]),
@@ -49,9 +53,9 @@ def http_options(what: str = "the --url API", batch: str = "inputs", answer: str
 
 
 def http_settings(http_header: tuple[str, ...], timeout: float | None, input_key: str | None,
-                  output_key: str | None, scores: str | None) -> dict[str, Any]:
-    """The options of :func:`http_options` as target keywords (``headers``, ``timeout``, ``input_key``,
-    ``output_key``, ``output``), only those given."""
+                  output_key: str | None, scores: str | None, retries: int | None = None) -> dict[str, Any]:
+    """The options of :func:`http_options` as target keywords (``headers``, ``timeout``, ``retries``,
+    ``input_key``, ``output_key``, ``output``), only those given."""
     from sparring.errors import ParameterError
 
     out: dict[str, Any] = {}
@@ -64,7 +68,8 @@ def http_settings(http_header: tuple[str, ...], timeout: float | None, input_key
         headers[name.strip()] = value.strip()
     if headers:
         out["headers"] = headers
-    for key, v in (("timeout", timeout), ("input_key", input_key), ("output_key", output_key), ("output", scores)):
+    for key, v in (("timeout", timeout), ("retries", retries), ("input_key", input_key), ("output_key", output_key),
+                   ("output", scores)):
         if v is not None:
             out[key] = v
     return out

@@ -194,7 +194,7 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
     def attack_tabular(attack: str, model: str, url: str | None, output: str, http_header: tuple[str, ...],
                        timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None,
-                       spec_path: str | None,
+                       retries: int | None, spec_path: str | None,
                        data: str | None, label_column: str, constraints_path: str | None, trust_pickle: bool,
                        trusted_types: tuple[str, ...], n: int, attacked_class: int, eps: float, steps: int,
                        no_compare: bool, query_budget: int | None, seed: int, as_json: bool) -> None:
@@ -211,7 +211,7 @@ def add_commands(cli: click.Group) -> None:
               --data rows.csv --label-column fraud --constraints c.json
         """
         try:
-            http = http_settings(http_header, timeout, input_key, output_key, scores)
+            http = http_settings(http_header, timeout, input_key, output_key, scores, retries)
             out = run_tabular_attack(attack, model=model, url=url, spec=spec_path, data=data, http=http,
                                      label_column=label_column, constraints=constraints_path,
                                      trust_pickle=trust_pickle, trusted_types=trusted_types, output=output, n=n,

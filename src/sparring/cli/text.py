@@ -184,7 +184,8 @@ def add_commands(cli: Any) -> None:
                     max_queries: int | None, threshold: float | None, target_class: str | None, examples: int,
                     html: str | None,
                     http_header: tuple[str, ...], timeout: float | None, input_key: str | None,
-                    output_key: str | None, scores: str | None, as_json: bool) -> None:
+                    output_key: str | None, scores: str | None, as_json: bool,
+                    retries: int | None = None) -> None:
         """Evade a text classifier (spam filter) with character, Unicode or word edits.
 
         \b
@@ -207,7 +208,7 @@ def add_commands(cli: Any) -> None:
                                 text_col=text_col, label_col=label_col, header=header,
                                 classes=classes.split(",") if classes else None, trust_pickle=trust_pickle,
                                 trusted_types=trusted_types,
-                                http=http_settings(http_header, timeout, input_key, output_key, scores))
+                                http=http_settings(http_header, timeout, input_key, output_key, scores, retries))
         except errors.SparringError as exc:
             _fail(exc)
         budget_msg = (f"the query budget ({query_budget}) ran out: {s['n_unknown']} of {s['n']} messages are "
