@@ -68,8 +68,14 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
     @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
                   help="TCP port (0: a free one, printed).")
-    def serve(config: str, host: str, port: int) -> None:
+    @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+                  help="Server processes; only 1: the guard is one process by design (see docs/guard.md).")
+    def serve(config: str, host: str, port: int, workers: int) -> None:
         """Serve the model CONFIG names behind the guard (POST /predict as `sparring serve`, plus /admin, /metrics)."""
+        if workers > 1:
+            from sparring.guard.server import SINGLE_PROCESS_REASON
+
+            raise click.BadParameter(f"{workers} workers: {SINGLE_PROCESS_REASON}", param_hint="--workers")
         from sparring.errors import SparringError
         from sparring.guard.config import load_config
         from sparring.guard.server import GuardServer
