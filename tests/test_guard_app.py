@@ -277,3 +277,34 @@ def test_store_locked_by_another_connection_fails_closed_or_open_never_silently(
         ok = http.post(server.predict_url, json={"inputs": x})
         assert ok.status_code == 200 and "X-Guard-Event" not in ok.headers and _count(db) == before + 1
     svc.store.close()
+
+
+def test_default_body_limit_admits_a_full_batch_and_start_up_names_a_too_small_one(
+        tmp_path: Path, digits: Dataset, caplog: pytest.LogCaptureFixture) -> None:
+    """A full max_batch (256) of 1x28x28 inputs as a client writes them (json.dumps of float32 tolist; faint
+    uniform noise in [0, 0.1): 4.3 MB, over the old fixed 4 MiB) is answered under the default limit; an explicit
+    max_body that cannot hold a full batch is named at start-up with the two limits to change."""
+    import json
+
+    from sparring.guard.app import json_body_bytes
+
+    x = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.1
+    body = json.dumps({"inputs": x.tolist()}).encode()
+    assert len(body) > 4 * 1024 * 1024 and len(body) <= json_body_bytes(256, (1, 28, 28))
+    svc = make_service(tmp_path)
+    with caplog.at_level("WARNING", logger="sparring.guard.app"), running(svc) as (server, client, _):
+        r = httpx.post(server.predict_url, content=body, headers={**bearer(client), "Content-Type": "application/json"},
+                       timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        assert len(r.json()["scores"]) == 256
+    assert not [rec for rec in caplog.records if "limits.max_body" in rec.getMessage()]
+    svc.store.close()
+    small = tmp_path / "small"
+    small.mkdir()
+    svc = make_service(small, limits={"max_body": 1_000_000})
+    with caplog.at_level("WARNING", logger="sparring.guard.app"), running(svc) as (server, client, _):
+        r = httpx.post(server.predict_url, content=body, headers=bearer(client), timeout=60)
+        assert r.status_code == 413 and "exceeds the limit of 1000000 bytes" in r.json()["error"]
+    msg = next(rec.getMessage() for rec in caplog.records if "limits.max_body" in rec.getMessage())
+    assert "raise limits.max_body to" in msg and "or lower limits.max_batch to 50" in msg, msg
+    svc.store.close()

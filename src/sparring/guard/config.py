@@ -13,7 +13,7 @@
     store: {url: "sqlite:///guard.db", on_error: fail-closed}
     queue: {max_size: 64}
     rate_limit: {rate: 50, burst: 100}   # per client: requests per second refilled, bucket size
-    limits: {max_body: 4194304, max_batch: 256, body_timeout: 10}
+    limits: {max_batch: 256, body_timeout: 10}   # max_body: bytes (default: a full batch in JSON)
     retention: {events_days: 30, alerts_days: 365}
 
 Data references (``data:``) are ``train`` / ``test`` (the served zoo model's own split), ``<zoo-name>:train`` /
@@ -151,7 +151,9 @@ class RateLimitConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    max_body: int = Field(4 * 1024 * 1024, ge=64)
+    # bytes; default: what a full max_batch of the model's inputs takes in JSON (at least 4 MiB, at most 64 MiB;
+    # beyond, start-up logs which limit to change). sparring.guard.app.json_body_bytes gives the figure.
+    max_body: int | None = Field(None, ge=64)
     max_batch: int = Field(256, ge=1)
     body_timeout: float = Field(10.0, gt=0)
     max_text_chars: int = Field(10_000, ge=1)  # text models: characters per message
