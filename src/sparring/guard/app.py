@@ -9,6 +9,8 @@ Routes (every one needs an API key: ``Authorization: Bearer <key>`` or ``X-API-K
     store unavailable (``Retry-After``).
 ``GET /health`` → ``{"status": "ok", "spec": ..., "output": ..., "score_kind": ...}`` as :mod:`sparring.serving`.
 ``GET /metrics`` (admin) Prometheus text format.
+``GET /admin/dashboard`` (admin; a browser may send the key once as ``?key=`` for a session cookie) the HTML
+    dashboard of :mod:`sparring.guard.dashboard`.
 ``GET /admin/events``, ``GET /admin/alerts`` (``?client=&decision=&kind=&limit=``), ``GET /admin/config``,
     ``GET /admin/keys``, ``POST /admin/keys {"client_id": ..., "role": "client"|"admin"}`` (the key, once),
     ``DELETE /admin/keys/{key_id}`` (admin).
@@ -35,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sparring.errors import ParameterError, SparringError, StoreError
 from sparring.guard.auth import Principal, check_client_id, create_key
+from sparring.guard.dashboard import add_dashboard
 from sparring.guard.service import GuardService, Outcome
 
 __all__ = ["create_app", "json_body_bytes"]
@@ -135,6 +138,12 @@ def create_app(service: GuardService) -> Any:
                                       "has a client key.", request, started, who=who)
         return who, None
 
+    def keep_rejected(o: Outcome, who: Principal, inputs: Any) -> None:
+        """The fired examples of a committed detector rejection, for the dashboard (written off this thread)."""
+        g = o.body.get("guard") if o.status == 403 else None
+        if isinstance(g, dict) and "rejected_by" in g and o.event_id is not None:
+            samples.submit(o.event_id, who.client_id, str(g["rejected_by"]), inputs, list(g["examples"]))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
         started = time.perf_counter()
@@ -166,6 +175,7 @@ def create_app(service: GuardService) -> Any:
             if isinstance(got, _Texts) and text_service is not None:
                 texts = list(got)
                 o = await to_thread.run_sync(lambda: text_service.predict_texts(who, texts, path=request.url.path))
+                keep_rejected(o, who, texts)
                 return answer(o, started, "/predict")
             if not isinstance(got, np.ndarray):
                 return got
@@ -174,6 +184,7 @@ def create_app(service: GuardService) -> Any:
             except SparringError as exc:
                 return await refuse(400, "invalid", str(exc), request, started, who=who, body_sha=_sha(got))
             o = await to_thread.run_sync(lambda: service.predict(who, x, path=request.url.path))
+            keep_rejected(o, who, x)
             return answer(o, started, "/predict")
         finally:
             service.leave_queue()
@@ -348,6 +359,7 @@ def create_app(service: GuardService) -> Any:
         await to_thread.run_sync(lambda: service.record(_admin_event(who, request.url.path, 200, key_id)))
         return JSONResponse({"revoked": key_id})
 
+    samples = add_dashboard(app, service, authorise, refuse)  # GET /admin/dashboard
     return app
 
 
