@@ -159,3 +159,26 @@ def test_dashboard_renders_in_headless_chromium(guard: dict[str, Any], tmp_path:
     (c,) = [c for c in cookies if c["name"] == COOKIE]
     assert c["httpOnly"] and c["sameSite"] == "Strict"
     assert shot.stat().st_size > 20_000
+
+
+def test_text_model_rejected_messages_are_shown_as_escaped_text(tmp_path: Path) -> None:
+    from sparring.guard.service import open_service
+
+    cfg = {"model": "spam-tfidf-logreg", "detectors": [{"kind": "unicode", "policy": "reject"}],
+           "store": {"url": f"sqlite:///{tmp_path / 'guard.db'}"}, "rate_limit": {"rate": 10_000, "burst": 10_000}}
+    svc = open_service(parse_config(cfg, base_dir=tmp_path))
+    evil = "WIN \u200bcash <script>alert(3)</script> now"  # a zero-width space: the unicode detector rejects it
+    with GuardServer(svc) as server:
+        client, _ = create_key(svc.store, "texter")
+        admin, _ = create_key(svc.store, "ops", "admin")
+        ok = httpx.post(server.predict_url, json={"inputs": ["see you at lunch"]}, headers=bearer(client))
+        r = httpx.post(server.predict_url, json={"inputs": ["hello", evil]}, headers=bearer(client))
+        assert ok.status_code == 200 and r.status_code == 403 and r.json()["guard"]["examples"] == [1]
+        for _ in range(100):  # the sample is written by a background thread after the commit
+            page = httpx.get(server.url + "/admin/dashboard", headers=bearer(admin)).text
+            if "text-input" in page.split('id="rejected"')[1]:
+                break
+    shown = page.split('id="rejected"')[1]
+    assert '<pre class="text-input">WIN \u200bcash &lt;script&gt;alert(3)&lt;/script&gt; now</pre>' in shown
+    assert "<script" not in page and "hello" not in shown  # only the fired message is kept
+    assert "No drift window" in page and "<td class=\"client\">texter</td>" in page
