@@ -148,30 +148,37 @@ def test_receiver_down_then_up_is_retried_and_delivered(tmp_path: Path, digits_c
         receiver.close()
 
 
-def test_receiver_always_down_is_recorded_failed_and_predictions_do_not_wait(tmp_path: Path,
+def test_receiver_always_down_is_recorded_failed_and_predictions_do_not_wait(tmp_path: Path, receiver: Receiver,
                                                                             digits_cnn: TorchTarget,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, SECRET)
-    hanging = Receiver(delay=4.0)  # accepts, then answers only after the webhook's timeout
+    hanging = Receiver(delay=5.0)  # accepts, then answers only after the webhook's timeout
     try:
         svc = drift_service(tmp_path, digits_cnn, [
             {"url": f"http://127.0.0.1:{free_port()}/hook", "secret_env": ENV, "retries": 2, "backoff": 0.05},
-            {"url": hanging.url, "secret_env": ENV, "retries": 0, "timeout": 1.0}])
-        assert svc.predict(ALICE, noise()).status == 200  # the drift alert: both webhooks start delivering
+            {"url": hanging.url, "secret_env": ENV, "retries": 0, "timeout": 2.0},
+            {"url": receiver.url, "secret_env": ENV}])
+        assert svc.predict(ALICE, noise()).status == 200  # the drift alert: all three webhooks start delivering
+        assert svc.webhooks is not None
+        hooks = svc.webhooks
+        wait_for(lambda: any(r["url"] == receiver.url and r["status"] == "delivered" for r in hooks.deliveries()))
+        stuck = next(r for r in hooks.deliveries() if r["url"] == hanging.url)
+        assert (stuck["status"], stuck["attempts"]) == ("pending", 0)  # the healthy one did not wait for it
         took = []
         for i in range(5):  # meanwhile predictions are answered at their usual speed
             t = time.perf_counter()
             assert svc.predict(ALICE, noise(1, seed=i + 1)).status == 200
             took.append(time.perf_counter() - t)
-        assert max(took) < 0.9, took  # under the hanging receiver's 1 s timeout
-        assert svc.webhooks is not None and svc.webhooks.wait_idle(30)
-        rows = {r["url"]: r for r in svc.webhooks.deliveries()}
-        down = next(r for u, r in rows.items() if u != hanging.url)
+        assert max(took) < 1.0, took  # well under the hanging receiver's 2 s timeout
+        assert hooks.wait_idle(30)
+        rows = {r["url"]: r for r in hooks.deliveries()}
+        down = next(r for u, r in rows.items() if u not in (hanging.url, receiver.url))
         assert (down["status"], down["attempts"], down["last_status"]) == ("failed", 3, None)
         assert "Connection" in down["last_error"]
         hung = rows[hanging.url]
         assert (hung["status"], hung["attempts"]) == ("failed", 1) and "timed out" in hung["last_error"]
         assert svc.metrics.value("guard_webhook_deliveries_total", {"result": "failed"}) == 2
+        assert rows[receiver.url]["status"] == "delivered" and len(receiver.got) == 1
         assert svc.predict(ALICE, noise(1, seed=9)).status == 200 and svc.store.count("events") == 7
     finally:
         hanging.close()

@@ -11,7 +11,8 @@ of the exact body bytes under the webhook's secret (read from the environment va
 from the configuration file), and ``X-Sparring-Delivery: <alert id>``. A receiver checks it with
 :func:`verify_signature`. Failed attempts (connection refused, timeout, a non-2xx status) are retried ``retries``
 times with exponential backoff (``backoff * 2**k`` seconds, at most ``max_backoff``), then recorded as ``failed``.
-One thread delivers for all webhooks; a prediction never waits for it.
+Each webhook has its own delivery thread (a dead or hanging receiver delays only its own alerts); a prediction never
+waits for any of them.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ def backend(store: Store) -> str:
     return "sqlite" if store.placeholder == "?" else "postgresql"
 
 
+class _Lane:
+    """One webhook's schedule: a heap of (due time, tie-breaker, event or alert, id) and the thread working it."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, bool, int]] = []
+        self.seq = 0
+        self.cv = threading.Condition()
+        self.busy = 0
+        self.thread: threading.Thread | None = None
+
+
 @dataclass(frozen=True)
 class _Hook:
     index: int
@@ -113,26 +125,27 @@ class WebhookDispatcher:
         self.store = store
         self.metrics = metrics
         execute(store, _DDL[backend(store)], what="create the webhook_deliveries table")
-        self._heap: list[tuple[float, int, int, int]] = []  # due time, tie-breaker, hook index, alert id
-        self._seq = 0
-        self._cv = threading.Condition()
+        self._lanes = [_Lane() for _ in self.hooks]  # one thread per webhook: a dead one does not delay the others
         self._stopped = False
-        self._busy = 0
         self._resume()
-        self._thread = threading.Thread(target=self._run, name="sparring-guard-webhooks", daemon=True)
-        self._thread.start()
+        for hook, lane in zip(self.hooks, self._lanes, strict=True):
+            lane.thread = threading.Thread(target=self._run, args=(hook, lane), daemon=True,
+                                           name=f"sparring-guard-webhook-{hook.index}")
+            lane.thread.start()
 
     # ------------------------------------------------------------------ producer side (never blocks on delivery)
     def submit(self, event_id: int, alerts: list[Alert]) -> None:
         """Queue the alerts of a committed event (called after the commit; returns at once)."""
-        if any(a.kind in h.kinds for a in alerts for h in self.hooks):
-            self._push(0.0, -1, event_id)
+        for h in self.hooks:
+            if any(a.kind in h.kinds for a in alerts):
+                self._push(0.0, h.index, True, event_id)
 
-    def _push(self, due: float, hook: int, ident: int) -> None:
-        with self._cv:
-            self._seq += 1
-            heapq.heappush(self._heap, (due, self._seq, hook, ident))
-            self._cv.notify()
+    def _push(self, due: float, hook: int, is_event: bool, ident: int) -> None:
+        lane = self._lanes[hook]
+        with lane.cv:
+            lane.seq += 1
+            heapq.heappush(lane.heap, (due, lane.seq, is_event, ident))
+            lane.cv.notify()
 
     def _resume(self) -> None:
         """After a restart: retry pending rows, and catch up alerts newer than each webhook's newest row."""
@@ -140,7 +153,7 @@ class WebhookDispatcher:
             rows = execute(self.store, "SELECT alert_id FROM webhook_deliveries WHERE url = ? AND status = 'pending'",
                            (h.url,), what="read pending webhook deliveries", fetch=True)
             for (alert_id,) in rows:
-                self._push(0.0, h.index, int(alert_id))
+                self._push(0.0, h.index, False, int(alert_id))
             newest = execute(self.store, "SELECT MAX(alert_id) FROM webhook_deliveries WHERE url = ?", (h.url,),
                              what="read webhook deliveries", fetch=True)[0][0]
             if newest is None:
@@ -150,37 +163,36 @@ class WebhookDispatcher:
             for alert_id, kind in missed:
                 if kind in h.kinds:
                     self._new_row(h, int(alert_id))
-                    self._push(0.0, h.index, int(alert_id))
+                    self._push(0.0, h.index, False, int(alert_id))
 
     # ------------------------------------------------------------------ worker
-    def _run(self) -> None:
+    def _run(self, h: _Hook, lane: _Lane) -> None:
         while True:
-            with self._cv:
-                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    self._cv.wait(None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic()))
+            with lane.cv:
+                while not self._stopped and (not lane.heap or lane.heap[0][0] > time.monotonic()):
+                    lane.cv.wait(None if not lane.heap else max(0.0, lane.heap[0][0] - time.monotonic()))
                 if self._stopped:
                     return
-                _, _, hook, ident = heapq.heappop(self._heap)
-                self._busy += 1
+                _, _, is_event, ident = heapq.heappop(lane.heap)
+                lane.busy += 1
             try:
-                if hook < 0:
-                    self._fan_out(ident)
+                if is_event:
+                    self._fan_out(h, ident)
                 else:
-                    self._attempt(self.hooks[hook], ident)
+                    self._attempt(h, ident)
             except Exception:  # a store or programming error must not end the thread
-                logger.exception("webhook delivery failed unexpectedly")
+                logger.exception("webhook %d: delivery failed unexpectedly", h.index)
             finally:
-                with self._cv:
-                    self._busy -= 1
-                    self._cv.notify_all()
+                with lane.cv:
+                    lane.busy -= 1
+                    lane.cv.notify_all()
 
-    def _fan_out(self, event_id: int) -> None:
+    def _fan_out(self, h: _Hook, event_id: int) -> None:
         rows = execute(self.store, "SELECT id, kind FROM alerts WHERE event_id = ? ORDER BY id", (event_id,),
                        what="read the alerts of an event", fetch=True)
         for alert_id, kind in rows:
-            for h in self.hooks:
-                if kind in h.kinds and self._new_row(h, int(alert_id)):
-                    self._attempt(h, int(alert_id))
+            if kind in h.kinds and self._new_row(h, int(alert_id)):
+                self._attempt(h, int(alert_id))
 
     def _new_row(self, h: _Hook, alert_id: int) -> bool:
         now = time.time()
@@ -215,7 +227,8 @@ class WebhookDispatcher:
         elif attempts <= h.retries:
             self._update(h, alert_id, "pending", attempts, status, error)
             self._count("retried")
-            self._push(time.monotonic() + min(h.max_backoff, h.backoff * 2 ** (attempts - 1)), h.index, alert_id)
+            self._push(time.monotonic() + min(h.max_backoff, h.backoff * 2 ** (attempts - 1)), h.index, False,
+                       alert_id)
         else:
             self._update(h, alert_id, "failed", attempts, status, error)
             self._count("failed")
@@ -256,20 +269,24 @@ class WebhookDispatcher:
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until nothing is due or being delivered (retries scheduled later still count); for tests."""
         deadline = time.monotonic() + timeout
-        with self._cv:
-            while self._heap or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(min(left, 0.05))
+        for lane in self._lanes:
+            with lane.cv:
+                while lane.heap or lane.busy:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    lane.cv.wait(min(left, 0.05))
         return True
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread (pending rows stay in the store and are resumed by the next start)."""
-        with self._cv:
-            self._stopped = True
-            self._cv.notify_all()
-        self._thread.join(timeout)
+        self._stopped = True
+        for lane in self._lanes:
+            with lane.cv:
+                lane.cv.notify_all()
+        for lane in self._lanes:
+            if lane.thread is not None:
+                lane.thread.join(timeout)
 
     def __repr__(self) -> str:
         return f"WebhookDispatcher({len(self.hooks)} webhook(s))"
