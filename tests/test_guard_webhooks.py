@@ -203,6 +203,10 @@ def test_restarted_dispatcher_resumes_pending_and_catches_up(tmp_path: Path) -> 
         assert sorted(json.loads(g["body"])["kind"] for g in receiver.got) == ["drift", "prada"]
         assert [r["status"] for r in d2.deliveries()] == ["delivered", "delivered"]
         d2.close()
+        store.purge(events_before=None, alerts_before=time.time() + 1)  # retention deletes the alerts ...
+        d3 = WebhookDispatcher([hook], store, environ=env)
+        assert d3.deliveries() == [] and len(receiver.got) == 2  # ... and their delivery rows; nothing resent
+        d3.close()
     finally:
         receiver.close()
         store.close()

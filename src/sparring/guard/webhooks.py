@@ -148,7 +148,10 @@ class WebhookDispatcher:
             lane.cv.notify()
 
     def _resume(self) -> None:
-        """After a restart: retry pending rows, and catch up alerts newer than each webhook's newest row."""
+        """After a restart: retry pending rows, and catch up alerts newer than each webhook's newest row; rows of
+        alerts retention has deleted are deleted too."""
+        execute(self.store, "DELETE FROM webhook_deliveries WHERE alert_id NOT IN (SELECT id FROM alerts)",
+                what="apply retention to webhook deliveries")
         for h in self.hooks:
             rows = execute(self.store, "SELECT alert_id FROM webhook_deliveries WHERE url = ? AND status = 'pending'",
                            (h.url,), what="read pending webhook deliveries", fetch=True)
