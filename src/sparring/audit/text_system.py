@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from sparring.errors import DataLoadError, LabelError, ModelLoadError, ParameterError
 
@@ -42,11 +42,17 @@ class TextSystem(BaseModel):
     """The class of every message of an unlabelled file."""
     output: Literal["probabilities", "logits"] | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    """HTTP headers; ``${VAR}`` is read from the environment (never written to reports)."""
+    """HTTP headers; ``${VAR}`` is read from the environment. In JSON form (reports, the spec hash) a value that
+    holds a literal (no ``$VAR``) is ``<redacted>``, as in ``system.http``: a token typed into the YAML stays out
+    of report.json and report.html; the target is built from the values as given."""
     timeout: float = Field(10.0, gt=0)
     retries: int = Field(3, ge=0)
     input_key: str = "inputs"
     output_key: str = "scores"
+
+    @field_serializer("headers", when_used="json")
+    def _redact(self, headers: dict[str, str]) -> dict[str, str]:
+        return {k: v if "$" in v else "<redacted>" for k, v in headers.items()}
 
     @field_validator("classes")
     @classmethod
