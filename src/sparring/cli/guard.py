@@ -87,7 +87,12 @@ def add_commands(cli: click.Group) -> None:
         except (SparringError, OSError) as exc:
             fail(exc)
             return
-        click.echo(f"guard listening on {server.url} (store {svc.store.url})", err=True)
+        where = svc.store.url  # a relative sqlite:/// path is the current folder's, as `keys create --store` reads it
+        if where.startswith("sqlite:///"):
+            from pathlib import Path
+
+            where = f"sqlite:///{Path(where.removeprefix('sqlite:///')).resolve()}"
+        click.echo(f"guard listening on {server.url} (store {where})", err=True)
         try:
             server.serve_forever()
         finally:
