@@ -6,11 +6,13 @@ Extraction clients are sparring's own attacks driven through :class:`HttpTarget`
 surrogate), ``"random"`` (uniform noise) and ``"natural"`` (Knockoff Nets, Orekondy et al. 2019, on natural digits),
 plus a Papernot-style stream with random step directions (no surrogate).
 
-Measured here (digits-cnn, PRADA delta 0.9 after 100 distances, Mahalanobis calibrated at 5% FPR, policy log):
-Jacobian client flagged by PRADA at about 110 queries; random-direction synthetic at <= 200; uniform noise missed by
-PRADA (W about 0.97) and caught by the detector-rate alert after 20 examples; Knockoff on natural digits missed by
-both (W about 0.97 after 200 and 500 queries): PRADA's assumption that natural queries look like natural data is
-exactly what this attacker satisfies (Juuti et al. 2019 say so for natural-data attacks)."""
+Measured (benchmarks/bench_guard_prada.py, results/guard-prada.json: the same guard, seeds 0-2; digits-cnn, PRADA
+delta 0.9 after 100 distances, Mahalanobis calibrated at 5% FPR, policy log): the Jacobian client is flagged by PRADA
+at 112/110/123 queries (and by the detector rate at 70 examples); the random-direction synthetic one at 108/110/108
+(detector rate at 20); uniform noise is missed by PRADA (final W 0.974/0.986/0.989) and caught by the detector-rate
+alert at 20 examples (20 of 20 fired); 0 of 40 natural clients alerted by either (final W 0.956 to 0.99); Knockoff
+on natural digits is missed by both after 200, 500 and 1000 queries (final W 0.969, 0.981, 0.995): it satisfies
+PRADA's assumption that an honest client's queries look like natural data."""
 
 from __future__ import annotations
 
