@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any
 
@@ -32,15 +31,10 @@ def _when(ts: float | None) -> str:
 
 
 def add_commands(cli: click.Group) -> None:
-    from sparring.cli import EXIT_MODEL, _fail
+    from sparring.cli import _fail
 
     def fail(exc: BaseException) -> None:
-        from sparring.errors import StoreError
-
-        if isinstance(exc, StoreError):
-            click.echo(f"error (StoreError): {exc}", err=True)
-            sys.exit(EXIT_MODEL)
-        _fail(exc)
+        _fail(exc)  # StoreError exits 4 (exit_code_for); under --json the error is the JSON object on stdout
 
     store_opts = [
         click.option("--store", help="Store URL: sqlite:///guard.db or postgresql://user@host:port/db."),
