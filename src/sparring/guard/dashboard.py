@@ -29,6 +29,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,6 +67,8 @@ class RejectedSamples:
     def __init__(self, store: Store, keep: int) -> None:
         self.store, self.keep = store, int(keep)
         self.dropped = 0
+        self._png: dict[int, str | None] = {}  # row id -> data URI (insertion order: oldest first)
+        self._lock = threading.Lock()
         self._q: queue.Queue[tuple[int, str | None, str | None, list[tuple[int, Any]]]] = queue.Queue(256)
         if self.keep > 0:
             execute(store, _DDL[backend(store)], what="create the guard_rejected_inputs table")
@@ -111,15 +114,27 @@ class RejectedSamples:
     def recent(self, limit: int = 12) -> list[dict[str, Any]]:
         if self.keep <= 0:
             return []
-        rows = execute(self.store, "SELECT event_id, ts, client_id, detector, idx, shape, data, text FROM "
+        rows = execute(self.store, "SELECT id, event_id, ts, client_id, detector, idx, shape, data, text FROM "
                        "guard_rejected_inputs ORDER BY id DESC LIMIT ?", (int(limit),),
                        what="read the rejected inputs", fetch=True)
         out = []
-        for eid, ts, cid, det, idx, shape, data, text in rows:
+        for rid, eid, ts, cid, det, idx, shape, data, text in rows:
             x = None if data is None else np.frombuffer(bytes(data), dtype=np.float32).reshape(json.loads(shape))
-            out.append({"event_id": eid, "ts": float(ts), "client_id": cid, "detector": det, "index": idx, "x": x,
-                        "text": text})
+            out.append({"id": int(rid), "event_id": eid, "ts": float(ts), "client_id": cid, "detector": det,
+                        "index": idx, "x": x, "text": text})
         return out
+
+    def image(self, row_id: int, make: Callable[[], str | None]) -> str | None:
+        """The PNG of a kept input, drawn once by ``make()`` (matplotlib takes tens of ms per image) and cached."""
+        with self._lock:
+            if row_id in self._png:
+                return self._png[row_id]
+        uri = make()
+        with self._lock:
+            self._png[row_id] = uri
+            while len(self._png) > max(64, 2 * self.keep):
+                self._png.pop(next(iter(self._png)))
+        return uri
 
 
 # ---------------------------------------------------------------------- what the page shows
@@ -238,7 +253,7 @@ def _image(x: np.ndarray, layout: str, bounds: tuple[float, float]) -> str | Non
     return png(fig)
 
 
-def _sample_html(s: dict[str, Any], service: GuardService) -> str:
+def _sample_html(s: dict[str, Any], service: GuardService, samples: RejectedSamples) -> str:
     cap = (f'<figcaption>{_esc(_when(s["ts"]))}<br>client {_esc(s["client_id"])}<br>{_esc(s["detector"])}, event '
            f'{_esc(s["event_id"])}</figcaption>')
     if s["text"] is not None:
@@ -247,7 +262,8 @@ def _sample_html(s: dict[str, Any], service: GuardService) -> str:
     spec = service.spec if hasattr(service, "spec") else None  # a text service has none
     uri = None
     if spec is not None and spec.layout in ("chw", "hwc") and np.ndim(spec.bounds[0]) == 0:
-        uri = _image(x, spec.layout, (float(spec.bounds[0]), float(spec.bounds[1])))
+        lo, hi, layout = float(spec.bounds[0]), float(spec.bounds[1]), spec.layout
+        uri = samples.image(s["id"], lambda: _image(x, layout, (lo, hi)))
     if uri is not None:
         return f'<figure class="sample"><img class="rejected-input" alt="rejected input" src="{uri}">{cap}</figure>'
     flat = ", ".join(f"{v:.4g}" for v in x.reshape(-1)[:12])
@@ -283,7 +299,8 @@ def render_dashboard(service: GuardService, samples: RejectedSamples | None = No
     drift_note = ("" if drift is None else f"KS test of each window of {drift.window} answered confidences against "
                   f"{drift.reference.size} reference confidences at level {drift.alpha:g}; windows tested live: "
                   f"{drift.tested}, alarms: {drift.alarms}.")
-    sample_html = "".join(_sample_html(s, service) for s in kept) or '<p class="none">No rejected inputs kept.</p>'
+    sample_html = "".join(_sample_html(s, service, samples) for s in kept if samples is not None)
+    sample_html = sample_html or '<p class="none">No rejected inputs kept.</p>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>sparring guard dashboard</title>
 <style>
