@@ -23,7 +23,6 @@ import platform
 import shutil
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,8 @@ from sparring.audit.registry import CHECKS, PlanContext, RunContext, Skip, Step,
 from sparring.audit.threat import ThreatModel
 from sparring.errors import AccessError, CheckpointError, EndpointError, ModelLoadError, ParameterError
 from sparring.executors import Executor, LocalExecutor, Outcome, TaskBar, shard_seed
+from sparring.executors._ship import pack_target as _pack_target
+from sparring.executors._ship import unpack_target as _unpack_target
 from sparring.targets.base import Target
 
 __all__ = ["Audit", "Plan", "is_fault", "load_system", "plan_audit", "run_audit"]
@@ -417,74 +418,6 @@ def _ship(tm: ThreatModel, target: Target | None, data: tuple[Any, Any] | None, 
     blob = None if target is None else _pack_target(target)
     token = hashlib.sha256(tm.spec_hash().encode() + (blob or b"") + os.urandom(8)).hexdigest()
     return _ShippedSystem(token, tm, blob, data, debug)
-
-
-def _pack_target(target: Target) -> bytes:
-    """An in-memory target as bytes for the workers: a :class:`~sparring.targets.torch.TorchTarget` travels as its
-    settings and its module (TorchScript modules do not pickle, so they travel as the bytes of ``torch.jit.save``);
-    an :class:`~sparring.targets.http.HttpTarget` as its settings and headers (not its session or a custom test
-    transport); any other target must pickle as it is. Each worker gets a fresh query counter."""
-    import io
-    import pickle
-
-    from sparring.targets.http import HttpTarget
-    from sparring.targets.torch import TorchTarget
-
-    if isinstance(target, HttpTarget):  # its settings, not its session: each worker opens its own connections
-        http = {"url": target.url, "spec": target.spec, "output": target.answers, "score_kind": target.output,
-                "batch_size": target.batch_size, "timeout": target.timeout, "retries": target.retries,
-                "backoff": target.backoff, "query_budget": target.counter.budget, "top_k": target.top_k,
-                "decimals": target.decimals, "input_key": target.input_key, "output_key": target.output_key,
-                "headers": dict(target._client.headers)}
-        return pickle.dumps(("http", None, http))
-    if not isinstance(target, TorchTarget):
-        try:
-            return pickle.dumps(("pickle", target, None))
-        except Exception as exc:
-            raise ParameterError(
-                f"the in-memory {type(target).__name__} cannot be pickled for the workers ({type(exc).__name__}: "
-                f"{exc}); save the model to a file and name it in system.model, or run with the local executor."
-            ) from exc
-    settings = {"spec": target.spec, "access": target.access, "output": target.output,
-                "batch_size": target.batch_size, "query_budget": target.counter.budget, "top_k": target.top_k,
-                "decimals": target.decimals}
-    buf = io.BytesIO()
-    try:
-        if isinstance(target.model, torch.jit.ScriptModule):
-            with warnings.catch_warnings():  # torch deprecates TorchScript, but users still audit TorchScript models
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.jit.save(target.model, buf)
-            kind = "jit"
-        else:
-            torch.save(target.model, buf)
-            kind = "module"
-        return pickle.dumps((kind, buf.getvalue(), settings))
-    except Exception as exc:
-        raise ParameterError(
-            f"the in-memory {type(target.model).__name__} model cannot be pickled for the workers ({type(exc).__name__}"
-            f": {exc}); define its class in an importable module, save it to a file and name it in system.model, "
-            "or run with the local executor."
-        ) from exc
-
-
-def _unpack_target(blob: bytes) -> Target:
-    import io
-    import pickle
-
-    from sparring.targets.torch import TorchTarget
-
-    kind, payload, settings = pickle.loads(blob)
-    if kind == "pickle":
-        return payload  # type: ignore[no-any-return]
-    if kind == "http":
-        from sparring.targets.http import HttpTarget
-
-        return HttpTarget(**settings)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = (torch.jit.load(io.BytesIO(payload)) if kind == "jit"  # type: ignore[no-untyped-call]
-                 else torch.load(io.BytesIO(payload), weights_only=False))  # our own bytes, from the driver
-    return TorchTarget(model, **settings)
 
 
 def _step_task(shared: _LiveSystem | _ShippedSystem, task: tuple[Any, ...]) -> StepResult:

@@ -32,6 +32,7 @@ from scipy import stats
 from sparring._progress import progress_bar
 from sparring.attacks.result import Cost
 from sparring.errors import ParameterError, QueryBudgetExceeded
+from sparring.executors import Executor
 from sparring.targets.base import Target
 
 __all__ = [
@@ -290,6 +291,8 @@ class SmoothedClassifier:
         alpha: float = 0.001,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        executor: Executor | None = None,
+        shard_size: int | None = None,
     ) -> CertifyResult:
         """CERTIFY (Cohen et al. 2019, Algorithm 1): a label and a certified L2 radius for each input, or abstain.
 
@@ -308,6 +311,11 @@ class SmoothedClassifier:
             alpha: failure probability of the guarantee.
             generator: source of the noise; default a fresh generator seeded with ``seed``.
             progress: draw a progress bar over model calls.
+            executor, shard_size: certify the inputs in shards of ``shard_size`` points (default 64 with an
+                executor) as tasks of ``executor`` (:mod:`sparring.executors`; default local); shard ``i`` draws its
+                noise from a generator seeded from the job's seed (``seed``, or one number drawn from
+                ``generator``) and ``i`` (:mod:`sparring.defenses.certify.sharded`), so the certificates depend on
+                the shard size, never on the executor or its number of workers.
 
         Raises:
             QueryBudgetExceeded: before any sample is drawn, if the target's budget cannot pay ``N * (n0 + n)``.
@@ -318,6 +326,10 @@ class SmoothedClassifier:
         ref = x if isinstance(x, np.ndarray | torch.Tensor) else xt
         gen = self._generator(generator)
         self._check_budget(xt.shape[0] * (n0 + n))
+        if executor is not None or shard_size is not None:
+            seed = (0 if self.seed is None else int(self.seed)) if generator is None else int(
+                torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
+            return self._certify_sharded(xt, yt, ref, n0, n, a, seed, executor, shard_size)
         t0, q0 = time.perf_counter(), self.target.counter.used
         counts0 = self.sample_counts(xt, n0, generator=gen, progress=progress)
         top = counts0.argmax(dim=1)
@@ -336,6 +348,24 @@ class SmoothedClassifier:
             counts_selection=_like(counts0, ref), y=None if yt is None else _like(yt, ref), correct=correct,
             params=params, cost=cost,
         )
+
+    def _certify_sharded(self, xt: torch.Tensor, yt: torch.Tensor | None, ref: Any, n0: int, n: int, alpha: float,
+                         seed: int, executor: Executor | None, shard_size: int | None) -> CertifyResult:
+        from sparring.defenses.certify.sharded import run_shards
+
+        t0 = time.perf_counter()
+        m, size = run_shards(_certify_shard, self.target, (self.sigma, self.batch_size, n0, n, alpha), xt, yt,
+                             seed=seed, executor=executor, shard_size=shard_size)
+
+        def back(k: str) -> Any:
+            return _like(torch.from_numpy(m[k]), ref) if k in m else None
+
+        params = {"sigma": self.sigma, "n0": n0, "n": n, "alpha": alpha, "batch_size": self._batch(), "seed": seed,
+                  "shard_size": size}
+        return CertifyResult(labels=back("labels"), radii=back("radii"), p_lower=back("p_lower"),
+                             top_class=back("top_class"), counts=back("counts"),
+                             counts_selection=back("counts_selection"), y=back("y"), correct=back("correct"),
+                             params=params, cost=Cost(queries=int(m["queries"]), seconds=time.perf_counter() - t0))
 
     # ------------------------------------------------------------------ Monte Carlo sampling
     def sample_counts(
@@ -401,6 +431,21 @@ class SmoothedClassifier:
                 f"({counter.used} of {counter.budget} used). Lower n/n0, certify fewer inputs, or raise the budget.",
                 used=counter.used, budget=counter.budget or 0, requested=needed,
             )
+
+
+def _certify_shard(shared: tuple[Any, float, int | None, int, int, float],
+                   task: tuple[Any, Any, int]) -> dict[str, Any]:
+    """One shard of a sharded CERTIFY as an executor task: its points with the shard's own generator; numpy out."""
+    shipped, sigma, batch_size, n0, n, alpha = shared
+    smoothed = SmoothedClassifier(shipped.get(), sigma, batch_size=batch_size)
+    x, y, seed = task
+    r = smoothed.certify(x, y, n0=n0, n=n, alpha=alpha,
+                         generator=torch.Generator(device=smoothed.target.device).manual_seed(seed))
+    out: dict[str, Any] = {k: None if getattr(r, k) is None else np.asarray(getattr(r, k))
+                           for k in ("labels", "radii", "p_lower", "top_class", "counts", "counts_selection", "y",
+                                     "correct")}
+    out["queries"] = r.cost.queries
+    return out
 
 
 def binomial_p_value(k: np.ndarray, n: np.ndarray) -> np.ndarray:
