@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
 
+from sparring.audit.llm_results import RECOMMEND_LLM_GATE, counts_for, llm_gate_value
+from sparring.audit.metrics import LLM_METRICS
 from sparring.audit.registry import Skip, StepResult, Threat
 from sparring.audit.threat import Gate, ThreatModel
 from sparring.audit.worstcase import (
@@ -188,6 +190,8 @@ def gate_depends_on(g: Gate, r: StepResult) -> bool:
     if g.metric == "text_evasion_rate":
         return r.threat == "text" and p.get("max_chars", g.max_chars) == g.max_chars and \
             p.get("defence", g.method or "none") == (g.method or "none")
+    if g.metric in LLM_METRICS:
+        return counts_for(g.metric, g.method, r)
     return False
 
 
@@ -232,6 +236,8 @@ def _gate(g: Gate, results: list[StepResult], skipped: list[Skip], baseline: Map
                               f"): the evasion rate is at least {tu.rate:.4f}")
     elif g.metric in ("drift_p_value", "drift_detected"):
         value, steps = drift_gate_value(results, g.metric, g.method)
+    elif g.metric in LLM_METRICS:
+        value, steps, unmeasured = llm_gate_value(results, g.metric, g.method)
     op: Literal[">=", "<="] = "<=" if g.max is not None else ">="
     before = baseline.get(g.key()) if g.max_drop is not None else None
     threshold = (None if before is None else before - g.max_drop) if g.max_drop is not None \
@@ -278,6 +284,7 @@ def find(tm: ThreatModel, results: list[StepResult], gates: list[GateResult]) ->
                 evidence={"value": g.value, "threshold": g.threshold, "status": g.status, "message": g.message},
                 recommendation=(RECOMMEND_UNMEASURED if g.status == "not-evaluated"
                                 else RECOMMEND_TEXT if g.metric == "text_evasion_rate"
+                                else RECOMMEND_LLM_GATE if g.metric in LLM_METRICS
                                 else RECOMMEND_DRIFT if g.metric.startswith("drift_")
                                 else RECOMMEND_L2 if "l2" in g.gate else RECOMMEND_LINF), steps=g.steps,
             ))
@@ -342,7 +349,7 @@ def family_findings(tm: ThreatModel, results: list[StepResult]) -> list[Finding]
 def _gate_threat(metric: str) -> Threat:
     return {"certified_accuracy": "certification", "clean_accuracy": "baseline",  # type: ignore[return-value]
             "text_evasion_rate": "text", "drift_p_value": "drift",
-            "drift_detected": "drift"}.get(metric, "evasion")  # type: ignore[return-value]
+            "drift_detected": "drift", **dict.fromkeys(LLM_METRICS, "llm")}.get(metric, "evasion")  # type: ignore[return-value]
 
 
 def _evasion_findings(results: list[StepResult]) -> list[Finding]:

@@ -16,6 +16,7 @@ results and must be pure functions of them (a resumed audit then reports what an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from sparring.audit.metrics import METRICS, MetricDef
@@ -37,6 +38,7 @@ __all__ = [
     "ReportFigure",
     "ReportSection",
     "ReportTable",
+    "ReportTranscript",
     "RunContext",
     "Skip",
     "Step",
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 Threat = Literal["evasion", "poisoning", "extraction", "inversion", "membership", "certification", "baseline", "text",
-                 "tabular", "drift"]
+                 "tabular", "drift", "llm"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,16 @@ class ReportFigure:
 
 
 @dataclass
+class ReportTranscript:
+    """A conversation in a report section: a caption and its turns as ``(role, segments)``, each segment
+    ``(text, marked)``; the HTML escapes every segment and wraps marked ones (e.g. the injected text) in
+    ``<mark>``."""
+
+    caption: str
+    turns: list[tuple[str, list[tuple[str, bool]]]]
+
+
+@dataclass
 class ReportSection:
     """A family's block in the HTML report (poisoning scans, extraction, privacy, ...)."""
 
@@ -151,6 +163,7 @@ class ReportSection:
     text: str = ""
     tables: list[ReportTable] = field(default_factory=list)
     figures: list[ReportFigure] = field(default_factory=list)
+    transcripts: list[ReportTranscript] = field(default_factory=list)
 
 
 @dataclass
@@ -182,6 +195,10 @@ class RunContext:
     y: torch.Tensor
     generator_seed: int
     progress: bool = False
+    out_dir: Path | None = None
+    """The audit's output folder: a check that keeps files beside the report (the LLM transcripts) writes there."""
+    resume: bool = False
+    """Whether the audit resumes: a check with its own per-item progress (LLM attempts) keeps it only then."""
 
 
 class Check(Protocol):

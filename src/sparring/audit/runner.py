@@ -32,7 +32,7 @@ import torch
 from sparring.audit.findings import Finding, GateResult, evaluate_gates, find
 from sparring.audit.registry import CHECKS, PlanContext, RunContext, Skip, Step, StepResult
 from sparring.audit.threat import ThreatModel
-from sparring.errors import AccessError, CheckpointError, EndpointError, ModelLoadError, ParameterError
+from sparring.errors import AccessError, CheckpointError, EndpointError, ModelLoadError
 from sparring.executors import Executor, LocalExecutor, Outcome, TaskBar, shard_seed
 from sparring.executors._ship import pack_target as _pack_target
 from sparring.executors._ship import unpack_target as _unpack_target
@@ -89,121 +89,29 @@ def load_system(
     """The target (full access), the target as the attacker sees it, and the audit data ``(x, y)``.
 
     ``target`` and ``data`` replace ``tm.system.model`` and ``tm.system.data`` (an in-memory model under audit).
-    A text system (a text zoo model, ``system.text``, a text pipeline file, ``module:callable``, or an in-memory
-    :class:`~sparring.targets.text.TextTarget`; see :mod:`sparring.audit.text_system`) gives a text target and ``x``
-    as a list of messages.
+    The system's kind (:mod:`sparring.audit.model_kinds`) decides what they are: a tensor model gives tensors, a
+    text system (:mod:`sparring.audit.text_system`) a text target and ``x`` as a list of messages, an LLM
+    application (:mod:`sparring.audit.llm_system`) an :class:`~sparring.audit.llm_system.LlmAppTarget` and ``x``
+    as ``[application]``.
     """
-    from sparring.audit.text_system import load_text_system
+    from sparring.audit.model_kinds import load_any
 
-    text = load_text_system(tm, target, data)
-    if text is not None:
-        return text  # type: ignore[return-value]
-    exp = tm.exposure
-    view: dict[str, Any] = {}
-    if exp.output == "top-k":
-        view["top_k"] = exp.top_k
-    if exp.decimals is not None:
-        view["decimals"] = exp.decimals
-    given = target is not None
-    if target is None:
-        target = _load(tm, {})
-    cap = PlanContext(tm, target).access
-    if cap < target.access:
-        view["access"] = cap
-    attacker = target if not view else _load(tm, view) if not given else _view(target, view)
-    if data is None:
-        x, y = _data(tm, target)
-        if hasattr(target, "check_agreement"):  # a converted ONNX graph: it must match onnxruntime on the audit data
-            target.check_agreement(x)
-    else:
-        n = tm.system.data.n
-        x, y_ = target.spec.validate(data[0][:n], data[1][:n])
-        assert y_ is not None
-        y = y_
-    if tm.system.units != "raw":  # per-feature budget units: every check sees the model and rows in them
-        from sparring.audit.units import system_in_units
-
-        return system_in_units(tm, target, attacker, x, y)
-    return target, attacker, x, y
-
-
-def _is_text(target: Any) -> bool:
-    from sparring.targets.text import TextTarget
-
-    return isinstance(target, TextTarget)
-
-
-def _view(target: Target, view: dict[str, Any]) -> Target:
-    from sparring.targets.torch import TorchTarget
-
-    if isinstance(target, TorchTarget):
-        return TorchTarget(target.model, target.spec, batch_size=target.batch_size, output=target.output, **view)
-    raise ParameterError(
-        f"the threat model restricts what the attacker sees ({', '.join(view)}), which sparring can apply to an "
-        f"in-memory TorchTarget only; build the {type(target).__name__} with those settings and knowledge: white-box."
-    )
-
-
-def _load(tm: ThreatModel, extra: dict[str, Any]) -> Target:
-    s = tm.system
-    if s.model.startswith(("http://", "https://")):
-        from sparring.targets.http import HttpTarget
-        from sparring.targets.load import load_spec
-
-        if s.spec is None:
-            raise ParameterError("system.spec (an InputSpec JSON file) is needed for an http(s) endpoint.")
-        output: Literal["scores", "labels"] = "labels" if tm.exposure.output == "labels" else "scores"
-        extra = {k: v for k, v in extra.items() if k != "access"}
-        if s.http is not None:
-            from sparring.targets.text_load import expand_env
-
-            h = s.http
-            extra = {"headers": {k: expand_env(v, f"system.http.headers.{k}") for k, v in h.headers.items()},
-                     "timeout": h.timeout, "retries": h.retries, "input_key": h.input_key,
-                     "output_key": h.output_key, "score_kind": h.output, **extra}
-        return HttpTarget(s.model, load_spec(s.spec), output=output, batch_size=min(s.batch_size, 256), **extra)
-    from sparring.targets.load import load_target
-
-    if s.model.lower().endswith(".onnx") and tm.attacker.knowledge == "white-box":
-        extra = {**extra, "white_box": True}  # gradients through the graph converted to torch, checked against ORT
-    return load_target(s.model, spec=s.spec, entry_point=s.entry_point, trust_pickle=s.trust_pickle,
-                       trusted_types=s.trusted_types, device=s.device, batch_size=s.batch_size, **extra)
-
-
-def _data(tm: ThreatModel, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-    d = tm.system.data
-    if d.source == "zoo":
-        from sparring.data import zoo
-
-        if tm.system.model not in zoo.names():
-            raise ParameterError(
-                f"system.data.source 'zoo' works for zoo models only; {tm.system.model!r} needs a data file "
-                "(.npz with x and y, a CSV with a label column, or an image folder)."
-            )
-        ds = zoo.data(tm.system.model)
-        x, y = (ds.x_test, ds.y_test) if d.split == "test" else (ds.x_train, ds.y_train)
-    else:
-        from sparring.data.files import load_data
-
-        loaded = load_data(d.source)
-        x, y = loaded[0], loaded[1]
-    xt, yt = target.spec.validate(x[: d.n], y[: d.n])
-    assert yt is not None
-    return xt, yt
+    return load_any(tm, target, data)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------- planning
 def plan_audit(tm: ThreatModel, target: Target) -> Plan:
     """Ask every registered check what it would run for this threat model, and why (or why not)."""
     import sparring.audit.checks  # noqa: F401  (registers the built-in checks)
+    from sparring.audit.model_kinds import kind_of, takes
 
     ctx = PlanContext(tm, target)
     steps: list[Step] = []
     skipped: list[Skip] = []
-    text = _is_text(target)
+    kind = kind_of(target)
     for check in CHECKS.values():
-        if not _takes(check, text):
-            skipped.append(Skip(check.name, check.threat, _why_not(check, text, type(target).__name__)))
+        if not takes(check, kind):
+            skipped.append(Skip(check.name, check.threat, kind.skip_reason(check, target)))
             continue
         out = check.plan(ctx)
         if isinstance(out, Skip):
@@ -214,18 +122,6 @@ def plan_audit(tm: ThreatModel, target: Target) -> Plan:
     if len(set(ids)) != len(ids):  # pragma: no cover - a registry bug
         raise RuntimeError(f"duplicate step ids in the plan: {ids}")
     return Plan(steps, skipped)
-
-
-def _takes(check: Any, text: bool) -> bool:
-    """Whether a check runs on this kind of system: checks declare ``inputs`` (default: tensors only)."""
-    return ("text" if text else "tensor") in getattr(check, "inputs", ("tensor",))
-
-
-def _why_not(check: Any, text: bool, kind: str) -> str:
-    if text:
-        return (f"works on tensor inputs (images, feature vectors); this is a text model ({kind}): the text-evasion "
-                "check covers it")
-    return f"works on text models only; this system is a {kind}"
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -301,8 +197,8 @@ def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bo
 
     ex: Executor = executor if executor is not None else LocalExecutor()
     shared: _LiveSystem | _ShippedSystem = (
-        _LiveSystem(tm, target, attacker, x, y, progress, debug) if isinstance(ex, LocalExecutor)
-        else _ship(tm, given_target, given_data, debug))
+        _LiveSystem(tm, target, attacker, x, y, progress, debug, str(out_dir), resume)
+        if isinstance(ex, LocalExecutor) else _ship(tm, given_target, given_data, debug, str(out_dir), resume))
 
     def run(steps: list[Step]) -> None:
         base = len(results)
@@ -351,8 +247,10 @@ def _run_loaded(tm: ThreatModel, out_dir: str | Path, resume: bool, progress: bo
         run(list(plan.steps))
         # Follow-up checks (e.g. the BPDA/EOT retry) decide from the results whether more steps are needed.
         extra: list[Step] = []
+        from sparring.audit.model_kinds import kind_of, takes
+
         for c in CHECKS.values():
-            if hasattr(c, "follow_up") and _takes(c, _is_text(target)):
+            if hasattr(c, "follow_up") and takes(c, kind_of(target)):
                 try:
                     extra += c.follow_up(PlanContext(tm, target), list(results))
                 except Exception as exc:  # a follow-up that cannot plan is an error step, not a crash
@@ -383,6 +281,8 @@ class _LiveSystem:
     y: Any
     progress: bool
     debug: bool
+    out_dir: str | None = None
+    resume: bool = False
 
     def system(self) -> _LiveSystem:
         return self
@@ -398,6 +298,8 @@ class _ShippedSystem:
     target_blob: bytes | None
     data: tuple[Any, Any] | None
     debug: bool
+    out_dir: str | None = None
+    resume: bool = False
 
     def system(self) -> _LiveSystem:
         import sparring.audit.checks  # noqa: F401  (registers the built-in checks in this worker)
@@ -406,7 +308,8 @@ class _ShippedSystem:
         if live is None:
             target = None if self.target_blob is None else _unpack_target(self.target_blob)
             t, a, x, y = load_system(self.tm, target, self.data)
-            live = _LOADED[self.token] = _LiveSystem(self.tm, t, a, x, y, False, self.debug)
+            live = _LOADED[self.token] = _LiveSystem(self.tm, t, a, x, y, False, self.debug, self.out_dir,
+                                                     self.resume)
         return live
 
 
@@ -414,10 +317,11 @@ _LOADED: dict[str, _LiveSystem] = {}
 """The systems this (worker) process loaded, by the token of the audit that shipped them: loaded once per worker."""
 
 
-def _ship(tm: ThreatModel, target: Target | None, data: tuple[Any, Any] | None, debug: bool) -> _ShippedSystem:
+def _ship(tm: ThreatModel, target: Target | None, data: tuple[Any, Any] | None, debug: bool,
+          out_dir: str | None = None, resume: bool = False) -> _ShippedSystem:
     blob = None if target is None else _pack_target(target)
     token = hashlib.sha256(tm.spec_hash().encode() + (blob or b"") + os.urandom(8)).hexdigest()
-    return _ShippedSystem(token, tm, blob, data, debug)
+    return _ShippedSystem(token, tm, blob, data, debug, out_dir, resume)
 
 
 def _step_task(shared: _LiveSystem | _ShippedSystem, task: tuple[Any, ...]) -> StepResult:
@@ -433,7 +337,8 @@ def _step_task(shared: _LiveSystem | _ShippedSystem, task: tuple[Any, ...]) -> S
         i, a, b = task[2]
         x, y, seed = x[a:b], y[a:b], shard_seed(seed, i)
     return _run_step(step, RunContext(live.tm, live.target, live.attacker, x, y, seed,
-                                      progress=live.progress), live.debug)
+                                      progress=live.progress, out_dir=None if live.out_dir is None
+                                      else Path(live.out_dir), resume=live.resume), live.debug)
 
 
 def _run_step(step: Step, ctx: RunContext, debug: bool = False) -> StepResult:

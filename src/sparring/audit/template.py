@@ -59,7 +59,7 @@ def threat_model_template(model: str, *, data: str | None = None, spec: str | No
     ``${VAR}`` stays a reference to the environment) and ``exposure.output`` from ``exposure`` (``labels`` for an
     API that answers labels only).
     """
-    from sparring.audit.runner import _data, _load
+    from sparring.audit.model_kinds import _data, _load
     from sparring.audit.template_text import text_threat_model_template
     from sparring.audit.threat import parse_threat_model
 

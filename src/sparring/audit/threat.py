@@ -10,7 +10,8 @@ The keys, in short::
     name: digits classifier
     system:    {model, spec, entry_point, trust_pickle, device, batch_size, data: {source, split, n},
                 text: {classes, text_column, label_column, header, label, headers, input_key, ...},
-                http: {headers, timeout, retries, input_key, output_key, output: probabilities|logits}}
+                http: {headers, timeout, retries, input_key, output_key, output: probabilities|logits},
+                llm: {app | application, defences, converters, max_new_tokens, batch_size, ...}}
     exposure:  {audience: internal|public, output: scores|top-k|labels, top_k, decimals}
     attacker:  {knowledge: white-box|grey-box|black-box, evasion: [{norm, eps: [...]}], query_budget,
                 poisoning_share, physical_access}
@@ -34,7 +35,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sparring.audit.metrics import METRICS
+from sparring.audit.llm_system import LlmSystem
+from sparring.audit.metrics import LLM_METRICS, METRICS
 from sparring.audit.text_system import TextSystem
 from sparring.errors import ThreatModelError
 
@@ -105,6 +107,9 @@ class System(_Strict):
     """A text model's classes, message columns and HTTP settings (see sparring.audit.text_system); no spec."""
     http: HttpSettings | None = None
     """Headers, timeout, retries, request/answer keys and score kind of an ``http(s)://`` tensor endpoint."""
+    llm: LlmSystem | None = None
+    """An LLM application (see sparring.audit.llm_system): ``model`` is then the chat model (a bundled name, a .gguf
+    file, a transformers folder or an OpenAI-compatible ``http(s)://`` API)."""
     trusted_types: list[str] = Field(default_factory=list)
     """Types to trust in a skops file beyond skops' defaults, e.g. ``sklearn.tree._tree.Tree`` for forests."""
     units: str = "raw"
@@ -120,6 +125,11 @@ class System(_Strict):
         if self.http is not None and self.text is not None:
             raise ValueError("a text API takes its HTTP settings in system.text (headers, timeout, input_key, ...); "
                              "drop system.http")
+        if self.llm is not None:
+            extra = [k for k in ("spec", "text", "http", "constraints", "entry_point") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"system.llm describes an LLM application, which takes no {', '.join(extra)}: drop "
+                                 f"{'them' if len(extra) > 1 else 'it'} (an API's settings go in system.llm)")
         return self
 
     @field_validator("units")
@@ -342,6 +352,9 @@ class Gate(_Strict):
         if self.metric in ("drift_p_value", "drift_detected") and self.method not in (None, *DRIFT_TESTS):
             raise ValueError(f"{self.metric}'s method is one monitoring test ({', '.join(DRIFT_TESTS)}) or left out "
                              f"(all of monitoring.tests, Bonferroni-corrected); got {self.method!r}")
+        if self.metric in LLM_METRICS and self.method is not None and not self.method.strip():
+            raise ValueError(f"{self.metric}'s method is a defence configuration (none, all, or a defence name); "
+                             f"got {self.method!r}")
         if self.metric == "text_evasion_rate" and self.method not in (None, "none", "normalize"):
             raise ValueError(f"text_evasion_rate's method is the defence: none or normalize; got {self.method!r}")
         return self
@@ -384,6 +397,19 @@ class ThreatModel(_Strict):
     seed: int = 0
 
     @model_validator(mode="after")
+    def _llm_gates_have_an_application(self) -> ThreatModel:
+        llm = [g.metric for g in self.gates if g.metric in LLM_METRICS]
+        if llm and self.system.llm is None:
+            raise ValueError(f"gates on {', '.join(sorted(set(llm)))} measure an LLM application: add system.llm: "
+                             "{app: app.yaml} (system.model is then the chat model)")
+        if self.system.llm is not None:
+            other = [g.metric for g in self.gates if g.metric not in LLM_METRICS]
+            if other:
+                raise ValueError(f"an LLM application is gated on its attack success rates ({', '.join(LLM_METRICS)}"
+                                 f"); {', '.join(sorted(set(other)))} cannot be measured on it")
+        return self
+
+    @model_validator(mode="after")
     def _drift_gates_have_data(self) -> ThreatModel:
         if self.monitoring is None and any(g.metric.startswith("drift_") for g in self.gates):
             raise ValueError("drift gates (drift_p_value, drift_detected) test monitoring data: add monitoring: "
@@ -397,6 +423,11 @@ class ThreatModel(_Strict):
         http = out["system"].get("http")
         if http:
             http["headers"] = {k: v if "$" in v else "<redacted>" for k, v in http["headers"].items()}
+        inline = (out["system"].get("llm") or {}).get("application")
+        if inline and isinstance(inline.get("secret"), str | int):  # the planted secret stays out of the reports
+            secret = str(inline["secret"])
+            inline.update({k: v.replace(secret, "<redacted>") for k, v in inline.items() if isinstance(v, str)})
+            inline["secret"] = "<redacted>"
         return out
 
     def spec_hash(self) -> str:

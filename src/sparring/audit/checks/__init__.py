@@ -1,6 +1,6 @@
 """The built-in audit checks. Importing this package registers them, in this order, with the check registry
 (the order is the order of the steps in a plan: baseline first, then evasion, sanity checks, retry, certification;
-drift on monitoring data last).
+drift on monitoring data, then the LLM application's red team).
 """
 # isort: skip_file
 
@@ -16,3 +16,4 @@ from sparring.audit.checks import tabular  # noqa: F401
 from sparring.audit.checks import layered  # noqa: F401
 from sparring.audit.checks import text  # noqa: F401
 from sparring.audit.checks import drift  # noqa: F401
+from sparring.audit.checks import llm  # noqa: F401

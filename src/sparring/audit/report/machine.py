@@ -30,7 +30,7 @@ def report_dict(audit: Audit) -> dict[str, Any]:
         if r.traceback:
             step["traceback"] = r.traceback
         steps.append(step)
-    return {
+    out = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "name": audit.threat_model.name,
         "status": audit.status,
@@ -46,6 +46,28 @@ def report_dict(audit: Audit) -> dict[str, Any]:
         "threat_model": audit.threat_model.to_dict(),
         "environment": audit.environment,
     }
+    families = _family_data(audit)
+    if families:
+        out["families"] = families
+    return out
+
+
+def _family_data(audit: Audit) -> dict[str, Any]:
+    """The ``report_data(results)`` blocks of the checks that define one (e.g. the LLM ASR tables and the judge's
+    measured sensitivity and specificity), each given only its own results; a hook that raises gives its error."""
+    from sparring.audit.registry import CHECKS
+
+    out: dict[str, Any] = {}
+    for check in CHECKS.values():
+        fn = getattr(check, "report_data", None)
+        own = [r for r in audit.results if r.check == check.name]
+        if fn is None or not own:
+            continue
+        try:
+            out[check.name] = fn(own)
+        except Exception as exc:  # a family's report hook must not cost the report
+            out[check.name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
 
 
 def render_junit(data: dict[str, Any]) -> str:
