@@ -154,3 +154,32 @@ def test_ray_worker_killed_mid_audit_is_retried_to_the_same_results(ray_cluster:
     assert killed, "no Ray task was running when a step finished: nothing was killed"
     assert audit.status == "complete" and not audit.errors
     assert comparable(report_dict(audit)) == expected
+
+
+@pytest.mark.slow  # keep last in this module: it stops the cluster's second node for good
+def test_node_lost_mid_sharded_audit_its_tasks_rerun_on_the_head_to_the_same_results(
+        ray_cluster: dict[str, Any], tmp_path: Path) -> None:
+    """The second node's processes (raylet, object store, workers: its own process group) are killed while it runs
+    a shard; Ray declares the node dead and reruns its tasks on the head. The sharded audit equals the local one."""
+    from sparring.executors import RayExecutor
+    from tests.test_executors_shards import SHARD
+    from tests.test_executors_shards import TM as SHARD_TM
+
+    tm = load_threat_model(write_tm(tmp_path / "threat.yaml", **SHARD_TM))
+    expected = comparable(report_dict(run_audit(tm, tmp_path / "local", shard_points=SHARD)))
+    second = ray_cluster["pgids"][1]
+    lost: list[int] = []
+
+    def stop_second_node(done: int, total: int, step: Any, shard: int | None) -> None:
+        if not lost and _running_task_pids([second]):  # node 2 is running a task right now: lose the node
+            os.killpg(second, signal.SIGKILL)
+            lost.append(done)
+
+    ex = RayExecutor(ray_cluster["address"])
+    try:
+        audit = run_audit(tm, tmp_path / "ray", executor=ex, shard_points=SHARD, on_task=stop_second_node)
+    finally:
+        ex.close()
+    assert lost, "the second node never ran a task while one finished: nothing was lost"
+    assert audit.status == "complete" and not audit.errors, [r.error for r in audit.errors]
+    assert comparable(report_dict(audit)) == expected

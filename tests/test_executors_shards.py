@@ -60,7 +60,7 @@ def test_shards_cover_the_points_and_shard_zero_keeps_the_step_seed() -> None:
 # ------------------------------------------------------------------ audits
 def test_sharded_steps_merge_to_whole_step_results_and_the_driver_sees_every_task(
         sharded_local: tuple[dict[str, Any], list[tuple[Any, ...]], Any]) -> None:
-    report, seen, audit = sharded_local
+    _, seen, audit = sharded_local
     steps = {r.step_id: r for r in audit.results}
     for sid in SHARDED:
         r = steps[sid]
@@ -113,9 +113,12 @@ def test_sharded_audit_on_1_and_2_worker_processes_equals_the_local_sharded_audi
     expected = sharded_local[0]
     for workers in (1, 2):
         seen: list[int] = []
+
+        def count(done: int, total: int, step: Any, shard: int | None, seen: list[int] = seen) -> None:
+            seen.append(done)
+
         with ProcessExecutor(workers) as ex:
-            audit = _audit(tmp_path, f"p{workers}", executor=ex, shard_points=SHARD,
-                           on_task=lambda done, total, step, shard: seen.append(done))
+            audit = _audit(tmp_path, f"p{workers}", executor=ex, shard_points=SHARD, on_task=count)
         assert comparable(report_dict(audit)) == expected, f"{workers} workers"
         assert seen == list(range(1, len(sharded_local[1]) + 1))
 
