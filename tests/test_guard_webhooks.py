@@ -224,3 +224,34 @@ def test_missing_secret_and_bad_urls_are_refused(tmp_path: Path) -> None:
         {"url": "https://hooks.example.com/services/T000/B000/XXXXSECRET", "secret_env": ENV}]})
     public = json.dumps(cfg.public())
     assert "XXXXSECRET" not in public and "https://hooks.example.com/***" in public
+
+
+def test_webhooks_and_dashboard_tables_on_postgresql(tmp_path: Path) -> None:
+    from sparring.guard.dashboard import RejectedSamples, _top_clients
+    from sparring.guard.store import open_store
+    from tests.guard_pg import postgres_server
+
+    receiver = Receiver()
+    try:
+        with postgres_server() as url, open_store(url) as store:
+            hook = WebhookConfig(url=receiver.url, secret_env=ENV, backoff=0.05)
+            env = {ENV: SECRET}
+            eid = store.record(StoreBatch(Event("alice", "/predict", 403, "reject"),
+                                          alerts=[Alert("alice", "detector-rate", {"p_value": 1e-9})]))
+            a, b = WebhookDispatcher([hook], store, environ=env), WebhookDispatcher([hook], store, environ=env)
+            a.submit(eid, [Alert("alice", "detector-rate", {})])
+            b.submit(eid, [Alert("alice", "detector-rate", {})])  # two replicas on one alert: one row, one POST
+            assert a.wait_idle(10) and b.wait_idle(10)
+            assert len(receiver.got) == 1 and verify_signature(receiver.got[0]["body"], receiver.got[0]["signature"],
+                                                               SECRET)
+            assert [(r["status"], r["attempts"]) for r in a.deliveries()] == [("delivered", 1)]
+            samples = RejectedSamples(store, keep=3)
+            for i in range(5):
+                samples.submit(eid, "alice", "unicode", [f"message {i} <b>"], [0])
+            samples.flush()
+            assert [s["text"] for s in samples.recent()] == ["message 4 <b>", "message 3 <b>", "message 2 <b>"]
+            assert _top_clients(store, 0.0, "COUNT(*)") == [("alice", 1, 1, 1)]
+            a.close()
+            b.close()
+    finally:
+        receiver.close()
