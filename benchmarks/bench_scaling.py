@@ -2,28 +2,31 @@
 
 The audit: the standard-effort audit of the zoo model ``digits-cnn-pgdat`` (the built-in default threat model,
 ``sparring/audit/defaults/digits-cnn.yaml``, with the PGD-trained CNN: 200 held-out digits, L∞ and L2 evasion,
-masking checks, randomized smoothing). Every step is one task (step-level parallelism; steps keep their seeds, so
-every run's findings are compared with the local run's and must be equal).
+masking checks, randomized smoothing). The evasion and certification steps run as point shards of ``--shard-points``
+points (default 25: 8 tasks per step; 0 runs every step whole), so the longest task is a shard, not a whole attack.
+Steps and shards keep their seeds, so every run's findings are compared with the local run's and must be equal.
 
-Measured, each run once (the machine is shared: read the raw seconds as upper bounds):
+Robust to a loaded machine (the 2-core machine is shared):
 
-* ``local``: the steps in this process, one after the other (torch with 1 thread, like each worker);
-* ``processes`` with 1 and 2 workers (spawned; pool start-up included);
-* ``ray`` with 1 and 2 CPUs (a private one-machine cluster started by the benchmark; start-up excluded, reported
-  apart);
-* per-task overhead: 40 no-op tasks through a warm pool / cluster, seconds per task (round trip: submit, pickle,
-  run, return);
-* start-up: the first no-op map on a fresh pool (spawn + import torch + sparring) and ``ray.init``.
+* the configurations are **interleaved** (local, processes x1, processes x2, ray x1, ray x2, then again) and each
+  runs ``--repeats`` times (default 2); the JSON keeps every run and reports the **median** per configuration;
+* ``os.getloadavg()`` is recorded before and after every run, so a slow run can be told from a busy machine;
+* speed-ups are ratios of medians measured in the same interleaved rounds.
 
-Cost model (fitted): ``T(N) = S + o·k + max(W/N, w_max)`` for an audit of ``k`` steps whose work adds up to ``W``
-seconds with the longest step ``w_max`` (a step is never split, so N workers cannot beat the longest step), ``o``
-the measured per-task overhead and ``S`` the serial part (loading, planning, reports, pool start-up), fitted by
-least squares per executor with ``W`` and ``w_max`` from the local run's per-step seconds. The JSON gives the
-expected time on N = 1, 2, 4, 8, 16 workers (or nodes with one worker each) for this audit, and the formula to
-scale it to another audit size (``W`` grows with the number of points and attack steps; ``k`` with the eps grid).
+Measured per configuration: the audit's wall seconds (``ray``: the private cluster's start excluded, reported apart).
+Overhead: 40 no-op tasks through a warm 2-worker pool / cluster (seconds per task: submit, pickle, run, return) and
+the start-up (the first no-op map on a fresh pool: spawn + import torch + sparring; ``ray.init``).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py`` (about 10 minutes on 2 quiet cores); ``--quick`` runs
-a 24-point quick-effort audit instead (about 2 minutes). Writes ``benchmarks/results/scaling.json``.
+Cost model: ``T(N) = S + o·k + max(W/N, w_max)`` for ``k`` tasks whose work adds up to ``W`` seconds with the longest
+task ``w_max`` (a task is never split, so N workers cannot beat it), ``o`` the measured per-task overhead and ``S``
+the serial part (loading, planning, merging, reports, pool start-up). ``k`` and ``w_max`` come from the local runs'
+task seconds; ``S`` and ``W`` are fitted per executor by non-negative least squares (``scipy.optimize.nnls``) over
+all its runs, so no parameter can come out negative (an earlier fit on a machine with load average 6 gave S < 0).
+The JSON gives the expected time on N = 1, 2, 4, 8, 16 workers (or single-CPU nodes) and the residuals.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py`` (about 25 minutes on 2 quiet cores: 5 configurations
+x 2 repeats); ``--quick`` runs a 24-point quick-effort audit with 8-point shards (about 3 minutes) and writes
+``scaling-quick.json`` instead of ``scaling.json`` (both in ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -31,20 +34,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
+from scipy.optimize import nnls
 
 from sparring.audit import load_threat_model, run_audit
 from sparring.audit.report.machine import report_dict
-from sparring.executors import LocalExecutor, ProcessExecutor, RayExecutor
+from sparring.executors import LocalExecutor, Outcome, ProcessExecutor, RayExecutor
 
-OUT = Path(__file__).parent / "results" / "scaling.json"
+RESULTS = Path(__file__).parent / "results"
 
 
 def _noop(shared: Any, task: int) -> int:
@@ -53,6 +60,19 @@ def _noop(shared: Any, task: int) -> int:
 
 def _comparable(report: dict[str, Any]) -> Any:
     return ([s["measurements"] for s in report["steps"]], report["gates"], report["findings"])
+
+
+class TimedLocal(LocalExecutor):
+    """The local executor, keeping every task's seconds (the work ``W`` and the longest task ``w_max``)."""
+
+    def __init__(self) -> None:
+        self.task_seconds: list[float] = []
+
+    def map(self, fn: Any, tasks: Sequence[Any], *, shared: Any = None,
+            on_result: Callable[[int, Outcome[Any]], None] | None = None) -> list[Outcome[Any]]:
+        out = super().map(fn, tasks, shared=shared, on_result=on_result)
+        self.task_seconds += [o.seconds for o in out]
+        return out
 
 
 def threat_model(quick: bool, folder: Path) -> Path:
@@ -70,13 +90,18 @@ def threat_model(quick: bool, folder: Path) -> Path:
     return path
 
 
-def timed_audit(tm_path: Path, out: Path, executor: Any) -> tuple[float, dict[str, Any]]:
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def timed_audit(tm_path: Path, out: Path, executor: Any, shard_points: int | None) -> dict[str, Any]:
+    before = _load()
     t0 = time.perf_counter()
-    audit = run_audit(load_threat_model(tm_path), out, executor=executor)
+    audit = run_audit(load_threat_model(tm_path), out, executor=executor, shard_points=shard_points)
     seconds = time.perf_counter() - t0
     if audit.errors:
         raise RuntimeError(f"the audit had errors: {[r.error for r in audit.errors]}")
-    return seconds, report_dict(audit)
+    return {"seconds": round(seconds, 2), "load_before": before, "load_after": _load(), "report": report_dict(audit)}
 
 
 def overhead(executor: Any, n: int = 40) -> dict[str, float]:
@@ -88,62 +113,86 @@ def overhead(executor: Any, n: int = 40) -> dict[str, float]:
     return {"startup_s": round(first, 3), "per_task_s": round((time.perf_counter() - t0) / n, 5)}
 
 
-def fit(runs: list[dict[str, Any]], k: int, work: float, longest: float, o: float) -> dict[str, Any]:
-    """Least-squares S for T(N) = S + o*k + max(W/N, w_max) over this executor's runs (one unknown: a mean)."""
-    resid = [r["seconds"] - o * k - max(work / r["workers"], longest) for r in runs]
-    s = sum(resid) / len(resid)
-    predict = {n: round(s + o * k + max(work / n, longest), 2) for n in (1, 2, 4, 8, 16)}
-    err = [round(r["seconds"] - (s + o * k + max(work / r["workers"], longest)), 2) for r in runs]
-    return {"S": round(s, 3), "o": o, "k": k, "W": round(work, 3), "w_max": round(longest, 3),
-            "predicted_seconds": predict, "residuals": err}
+def fit(runs: list[dict[str, Any]], k: int, longest: float, o: float, measured_work: float) -> dict[str, Any]:
+    """Non-negative least squares for ``S`` and ``W`` in ``T(N) - o*k = S + W/N`` over this executor's runs, then
+    ``T(N) = S + o*k + max(W/N, w_max)`` (``w_max`` measured: the longest local task). With one worker count only
+    (the local runs) ``S`` and ``W`` cannot be told apart: ``W`` is then the measured task seconds, ``S >= 0`` the
+    rest."""
+    b = np.array([r["seconds"] - o * k for r in runs])
+    if len({r["workers"] for r in runs}) < 2:
+        s, work = max(0.0, float(np.mean(b)) - measured_work), measured_work
+    else:
+        (s, work), _ = nnls(np.array([[1.0, 1.0 / r["workers"]] for r in runs]), b)
+
+    def model(n: int) -> float:
+        return float(s + o * k + max(work / n, longest))
+
+    return {"S": round(float(s), 3), "o": o, "k": k, "W": round(float(work), 3), "w_max": round(longest, 3),
+            "predicted_seconds": {n: round(model(n), 2) for n in (1, 2, 4, 8, 16)},
+            "residuals": [round(r["seconds"] - model(r["workers"]), 2) for r in runs]}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a 24-point quick-effort audit (smoke run)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray runs")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds (each configuration once per round)")
+    ap.add_argument("--shard-points", type=int, default=None,
+                    help="points per shard of the evasion/certification steps (default 25, --quick 8; 0: whole)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    shard = (8 if args.quick else 25) if args.shard_points is None else args.shard_points
+    shard_points = shard or None
     folder = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     tm = threat_model(args.quick, folder)
-    result: dict[str, Any] = {"audit": str(tm), "quick": args.quick, "cpu_count": os.cpu_count(),
-                              "load_average_at_start": os.getloadavg(), "runs": [], "overhead": {}}
-    secs, ref = timed_audit(tm, folder / "local", LocalExecutor())
-    step_s = [s["cost"].get("seconds", 0.0) for s in ref["steps"]]
-    k, work, longest = len(step_s), sum(step_s), max(step_s)
-    result["runs"].append({"executor": "local", "workers": 1, "seconds": round(secs, 2), "equal_to_local": True})
-    result["steps"] = {"k": k, "work_s": round(work, 2), "longest_s": round(longest, 2)}
-    print(f"local: {secs:.1f} s ({k} steps, {work:.1f} s of step work, longest {longest:.1f} s)", flush=True)
-    kinds = [("processes", lambda n: ProcessExecutor(n))]
+    configs: list[tuple[str, int, Callable[[], Any]]] = [("local", 1, TimedLocal),
+                                                        ("processes", 1, lambda: ProcessExecutor(1)),
+                                                        ("processes", 2, lambda: ProcessExecutor(2))]
     if not args.no_ray:
-        kinds.append(("ray", lambda n: RayExecutor(None, workers=n)))
-    for name, make in kinds:
-        for n in (1, 2):
-            ex = make(n)
+        configs += [("ray", 1, lambda: RayExecutor(None, workers=1)), ("ray", 2, lambda: RayExecutor(None, workers=2))]
+    result: dict[str, Any] = {"audit": str(tm), "quick": args.quick, "shard_points": shard_points,
+                              "cpu_count": os.cpu_count(), "repeats": args.repeats,
+                              "load_average_at_start": _load(), "runs": [], "overhead": {}}
+    ref: Any = None
+    task_seconds: list[float] = []
+    for rnd in range(args.repeats):
+        for name, n, make in configs:
+            ex = make()
             try:
                 if name == "ray":  # the cluster start is not the audit's: measured apart
-                    result["overhead"][f"ray_init_{n}"] = overhead(ex)
-                secs, rep = timed_audit(tm, folder / f"{name}{n}", ex)
-                if n == 2:
+                    result["overhead"].setdefault(f"ray_init_{n}", overhead(ex))
+                run = timed_audit(tm, folder / f"{name}{n}-{rnd}", ex, shard_points)
+                if n == 2 and name not in result["overhead"]:
                     result["overhead"][name] = overhead(ex)
             finally:
                 ex.close()
-            same = _comparable(rep) == _comparable(ref)
-            result["runs"].append({"executor": name, "workers": n, "seconds": round(secs, 2), "equal_to_local": same})
-            print(f"{name} x{n}: {secs:.1f} s, findings equal to local: {same}", flush=True)
-    local_s = result["runs"][0]["seconds"]
-    result["speedup_vs_local"] = {f"{r['executor']}x{r['workers']}": round(local_s / r["seconds"], 2)
-                                  for r in result["runs"]}
-    result["model"] = {}
-    for name, _ in kinds:
+            if isinstance(ex, TimedLocal):
+                task_seconds = task_seconds or ex.task_seconds  # the first local run's tasks
+            rep = _comparable(run.pop("report"))
+            ref = rep if ref is None else ref
+            run.update(executor=name, workers=n, round=rnd, equal_to_local=rep == ref)
+            result["runs"].append(run)
+            print(f"round {rnd} {name} x{n}: {run['seconds']:.1f} s, load {run['load_before'][0]} -> "
+                  f"{run['load_after'][0]}, findings equal to local: {run['equal_to_local']}", flush=True)
+    k, longest = len(task_seconds), max(task_seconds)
+    result["tasks"] = {"k": k, "work_s": round(sum(task_seconds), 2), "longest_s": round(longest, 2)}
+    medians = {f"{name}x{n}": statistics.median(r["seconds"] for r in result["runs"]
+                                                if r["executor"] == name and r["workers"] == n)
+               for name, n, _ in configs}
+    result["median_seconds"] = medians
+    result["speedup_vs_local"] = {key: round(medians["localx1"] / v, 2) for key, v in medians.items()}
+    result["model"] = {"formula": "T(N) = S + o*k + max(W/N, w_max)"}
+    local_runs = [r for r in result["runs"] if r["executor"] == "local"]
+    result["model"]["local"] = fit(local_runs, k, longest, 0.0, sum(task_seconds))
+    for name in dict.fromkeys(c[0] for c in configs if c[0] != "local"):
         runs = [r for r in result["runs"] if r["executor"] == name]
-        result["model"][name] = fit(runs, k, work, longest, result["overhead"][name]["per_task_s"])
-    result["model"]["formula"] = "T(N) = S + o*k + max(W/N, w_max)"
-    result["load_average_at_end"] = os.getloadavg()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k_: result[k_] for k_ in ("speedup_vs_local", "overhead", "model")}, indent=2))
+        result["model"][name] = fit(runs, k, longest, result["overhead"][name]["per_task_s"], sum(task_seconds))
+    result["load_average_at_end"] = _load()
+    out = RESULTS / ("scaling-quick.json" if args.quick else "scaling.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k_: result[k_] for k_ in ("median_seconds", "speedup_vs_local", "overhead", "model")}, indent=2))
     if not all(r["equal_to_local"] for r in result["runs"]):
         sys.exit("an executor's findings differ from the local run's")
 
