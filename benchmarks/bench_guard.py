@@ -9,7 +9,13 @@ that falls behind is charged for the queueing, Tene's "coordinated omission"). R
 p50/p95/p99 latency, errors; for the guard also p50/p95/p99 minus the bare model's (the latency it adds), and the
 events lost: 200 answers whose event is not in the store (expected 0).
 
+``--model spam`` serves the SMS spam text model (``spam-tfidf-logreg``) instead, one message per request, with the
+``unicode`` detector (policy log); its bare server is a stdlib HTTP server around the same ``TextTarget`` (the
+protocol of ``HttpTextTarget``). Each row also gives the CPU time each server process spent per request (from
+``/proc/<pid>/stat``) and the load average before the run.
+
     python benchmarks/bench_guard.py --rate 300 --seconds 60 --out benchmarks/results/guard.json
+    python benchmarks/bench_guard.py --model spam --rate 50 100 300 --seconds 15
 
 Every run here shares two cores with the load generator; say so when quoting the figures.
 """
@@ -32,6 +38,36 @@ import numpy as np
 _BARE = ("import sys; from sparring import zoo; from sparring.serving import make_server; "
          "s = make_server(zoo.load('digits-cnn'), port=0); print('listening on', s.url, file=sys.stderr, flush=True);"
          " s.serve_forever()")
+
+
+_BARE_TEXT = (
+    "import json, sys\n"
+    "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
+    "from sparring.data.text import load_text_model\n"
+    "model = load_text_model('spam-tfidf-logreg')\n"
+    "class H(BaseHTTPRequestHandler):\n"
+    "    protocol_version = 'HTTP/1.1'\n"
+    "    def do_POST(self):\n"
+    "        body = self.rfile.read(int(self.headers['Content-Length']))\n"
+    "        out = json.dumps({'scores': model.query(json.loads(body)['inputs']).tolist()}).encode()\n"
+    "        self.send_response(200); self.send_header('Content-Type', 'application/json')\n"
+    "        self.send_header('Content-Length', str(len(out))); self.end_headers(); self.wfile.write(out)\n"
+    "    def log_message(self, *a):\n"
+    "        pass\n"
+    "ThreadingHTTPServer.daemon_threads = True\n"
+    "s = ThreadingHTTPServer(('127.0.0.1', 0), H)\n"
+    "print('listening on', f'http://127.0.0.1:{s.server_address[1]}', file=sys.stderr, flush=True)\n"
+    "s.serve_forever()\n")
+
+_MAHALANOBIS = ("detectors:\n  - {kind: mahalanobis, policy: log, fit: {data: train}, "
+                "combine: {data: test, start: 150, stop: 250}, calibrate: {data: test, stop: 150, fpr: 0.05}}\n"
+                "drift: {window: 200, reference: {data: test, stop: 150}}\n")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start(cmd: list[str], log: Path, marker: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -84,6 +120,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, nargs="+", default=[300.0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--model", choices=["digits-cnn", "spam"], default="digits-cnn",
+                    help="digits-cnn: Mahalanobis + PRADA + drift; spam: spam-tfidf-logreg with the unicode detector")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -93,27 +131,38 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-guard-"))
     db = tmp / "guard.db"
+    text = args.model == "spam"
     (tmp / "guard.yaml").write_text(
-        f"model: digits-cnn\nstore: {{url: 'sqlite:///{db}'}}\nqueue: {{max_size: 512}}\n"
-        "rate_limit: {rate: 100000, burst: 100000}\nlimits: {max_batch: 16}\n"
-        "detectors:\n  - {kind: mahalanobis, policy: log, fit: {data: train}, combine: {data: test, start: 150, "
-        "stop: 250}, calibrate: {data: test, stop: 150, fpr: 0.05}}\n"
-        "drift: {window: 200, reference: {data: test, stop: 150}}\n")
+        f"model: {'spam-tfidf-logreg' if text else 'digits-cnn'}\nstore: {{url: 'sqlite:///{db}'}}\n"
+        "queue: {max_size: 512}\nrate_limit: {rate: 100000, burst: 100000}\nlimits: {max_batch: 16}\n"
+        + ("detectors:\n  - {kind: unicode, policy: log}\n" if text else _MAHALANOBIS))
     with open_store(f"sqlite:///{db}") as st:
         keys = [create_key(st, f"client-{c}")[0] for c in range(args.clients)]
-    x = zoo.data("digits-cnn").x_test[250:]
-    bodies = [json.dumps({"inputs": x[i : i + 1].tolist()}).encode() for i in range(len(x))]
-    bare, bare_url = _start([sys.executable, "-c", _BARE], tmp / "bare.log", "listening on ")
+    if text:
+        from sparring.data.text import load_sms_spam
+
+        msgs = load_sms_spam().x_test
+        bodies = [json.dumps({"inputs": [m]}).encode() for m in msgs]
+    else:
+        x = zoo.data("digits-cnn").x_test[250:]
+        bodies = [json.dumps({"inputs": x[i : i + 1].tolist()}).encode() for i in range(len(x))]
+    bare, bare_url = _start([sys.executable, "-c", _BARE_TEXT if text else _BARE], tmp / "bare.log", "listening on ")
     guard, guard_url = _start([sys.executable, "-m", "sparring.cli", "guard", "serve", str(tmp / "guard.yaml"),
                                "--port", "0"], tmp / "guard.log", "guard listening on ")
     results: list[dict[str, Any]] = []
     try:
         for rate in args.rate:
+            load = [round(v, 2) for v in os.getloadavg()]
+            c0 = _cpu_seconds(bare.pid)
             b = asyncio.run(_load(bare_url + "/predict", [""] * args.clients, bodies, rate, args.seconds))
+            b["cpu_ms_per_request"] = round((_cpu_seconds(bare.pid) - c0) * 1000 / b["requests"], 2)
             before = _count(db)
+            c0 = _cpu_seconds(guard.pid)
             g = asyncio.run(_load(guard_url + "/predict", keys, bodies, rate, args.seconds))
+            g["cpu_ms_per_request"] = round((_cpu_seconds(guard.pid) - c0) * 1000 / g["requests"], 2)
             stored = _count(db) - before
-            row = {"rate": rate, "seconds": args.seconds, "bare": b, "guard": g,
+            row = {"model": args.model, "rate": rate, "seconds": args.seconds, "load_avg_before": load,
+                   "bare": b, "guard": g,
                    "added_ms": {k: round(g[k] - b[k], 2) for k in ("p50_ms", "p95_ms", "p99_ms")},
                    "events_lost": max(0, g["ok"] - stored), "events_stored": stored}
             results.append(row)
