@@ -162,7 +162,7 @@ def test_dashboard_renders_in_headless_chromium(guard: dict[str, Any], tmp_path:
 
 
 def test_text_model_rejected_messages_are_shown_as_escaped_text(tmp_path: Path) -> None:
-    from sparring.guard.service import open_service
+    from sparring.guard.open import open_service
 
     cfg = {"model": "spam-tfidf-logreg", "detectors": [{"kind": "unicode", "policy": "reject"}],
            "store": {"url": f"sqlite:///{tmp_path / 'guard.db'}"}, "rate_limit": {"rate": 10_000, "burst": 10_000}}

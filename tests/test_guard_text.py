@@ -18,7 +18,7 @@ from sparring.attacks.text.base import bad_characters
 from sparring.data.text import load_sms_spam, load_text_model
 from sparring.errors import GuardConfigError
 from sparring.guard.config import parse_config
-from sparring.guard.service import open_service
+from sparring.guard.open import open_service
 from sparring.guard.text import TextGuardService, evasion_chars
 from sparring.targets.text import HttpTextTarget, TextTarget
 from tests.guard_helpers import bearer, running

@@ -120,7 +120,7 @@ def test_report_hooks_that_raise_cost_a_section_not_the_report(
     from sparring.audit import load_threat_model, run_audit
     from sparring.audit.report import write_reports
 
-    def broken(*args: Any) -> Any:
+    def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("robust")
 
     monkeypatch.setattr(EvasionScores, "findings", broken, raising=False)

@@ -19,7 +19,7 @@ from sparring.cli import EXIT_OK, build_cli
 
 pytest.importorskip("skops")
 
-from tests.attacks.test_text_user import CLASSES, TOKEN, _Moderation, _pipeline, _rows  # noqa: E402
+from tests.attacks.test_text_user import CLASSES, TOKEN, _Moderation, _pipeline, _rows
 
 
 def _tm(url: str, headers: dict[str, str], source: str = "x.csv") -> dict[str, object]:

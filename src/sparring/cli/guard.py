@@ -72,8 +72,8 @@ def add_commands(cli: click.Group) -> None:
             raise click.BadParameter(f"{workers} workers: {SINGLE_PROCESS_REASON}", param_hint="--workers")
         from sparring.errors import SparringError
         from sparring.guard.config import load_config
+        from sparring.guard.open import open_service
         from sparring.guard.server import GuardServer
-        from sparring.guard.service import open_service
 
         try:
             svc = open_service(load_config(config))

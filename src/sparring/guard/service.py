@@ -32,7 +32,7 @@ from sparring.guard.store import Alert, Event, Store, StoreBatch, open_store
 from sparring.guard.webhooks import WebhookDispatcher
 from sparring.targets.base import Target
 
-__all__ = ["GuardService", "Outcome", "open_service"]
+__all__ = ["GuardService", "Outcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -407,12 +407,3 @@ class GuardService:
             if self.config.prada.policy == "reject":
                 body.setdefault("guard", {})["prada"] = "flagged: later requests will be refused"
 
-
-def open_service(config: GuardConfig, *, store: Store | None = None) -> GuardService:
-    """The service ``config`` describes: :class:`~sparring.guard.text.TextGuardService` for a text model, else a
-    :class:`GuardService`."""
-    if config.model.is_text:
-        from sparring.guard.text import TextGuardService
-
-        return TextGuardService(config, store=store)
-    return GuardService(config, store=store)
