@@ -160,3 +160,23 @@ def test_sharded_certify_on_processes_equals_the_same_shards_run_locally(digits_
     assert remote.certified_accuracy(0.25) == local.certified_accuracy(0.25)
     again = _smoothed(digits_cnn).certify(x, y, n0=8, n=64, shard_size=6, executor=LocalExecutor())
     assert torch.equal(again.radii, local.radii)  # the default executor is the local one
+
+
+def test_cli_shard_points_gives_the_library_sharded_report(
+        sharded_local: tuple[dict[str, Any], list[tuple[Any, ...]], Any], tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from sparring.cli import build_cli
+
+    write_tm(tmp_path / "threat.yaml", **TM)
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(build_cli(), ["audit", str(tmp_path / "threat.yaml"), "--out", str(out), "--no-progress",
+                                 "--format", "json", "--shard-points", str(SHARD)])
+    assert r.exit_code in (0, 6), r.output
+    data = json.loads((out / "report.json").read_text())
+    assert comparable(data) == json.loads(json.dumps(sharded_local[0]))  # as report.json writes it
+    assert {s["id"] for s in data["steps"] if s["params"].get("shard_points") == SHARD} >= SHARDED
+    bad = CliRunner().invoke(build_cli(), ["audit", str(tmp_path / "threat.yaml"), "--shard-points", "0"])
+    assert bad.exit_code == 2 and "--shard-points" in bad.output

@@ -375,9 +375,13 @@ def build_cli() -> Any:
     @click.option("--ray", "ray_address", metavar="auto|ADDRESS", default=None,
                   help="Run on the Ray cluster at HOST:PORT, or 'auto' (this machine's cluster, or RAY_ADDRESS); "
                        "implies --executor ray. Needs the extra sparring[ray]; see docs/cluster.md.")
+    @click.option("--shard-points", type=click.IntRange(min=1), default=None, metavar="K",
+                  help="Split each evasion and certification step into tasks of K points, merged into one step "
+                       "result, so one big step spreads over the workers. The shard size is part of the step (the "
+                       "report is the same on every executor, but random starts are drawn per shard).")
     def audit(threat_model: str | None, out_dir: str, resume: bool, formats: str, no_progress: bool,
               debug: bool, baseline: str | None, history: str | None, executor: str | None, workers: int | None,
-              ray_address: str | None) -> None:
+              ray_address: str | None, shard_points: int | None) -> None:
         """Audit a model as THREAT_MODEL (YAML) describes, and write reports.
 
         Without THREAT_MODEL the built-in default runs: the zoo digits CNN on its held-out digits against a
@@ -394,11 +398,13 @@ def build_cli() -> Any:
           sparring audit threat.yaml --out report --history sqlite:///audits.db
           sparring audit threat.yaml --out report --executor processes --workers 2
           sparring audit threat.yaml --out report --ray 127.0.0.1:6379
+          sparring audit threat.yaml --out report --workers 2 --shard-points 64
         """
         from sparring.cli.audit import run_audit_command
 
         sys.exit(run_audit_command(threat_model, out_dir, resume, formats, not no_progress, _fail, debug, baseline,
-                                   history, executor=executor, workers=workers, ray_address=ray_address))
+                                   history, executor=executor, workers=workers, ray_address=ray_address,
+                                   shard_points=shard_points))
 
     @cli.command(epilog=_EXIT_HELP)
     @click.option("--model", "-m", default="digits-cnn", show_default=True, help="Zoo name, model file or URL.")

@@ -52,7 +52,8 @@ def audit_exit_code(audit: Any) -> int:
 def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, formats: str, progress: bool,
                       fail: Callable[[BaseException], NoReturn], debug: bool = False,
                       baseline: str | None = None, history: str | None = None, *, executor: str | None = None,
-                      workers: int | None = None, ray_address: str | None = None) -> int:
+                      workers: int | None = None, ray_address: str | None = None,
+                      shard_points: int | None = None) -> int:
     """Run the audit and write the reports; return the exit code (:func:`audit_exit_code`; 2 for unknown formats).
 
     ``baseline``: an earlier report.json to compare with (:mod:`sparring.audit.baseline`), read before the audit runs.
@@ -61,6 +62,7 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
     ``out_dir`` plots its gates over the recorded runs.
     ``executor``, ``workers``, ``ray_address``: where the steps run (:func:`sparring.executors.get_executor`;
     ``ray_address`` implies ``executor="ray"``, ``workers`` > 1 alone ``"processes"``).
+    ``shard_points``: split the shardable steps into tasks of this many points (:mod:`sparring.audit.shards`).
     """
     from sparring.audit import load_threat_model, run_audit
     from sparring.audit.baseline import apply_baseline, load_baseline
@@ -99,7 +101,7 @@ def run_audit_command(threat_model: str | None, out_dir: str, resume: bool, form
         if progress:
             sys.stderr.write(f"sparring audit: {tm.name} ({path}) -> {out_dir}\n")
         audit = run_audit(tm, out_dir, resume=resume, progress=progress and sys.stderr.isatty(), on_step=on_step,
-                          debug=debug, executor=ex)
+                          debug=debug, executor=ex, shard_points=shard_points)
         if base is not None:
             apply_baseline(audit, base)
         run_id, runs = None, None
