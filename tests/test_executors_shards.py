@@ -28,7 +28,10 @@ TM = {
                       "bounds": {"eps": [0.001]}},
     "gates": [{"metric": "robust_accuracy", "norm": "linf", "eps": 0.1, "min": 0.5}],
 }
-SHARDED = {"evasion/pgd/linf/0.1", "certify/smoothing/l2/sigma=0.25", "certify/bounds/linf/0.001"}
+SHARDED = {"evasion/pgd/linf/0.1", "certify/smoothing/l2/sigma=0.25", "certify/bounds/linf/0.001",
+           "masking/fgsm/linf/0.1", "masking/unbounded/linf/1", "masking/blackbox/linf/0.1", "masking/gradients",
+           "masking/randomness"}
+DETERMINISTIC = {"certify/bounds/linf/0.001", "masking/fgsm/linf/0.1", "masking/gradients", "masking/randomness"}
 
 
 def _audit(tmp: Path, name: str, **kw: Any) -> Any:
@@ -89,13 +92,30 @@ def test_a_step_in_one_shard_equals_the_unsharded_step(tmp_path: Path) -> None:
     assert comparable(report_dict(whole))["gates"] == comparable(report_dict(one))["gates"]
 
 
-def test_bound_propagation_is_deterministic_so_its_shards_equal_the_whole(
+def test_deterministic_checks_in_shards_equal_the_whole_step(
         sharded_local: tuple[dict[str, Any], list[tuple[Any, ...]], Any], tmp_path: Path) -> None:
+    """Bound propagation, FGSM, the input-gradient and the randomness checks draw nothing: their merged shards are
+    the unsharded step, point for point, measurement for measurement and note for note."""
     whole = {r.step_id: r for r in _audit(tmp_path, "whole").results}
     sharded = {r.step_id: r for r in sharded_local[2].results}
-    sid = "certify/bounds/linf/0.001"
-    assert sharded[sid].per_point == whole[sid].per_point
-    assert sharded[sid].measurements == whole[sid].measurements
+    for sid in DETERMINISTIC:
+        assert sharded[sid].per_point == whole[sid].per_point, sid
+        assert sharded[sid].measurements == whole[sid].measurements, sid
+        assert sharded[sid].notes == whole[sid].notes, sid
+    assert sharded["masking/gradients"].cost["gradients"] == 2 * N
+
+
+def test_a_step_on_the_first_points_is_sharded_over_those_points_only() -> None:
+    """The gradient-free masking comparison runs on the first ``points`` points: its shards cover exactly those."""
+    from sparring.audit.registry import Step
+    from sparring.audit.shards import task_list
+
+    step = Step(id="masking/blackbox/linf/0.1", check="gradient-masking", threat="evasion",
+                params={"kind": "blackbox", "points": 10, "shard_points": 4}, reason="test")
+    tasks, owner = task_list([(step, 7)], n_points=20)
+    assert [t[2] for t in tasks] == [(0, 0, 4), (1, 4, 8), (2, 8, 10)] and owner == [0, 0, 0]
+    tasks, _ = task_list([(step, 7)], n_points=6)  # fewer audit points than ``points``
+    assert [t[2] for t in tasks] == [(0, 0, 4), (1, 4, 6)]
 
 
 def test_resume_with_another_shard_size_runs_the_sharded_steps_again(tmp_path: Path) -> None:

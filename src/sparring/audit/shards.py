@@ -55,7 +55,8 @@ def task_list(steps: Sequence[tuple[Step, int]], n_points: int) -> tuple[list[tu
             tasks.append((step, seed))
             owner.append(k)
             continue
-        for i, (a, b) in enumerate(shard_ranges(n_points, int(size))):
+        n = min(n_points, int(step.params.get("points", n_points)))  # a step on the first ``points`` points only
+        for i, (a, b) in enumerate(shard_ranges(n, int(size))):
             tasks.append((step, seed, (i, a, b)))
             owner.append(k)
     return tasks, owner

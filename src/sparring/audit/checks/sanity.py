@@ -94,6 +94,25 @@ class MaskingChecks:
                     steps=[r.step_id]))
         return out
 
+    def merge(self, step: Step, parts: list[StepResult]) -> StepResult:
+        """One masking step from its point shards (:mod:`sparring.audit.shards`): the attack steps as evasion
+        steps are merged, the gradient and randomness steps recomputed from the concatenated per-point evidence
+        (the same fractions and notes as one unsharded run on the same points gives)."""
+        from sparring.audit.checks.evasion import merge_evasion
+        from sparring.audit.shards import concat_per_point, sum_cost
+
+        kind = step.params["kind"]
+        if kind in ("fgsm", "unbounded", "blackbox"):
+            return merge_evasion(step, parts)
+        per_point, cost = concat_per_point(parts), sum_cost(parts)
+        if kind == "randomness":
+            differ = torch.tensor(per_point["differs"], dtype=torch.bool)
+            return StepResult(step_id=step.id, check=step.check, threat="evasion", params=dict(step.params),
+                              measurements=[Measurement("randomized_fraction", _mean(differ))],
+                              per_point=per_point, cost=cost)
+        return _gradient_result(step, torch.tensor(per_point["grad_linf"]),
+                                torch.tensor(per_point["ce_saturated"], dtype=torch.bool), cost)
+
     def run(self, step: Step, ctx: RunContext) -> StepResult:
         from sparring.attacks.evasion.fgsm import FGSM
         from sparring.attacks.evasion.pgd import PGD
@@ -159,14 +178,25 @@ def _gradient_step(step: Step, ctx: RunContext) -> StepResult:
     zero = gnorm <= _ZERO
     ce = _input_gradient(target, ctx.x, ctx.y, _ce_sum)
     ce_zero = ce.reshape(ce.shape[0], -1).abs().amax(dim=1) <= _ZERO
-    saturated = ce_zero & ~zero
+    cost = {"queries": 0, "gradients": 2 * int(grads.shape[0]), "seconds": round(time.perf_counter() - t0, 6)}
+    return _gradient_result(step, gnorm.cpu(), (ce_zero & ~zero).cpu(), cost)
+
+
+def _mean(flags: torch.Tensor) -> float:
+    return float(flags.float().mean()) if flags.numel() else 0.0
+
+
+def _gradient_result(step: Step, gnorm: torch.Tensor, saturated: torch.Tensor, cost: dict[str, float]) -> StepResult:
+    """The gradient step's result from the per-point margin-gradient norms and saturated-CE flags."""
+    zero = gnorm <= _ZERO
+    median = float(torch.median(gnorm)) if gnorm.numel() else 0.0
     return StepResult(
         step_id=step.id, check=step.check, threat="evasion", params={**step.params, "loss": "margin"},
-        measurements=[Measurement("zero_gradient_fraction", float(zero.float().mean())),
-                      Measurement("saturated_ce_fraction", float(saturated.float().mean()))],
-        per_point={"grad_linf": [float(v) for v in gnorm.cpu()], "ce_saturated": saturated.cpu().tolist()},
-        cost={"queries": 0, "gradients": 2 * int(grads.shape[0]), "seconds": round(time.perf_counter() - t0, 6)},
-        notes=[f"median |grad margin|_inf: {float(torch.median(gnorm)):.3g}",
+        measurements=[Measurement("zero_gradient_fraction", _mean(zero)),
+                      Measurement("saturated_ce_fraction", _mean(saturated))],
+        per_point={"grad_linf": [float(v) for v in gnorm], "ce_saturated": saturated.tolist()},
+        cost=cost,
+        notes=[f"median |grad margin|_inf: {median:.3g}",
                f"cross-entropy gradient exactly zero (saturated softmax) on {int(saturated.sum())} of "
                f"{saturated.numel()} points"],
     )
@@ -182,7 +212,7 @@ def _randomness_step(step: Step, ctx: RunContext) -> StepResult:
     differ = (a - b).abs().amax(dim=1) > tol
     return StepResult(
         step_id=step.id, check=step.check, threat="evasion", params=dict(step.params),
-        measurements=[Measurement("randomized_fraction", float(differ.float().mean()))],
+        measurements=[Measurement("randomized_fraction", _mean(differ))],
         per_point={"differs": differ.cpu().tolist()},
         cost={"queries": 2 * int(x.shape[0]), "gradients": 0, "seconds": round(time.perf_counter() - t0, 6)},
     )
