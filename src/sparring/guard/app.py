@@ -6,7 +6,7 @@ Routes (every one needs an API key: ``Authorization: Bearer <key>`` or ``X-API-K
     ``"guard": {"flagged": [detector, ...]}`` when a detector with policy ``flag`` fired; 403 naming the detector
     when one with policy ``reject`` fired. 400 bad input, 401 no or unknown key, 408 body too slow, 411/413 missing
     or too large body, 429 rate limit (``Retry-After``), 502/504 upstream failed or timed out, 503 queue full or
-    store unavailable (``Retry-After``).
+    store unavailable (``Retry-After``; also for a key not in the key cache while the store is down).
 ``GET /health`` → ``{"status": "ok", "spec": ..., "output": ..., "score_kind": ...}`` as :mod:`sparring.serving`.
 ``GET /metrics`` (admin) Prometheus text format.
 ``GET /admin/dashboard`` (admin; a browser may send the key once as ``?key=`` for a session cookie) the HTML
@@ -126,7 +126,12 @@ def create_app(service: GuardService) -> Any:
         if key is None and auth is not None:
             scheme, _, value = auth.partition(" ")
             key = value.strip() if scheme.lower() == "bearer" else None
-        who = await to_thread.run_sync(service.keys.verify, key) if key else None
+        try:
+            who = await to_thread.run_sync(service.keys.verify, key) if key else None
+        except StoreError as exc:  # an uncached key and the store down: it cannot be checked; never a 500
+            return None, await store_unavailable(request, started, "auth", "the API key cannot be checked: it is "
+                                                 "not in this guard's key cache and the guard's store is "
+                                                 f"unavailable ({exc})")
         if who is None:
             msg = ("a valid API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' (keys "
                    "come from `sparring guard keys create`)." if not key else "the API key is not valid (unknown, "
@@ -137,6 +142,21 @@ def create_app(service: GuardService) -> Any:
             return None, await refuse(403, "forbidden", f"this route needs an admin key; client {who.client_id!r} "
                                       "has a client key.", request, started, who=who)
         return who, None
+
+    async def store_unavailable(request: Any, started: float, operation: str, what: str) -> Any:
+        """503 + Retry-After when the store cannot be read or written (counted in ``guard_store_errors_total``);
+        the refusal's event is recorded if the store takes it, else counted as dropped."""
+        service.metrics.store_errors.labels(operation).inc()
+        ra = str(cfg.queue.retry_after)
+        logger.warning("the guard store is unavailable (%s %s): %s", request.method, request.url.path, what)
+        return await refuse(503, "error", f"{what}; retry after {ra} s.", request, started,
+                            headers={"Retry-After": ra})
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> Any:
+        """Any route whose store call failed (admin routes, the dashboard): 503 + Retry-After, never a 500."""
+        return await store_unavailable(request, time.perf_counter(), "admin",
+                                       f"the guard's store is unavailable ({exc})")
 
     def keep_rejected(o: Outcome, who: Principal, inputs: Any) -> None:
         """The fired examples of a committed detector rejection, for the dashboard (written off this thread)."""
@@ -299,7 +319,7 @@ def create_app(service: GuardService) -> Any:
                 rows = await to_thread.run_sync(lambda: service.store.alerts(
                     client_id=client, kind=q.get("kind"), limit=limit))
         except StoreError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503)
+            return await store_unavailable(request, started, "admin", f"the guard's store is unavailable ({exc})")
         return JSONResponse({what: rows})
 
     @app.get("/admin/events")

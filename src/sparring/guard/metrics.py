@@ -33,6 +33,9 @@ class GuardMetrics:
                                       registry=r)
         self.dropped = Counter("guard_events_dropped", "Events that could not be stored (expected: zero).",
                                registry=r)
+        self.store_errors = Counter("guard_store_errors", "Store operations that failed (unreachable, locked, disk), "
+                                    "by operation: auth (an uncached key), admin, predict (detector state), record.",
+                                    ["operation"], registry=r)
         self.prada_clients = Gauge("guard_prada_clients", "Clients tracked by PRADA in memory.", registry=r)
         self.drift_p = Gauge("guard_drift_p_value", "p-value of the last completed drift window.", registry=r)
         self.webhook_deliveries = Counter("guard_webhook_deliveries", "Alert webhook attempts by result (delivered, "

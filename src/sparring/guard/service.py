@@ -192,6 +192,7 @@ class GuardService:
             return self.committer.submit(b)
         except StoreError:
             self.metrics.dropped.inc()
+            self.metrics.store_errors.labels("record").inc()
             logger.exception("event of a %s request (status %d) could not be stored", event.decision, event.status)
             if self.config.store.on_error == "fail-closed":
                 raise
@@ -219,6 +220,7 @@ class GuardService:
                         held.enter_context(self.store.client_lock(who.client_id))  # other replicas wait ...
                     res = self._predict_locked(who, x, sha, path, t0)
                 except StoreError as exc:
+                    self.metrics.store_errors.labels("predict").inc()
                     if self.config.store.on_error == "fail-closed":
                         return self.refuse(503, "error", f"the guard store is unavailable, so the request is not "
                                            f"answered: {exc}", path=path, client_id=who.client_id, body_sha=sha,
