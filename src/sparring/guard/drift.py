@@ -5,19 +5,31 @@ This is black-box shift detection on the model's outputs (Rabanser, Günnemann, 
 Empirical Study of Methods for Detecting Dataset Shift", NeurIPS, sec. 3: BBSD with univariate KS tests), reduced to
 one univariate statistic, the confidence, so it works for any scores target. Windows are consecutive and disjoint
 (tumbling); each is one test at level ``alpha``, so on undrifted traffic about ``alpha`` of the windows alarm. The
-state (the current partial window and counters) is plain JSON and is persisted with every request by the guard.
+state (the current partial window and counters) is plain JSON.
+
+One window for all replicas (:class:`SharedDrift`): every request appends its confidences to the store's
+``drift_pending`` table in its event's transaction; in the same transaction, whichever replica holds the store's
+drift lock (SQLite: the database's single writer; PostgreSQL: a transaction-scoped advisory lock, tried without
+waiting) takes every pending row, in row order, advances the ``drift`` state read from the store, and writes the new
+state, its alerts and the deletion of the rows it consumed, all committed together. The stored state is therefore
+exactly one detector's state on the interleaved stream of all replicas' answered examples (in the order consumed),
+and a value is counted once: never lost with a rolled-back transaction, never consumed twice.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import logging
 from typing import Any
 
 import numpy as np
 
 from sparring.errors import ParameterError
 
-__all__ = ["ConfidenceKS"]
+__all__ = ["ConfidenceKS", "SharedDrift"]
+
+logger = logging.getLogger(__name__)
 
 _VERSION = 1
 
@@ -80,3 +92,51 @@ class ConfidenceKS:
         self.tested, self.alarms = int(state["tested"]), int(state["alarms"])
         self.last_p = None if state["last_p"] is None else float(state["last_p"])
         self.last_statistic = None if state["last_statistic"] is None else float(state["last_statistic"])
+
+    def copy(self) -> ConfidenceKS:
+        """An independent detector with the same reference (shared, read-only) and a copy of the state."""
+        other = copy.copy(self)
+        other.current = list(self.current)
+        return other
+
+    def reset(self) -> None:
+        self.current, self.tested, self.alarms, self.last_p, self.last_statistic = [], 0, 0, None, None
+
+
+class SharedDrift:
+    """The drift window of every replica sharing a store, advanced inside the store's event transaction.
+
+    :meth:`advance` is called by the store (holding its drift lock, in the transaction) with the saved state and
+    the pending ``(event id, confidences)`` rows in order; it returns the new state and each completed window's
+    result with the event whose confidences completed it. Nothing changes in memory until :meth:`commit` (the
+    transaction committed); :meth:`abort` forgets the staged state (the next transaction reads it again)."""
+
+    def __init__(self, detector: ConfidenceKS) -> None:
+        self.detector = detector
+        self._staged: tuple[ConfidenceKS, list[tuple[int, dict[str, Any]]]] | None = None
+
+    def advance(self, saved: dict[str, Any] | None,
+                rows: list[tuple[int, Any]]) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
+        det = self.detector.copy()
+        det.reset()
+        if saved is not None:
+            try:
+                det.load_state_dict(saved)
+            except ParameterError as exc:  # an older configuration's state, or a replica configured differently
+                logger.warning("the stored drift state is not this guard's (%s); starting the window afresh. "
+                               "Replicas sharing a store need the same drift configuration and reference.", exc)
+        results = [(event_id, res) for event_id, values in rows for res in det.update(values)]
+        self._staged = (det, results)
+        return det.state_dict(), results
+
+    def commit(self) -> list[tuple[int, dict[str, Any]]]:
+        """Adopt the committed state in memory; the committed windows' results ``(event id, result)``."""
+        if self._staged is None:
+            return []
+        det, results = self._staged
+        self._staged = None
+        self.detector.load_state_dict(det.state_dict())
+        return results
+
+    def abort(self) -> None:
+        self._staged = None

@@ -14,12 +14,12 @@ from sparring.guard.service import GuardService
 __all__ = ["SINGLE_PROCESS_REASON", "GuardServer"]
 
 SINGLE_PROCESS_REASON = (
-    "the guard serves from one process by design: one lock orders each request's model call, detectors, PRADA "
-    "and drift-window update and its commit; the drift window, rate-limit buckets, key cache, work queue and "
-    "dashboard sessions live in that process's memory, so N workers would run N drift windows, allow N times "
-    "each client's rate and queue, and serve N partial /metrics. To use more cores or machines, run several "
-    "guard replicas, each on its own port with its own /metrics scrape target, sharing one PostgreSQL store "
-    "(store.url: postgresql://...), which keeps each client's PRADA and detector-rate state consistent across them.")
+    "the guard serves from one process by design: one lock orders each request's model call, detectors and "
+    "PRADA update and its commit; rate-limit buckets, key cache, work queue and dashboard sessions live in that "
+    "process's memory, so N workers would allow N times each client's rate and queue, and serve N partial "
+    "/metrics. To use more cores or machines, run several guard replicas, each on its own port with its own "
+    "/metrics scrape target, sharing one PostgreSQL store (store.url: postgresql://...), which keeps each "
+    "client's PRADA and detector-rate state and the one drift window consistent across them.")
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """The guard's request pipeline, independent of the web framework: model, detectors and policies, per-client PRADA,
 the drift window, and the durable event written before the answer is returned.
 
-One lock serialises the pipeline (model call, detectors, PRADA, drift, store commit): PRADA's per-client state
-and the drift window see requests in one order, and that order is the order of the events in the store. A
+One lock serialises the pipeline (model call, detectors, PRADA, store commit): PRADA's per-client state sees
+requests in one order, and that order is the order of the events in the store. The drift window is advanced in the
+event transactions themselves (:class:`~sparring.guard.drift.SharedDrift`), so replicas sharing a store share it. A
 :class:`GuardService` is what :func:`sparring.guard.app.create_app` serves; it can also be driven directly.
 """
 
@@ -13,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from sparring.errors import EndpointError, QueryBudgetExceeded, SparringError, S
 from sparring.guard.auth import KeyVerifier, Principal, TokenBucket
 from sparring.guard.build import GuardDetector, build_detectors, load_data_ref, load_model
 from sparring.guard.config import GuardConfig
-from sparring.guard.drift import ConfidenceKS
+from sparring.guard.drift import ConfidenceKS, SharedDrift
 from sparring.guard.metrics import GuardMetrics
 from sparring.guard.store import Alert, Event, Store, StoreBatch, open_store
 from sparring.guard.webhooks import WebhookDispatcher
@@ -57,14 +59,23 @@ class _Pending:
 class GroupCommitter:
     """One writer thread: takes the batches waiting, writes them in one transaction (one fsync), then releases each
     waiting request (DeWitt et al. 1984, "Implementation Techniques for Main Memory Database Systems": group
-    commit). Every request still returns only after its own event is committed; order is submission order."""
+    commit). Every request still returns only after its own event is committed; order is submission order.
+
+    With a :class:`SharedDrift` (:meth:`share_drift`), each group's transaction also advances the drift window shared
+    by every replica of the store; ``on_windows`` gets the committed windows' ``(event id, result)`` before the
+    group's requests are released."""
 
     def __init__(self, store: Store, max_group: int = 256) -> None:
         self.store = store
         self.max_group = max_group
+        self.drift: SharedDrift | None = None
+        self._on_windows: Callable[[list[tuple[int, dict[str, Any]]]], None] | None = None
         self._q: queue.SimpleQueue[tuple[StoreBatch, Future[int]]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sparring-guard-commit", daemon=True)
         self._thread.start()
+
+    def share_drift(self, drift: SharedDrift, on_windows: Callable[[list[tuple[int, dict[str, Any]]]], None]) -> None:
+        self.drift, self._on_windows = drift, on_windows
 
     def submit(self, batch: StoreBatch) -> int:
         fut: Future[int] = Future()
@@ -80,7 +91,10 @@ class GroupCommitter:
                 except queue.Empty:
                     break
             try:
-                ids = self.store.record_many([b for b, _ in items])
+                ids = self.store.record_many([b for b, _ in items], self.drift)
+                windows = self.drift.commit() if self.drift is not None else []
+                if windows and self._on_windows is not None:
+                    self._on_windows(windows)
             except StoreError as exc:
                 for _, fut in items:
                     fut.set_exception(exc)
@@ -116,6 +130,8 @@ class GuardService:
             self.prada = PradaDetector(delta=p.delta, min_queries=p.min_queries, max_samples=max(p.max_samples,
                                        p.min_queries), max_clients=p.max_clients)
         self.drift = self._build_drift()
+        if self.drift is not None:  # one window over every replica's traffic, advanced in the event transactions
+            self.committer.share_drift(SharedDrift(self.drift), self._drift_windows)
         for d in self.detectors:
             self.metrics.detector_threshold.labels(d.name).set(d.threshold)
         self._rates: dict[str, dict[str, Any]] = {}  # per client: examples, fired, alerted (cache of the store)
@@ -280,12 +296,18 @@ class GuardService:
             body["guard"] = {"flagged": flagged}
         self._prada_observe(cid, x, labels, batch, report, body)
         if self.drift is not None and conf is not None:
-            for res in self.drift.update(conf.numpy()):
-                self.metrics.drift_p.set(res["p_value"])
-                if res["drift"]:
-                    batch.alerts.append(Alert(None, "drift", res))
-            batch.states["drift"] = self.drift.state_dict()
+            batch.drift = conf.tolist()  # consumed into the shared window in the event's transaction
         return _Pending(batch, Outcome(200, body), cid)
+
+    def _drift_windows(self, windows: list[tuple[int, dict[str, Any]]]) -> None:
+        """Committed drift windows (any replica's examples, this replica's transaction): metrics and webhooks."""
+        for event_id, res in windows:
+            self.metrics.drift_p.set(res["p_value"])
+            if res["drift"]:
+                alert = Alert(None, "drift", res)
+                self.metrics.alerts.labels("drift").inc()
+                if self.webhooks is not None:
+                    self.webhooks.submit(event_id, [alert])
 
     def _commit(self, batch: StoreBatch, outcome: Outcome, t0: float, cid: str) -> Outcome:
         batch.event.latency_ms = (time.perf_counter() - t0) * 1000

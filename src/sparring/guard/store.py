@@ -12,7 +12,9 @@ restarted) is reopened on the next use.
 Tables: ``events`` (one row per request: client, time, SHA-256 of the body's inputs, prediction, detector outputs,
 decision, status), ``alerts`` (PRADA and drift alarms), ``clients`` (API keys: only a salted scrypt hash is kept),
 ``detector_state`` (JSON state by name, e.g. ``prada:<client>`` and ``drift``) and ``prada_members`` (the stored
-queries of each client's PRADA growing sets, float32, written incrementally by sequence number).
+queries of each client's PRADA growing sets, float32, written incrementally by sequence number) and
+``drift_pending`` (answered confidences, float64, appended with their event and consumed into the ``drift`` state
+by whichever replica holds the drift lock: :meth:`Store.record_many`, :class:`~sparring.guard.drift.SharedDrift`).
 """
 
 from __future__ import annotations
@@ -27,13 +29,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from sparring.errors import StoreError
 
+if TYPE_CHECKING:
+    from sparring.guard.drift import SharedDrift
+
 __all__ = ["Alert", "Event", "KeyRecord", "PostgresStore", "SQLiteStore", "Store", "StoreBatch", "open_store"]
 
-_TABLES = ("events", "alerts", "clients", "detector_state", "prada_members")
+_TABLES = ("events", "alerts", "clients", "detector_state", "prada_members", "drift_pending")
+_DRIFT_LOCK = 7190020  # PostgreSQL advisory lock key of the shared drift window (7190019: schema creation)
 
 
 @dataclass
@@ -81,6 +89,7 @@ class StoreBatch:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     members: list[tuple[str, int, int, bytes]] = field(default_factory=list)  # client, seq, class, float32 bytes
     evict_below: dict[str, int] = field(default_factory=dict)  # client -> drop members with seq <= this
+    drift: list[float] | None = None  # answered confidences for the shared drift window (drift_pending)
 
 
 class Store(ABC):
@@ -151,13 +160,50 @@ class Store(ABC):
         """Write a request's event, alerts, states and PRADA members in one committed transaction; the event id."""
         return self.record_many([batch])[0]
 
-    def record_many(self, batches: list[StoreBatch]) -> list[int]:
-        """Write several requests in one committed transaction (group commit: one fsync for all), in order."""
+    def record_many(self, batches: list[StoreBatch], drift: SharedDrift | None = None) -> list[int]:
+        """Write several requests in one committed transaction (group commit: one fsync for all), in order.
+
+        With ``drift``, batches' confidences are appended to ``drift_pending`` and, if this process gets the drift
+        lock (:meth:`_drift_lock`), every pending row, this group's and other replicas', is consumed into the
+        ``drift`` state in the same transaction (then ``drift.commit()`` adopts it, or ``drift.abort()``)."""
         ids = []
-        with self._tx("record an event") as cur:
-            for batch in batches:
-                ids.append(self._write(cur, batch))
+        try:
+            with self._tx("record an event") as cur:
+                for batch in batches:
+                    ids.append(self._write(cur, batch))
+                if drift is not None and any(b.drift for b in batches):
+                    self._advance_drift(cur, drift)
+        except BaseException:
+            if drift is not None:
+                drift.abort()
+            raise
         return ids
+
+    def _drift_lock(self, cur: Any) -> bool:
+        """Whether this transaction may consume the pending drift values: SQLite writers are serialised by the
+        database itself (one writer at a time), so always."""
+        return True
+
+    def _advance_drift(self, cur: Any, drift: SharedDrift) -> None:
+        if not self._drift_lock(cur):
+            return  # another replica is consuming: these values wait for the next transaction that gets the lock
+        cur.execute("DELETE FROM drift_pending RETURNING id, event_id, vals")  # one statement: one snapshot
+        rows = sorted((int(r[0]), int(r[1]), bytes(r[2])) for r in cur.fetchall())
+        if not rows:
+            return
+        cur.execute(self._sql("SELECT state FROM detector_state WHERE name = ?"), ("drift",))
+        row = cur.fetchone()
+        saved = None if row is None else dict(json.loads(row[0]))
+        state, results = drift.advance(saved, [(eid, np.frombuffer(v, dtype=np.float64)) for _, eid, v in rows])
+        now = time.time()
+        cur.execute(self._sql(
+            "INSERT INTO detector_state (name, state, updated) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE "
+            "SET state = excluded.state, updated = excluded.updated"), ("drift", json.dumps(state, allow_nan=False),
+                                                                       now))
+        for event_id, res in results:
+            if res["drift"]:
+                cur.execute(self._sql("INSERT INTO alerts (ts, client_id, kind, detail, event_id) VALUES "
+                                      "(?,?,?,?,?)"), (now, None, "drift", json.dumps(res, allow_nan=False), event_id))
 
     def _write(self, cur: Any, batch: StoreBatch) -> int:
         e = batch.event
@@ -179,6 +225,9 @@ class Store(ABC):
             cur.execute(self._sql("INSERT INTO prada_members (client_id, seq, label, x) VALUES (?,?,?,?)"), m)
         for client, below in batch.evict_below.items():
             cur.execute(self._sql("DELETE FROM prada_members WHERE client_id = ? AND seq <= ?"), (client, below))
+        if batch.drift:
+            cur.execute(self._sql("INSERT INTO drift_pending (event_id, vals) VALUES (?,?)"),
+                        (event_id, np.asarray(batch.drift, dtype=np.float64).tobytes()))
         return event_id
 
     def add_key(self, rec: KeyRecord) -> None:
@@ -324,6 +373,8 @@ class SQLiteStore(Store):
         "CREATE TABLE IF NOT EXISTS detector_state (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL)",
         "CREATE TABLE IF NOT EXISTS prada_members (client_id TEXT NOT NULL, seq INTEGER NOT NULL, label INTEGER "
         "NOT NULL, x BLOB NOT NULL, PRIMARY KEY (client_id, seq))",
+        "CREATE TABLE IF NOT EXISTS drift_pending (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id INTEGER NOT NULL, "
+        "vals BLOB NOT NULL)",
     )
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
@@ -388,6 +439,8 @@ class PostgresStore(Store):
         "updated DOUBLE PRECISION)",
         "CREATE TABLE IF NOT EXISTS prada_members (client_id TEXT NOT NULL, seq BIGINT NOT NULL, label INTEGER "
         "NOT NULL, x BYTEA NOT NULL, PRIMARY KEY (client_id, seq))",
+        "CREATE TABLE IF NOT EXISTS drift_pending (id BIGSERIAL PRIMARY KEY, event_id BIGINT NOT NULL, "
+        "vals BYTEA NOT NULL)",
     )
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0, lock_timeout: float = 10.0) -> None:
@@ -433,6 +486,12 @@ class PostgresStore(Store):
 
     def _alive(self) -> bool:
         return not self._conn.closed
+
+    def _drift_lock(self, cur: Any) -> bool:
+        """A transaction-scoped advisory lock, tried without waiting (released by the commit): a replica that does
+        not get it leaves its values pending for the next transaction that does, so no replica waits for drift."""
+        cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_DRIFT_LOCK,))
+        return bool(cur.fetchone()[0])
 
     @contextmanager
     def client_lock(self, client_id: str) -> Iterator[None]:
