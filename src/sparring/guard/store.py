@@ -6,7 +6,8 @@ survives a process kill and a power cut (SQLite docs, "Write-Ahead Logging" and 
 (``postgresql://`` URLs, psycopg 3) commits with its default ``synchronous_commit=on``, so several guard replicas
 can share one database: a replica takes a per-client advisory lock (:meth:`Store.client_lock`) before it reads a
 client's detector state and holds it until that request's transaction is committed, so two replicas never
-read-modify-write the same client's PRADA state at once (no lost update). A broken connection (the server
+read-modify-write the same client's PRADA state at once (no lost update); the drift window is shared through
+``drift_pending`` and a transaction-scoped try-lock (:meth:`Store.record_many`). A broken connection (the server
 restarted) is reopened on the next use.
 
 Tables: ``events`` (one row per request: client, time, SHA-256 of the body's inputs, prediction, detector outputs,
