@@ -29,7 +29,10 @@ frouros on the same samples, and benchmarks/bench_drift_ert.py measures the onli
 MNIST / Fashion-MNIST.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_drift.py`` (about 15 minutes on 2 busy CPU cores);
-``--quick`` for a 1-minute smoke run. Writes ``benchmarks/results/drift-failing-loudly.json``.
+``--quick`` for a 1-minute smoke run. Writes ``benchmarks/results/drift-failing-loudly.json``. The offline runs are
+executor tasks (one per shift, fraction, size and run, each seeded by its run index): ``--executor processes
+--workers 2`` or ``--executor ray [--ray-address auto]`` spreads them and gives the same numbers as the local run
+(checked on ``--quick``: identical false-positive rates and power tables).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from sparring.defenses.detect.drift import (
     mmd_test,
     univariate_test,
 )
+from sparring.executors import EXECUTORS, Executor, LocalExecutor, get_executor
 from sparring.targets import InputSpec, TorchTarget
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -198,59 +202,90 @@ def clopper_pearson(k: int, n: int) -> list[float]:
     return [round(lo, 4), round(hi, 4)]
 
 
-def offline(target: TorchTarget, x: torch.Tensor, y: torch.Tensor, sizes: list[int], runs: int,
-            fpr_sizes: list[int], fpr_runs: int, fractions: list[float]) -> dict[str, Any]:
-    dets, sh = detectors(target), shifts(target)
-    seconds = dict.fromkeys(dets, 0.0)
-    calls = dict.fromkeys(dets, 0)
+_TARGETS: dict[str, TorchTarget] = {}
 
-    def score(a: Any, ya: Any, b: Any) -> dict[str, bool]:
-        out = {}
-        for name, det in dets.items():
-            t0 = time.perf_counter()
-            out[name] = bool(det(a, b, ya))
-            seconds[name] += time.perf_counter() - t0
-            calls[name] += 1
-        return out
+
+def _shipped(target: TorchTarget, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+    """What every offline task needs, in a picklable form (a target holds locks): the CNN's weights and input spec
+    with a token, so a worker rebuilds the target once, and the held-out data."""
+    state = {k: v.detach().clone() for k, v in target.model.state_dict().items()}
+    token = f"{id(target)}-{time.time_ns()}"
+    return token, state, target.spec, x, y
+
+
+def _target(token: str, state: dict[str, torch.Tensor], spec: InputSpec) -> TorchTarget:
+    if token not in _TARGETS:
+        net = cnn(spec.shape[-1])
+        net.load_state_dict(state)
+        _TARGETS[token] = TorchTarget(net, spec)
+    return _TARGETS[token]
+
+
+def _offline_task(shared: tuple[Any, ...], task: tuple[str, float, int, int]) -> dict[str, tuple[bool, float]]:
+    """One offline run as an executor task: ``(shift, fraction, n, run)`` (shift ``""``: no shift, for the
+    false-positive rate), every detector's verdict and seconds. Seeded by the run index alone (the samples, the
+    shifted subset, the shift's randomness; the tests' own seeds are fixed), so the result is the same whichever
+    executor or worker runs it."""
+    token, state, spec, x, y = shared
+    target = _target(token, state, spec)
+    name, frac, n, r = task
+    if not name:
+        a, ya, b, _ = draw(x, y, r, n)
+    elif name.startswith("knockout"):
+        a, ya, b, _ = draw(x, y, 1000 + r, n, knockout=frac)
+    else:
+        a, ya, b, yb = draw(x, y, 1000 + r, n)
+        g = torch.Generator().manual_seed(r)
+        k = max(1, round(frac * len(b)))
+        pick = torch.randperm(len(b), generator=g)[:k]
+        b = b.clone()
+        b[pick] = shifts(target)[name](b[pick], yb[pick], g)
+    out = {}
+    for det_name, det in detectors(target).items():
+        t0 = time.perf_counter()
+        out[det_name] = (bool(det(a, b, ya)), time.perf_counter() - t0)
+    return out
+
+
+def offline(target: TorchTarget, x: torch.Tensor, y: torch.Tensor, sizes: list[int], runs: int,
+            fpr_sizes: list[int], fpr_runs: int, fractions: list[float], executor: Executor | None = None
+            ) -> dict[str, Any]:
+    """Every (shift, fraction, size, run) is one task of ``executor`` (default: in this process), so the repeated
+    runs spread over a process pool or a Ray cluster and give the same numbers as the local run."""
+    ex = executor or LocalExecutor()
+    dets = list(detectors(target))
+    configs = [(name, f) for name in shifts(target) for f in fractions] + [("knockout_class0", f) for f in fractions]
+    tasks = [("", 0.0, n, r) for n in fpr_sizes for r in range(fpr_runs)]
+    tasks += [(name, frac, n, r) for name, frac in configs for n in sizes for r in range(runs)]
+    outcomes = ex.map(_offline_task, tasks, shared=_shipped(target, x, y))
+    failed = [o.error for o in outcomes if not o.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} offline runs failed; the first: {failed[0]!r}")
+    verdicts = {t: o.value for t, o in zip(tasks, outcomes, strict=True)}
+    seconds = {d: sum(v[d][1] for v in verdicts.values() if v) for d in dets}
+
+    def hits(name: str, frac: float, n: int, k: int) -> dict[str, int]:
+        rows = [verdicts[(name, frac, n, r)] for r in range(k)]
+        return {d: sum(int(row[d][0]) for row in rows if row) for d in dets}
 
     fpr: dict[str, Any] = {}
     for n in fpr_sizes:
-        hits = dict.fromkeys(dets, 0)
-        for r in range(fpr_runs):
-            a, ya, b, _ = draw(x, y, r, n)
-            for k, v in score(a, ya, b).items():
-                hits[k] += v
-        fpr[str(n)] = {k: {"rate": v / fpr_runs, "ci95": clopper_pearson(v, fpr_runs)} for k, v in hits.items()}
-        print(f"no shift n={n}: " + ", ".join(f"{k} {v / fpr_runs:.2f}" for k, v in hits.items()), flush=True)
+        h = hits("", 0.0, n, fpr_runs)
+        fpr[str(n)] = {k: {"rate": v / fpr_runs, "ci95": clopper_pearson(v, fpr_runs)} for k, v in h.items()}
+        print(f"no shift n={n}: " + ", ".join(f"{k} {v / fpr_runs:.2f}" for k, v in h.items()), flush=True)
     power: dict[str, Any] = {}
-    configs = [(name, f) for name in sh for f in fractions] + [("knockout_class0", f) for f in fractions]
     for name, frac in configs:
         key = f"{name}@{int(frac * 100)}%"
-        power[key] = {}
-        for n in sizes:
-            hits = dict.fromkeys(dets, 0)
-            for r in range(runs):
-                if name.startswith("knockout"):
-                    a, ya, b, _ = draw(x, y, 1000 + r, n, knockout=frac)
-                else:
-                    a, ya, b, yb = draw(x, y, 1000 + r, n)
-                    g = torch.Generator().manual_seed(r)
-                    k = max(1, round(frac * len(b)))
-                    pick = torch.randperm(len(b), generator=g)[:k]
-                    b = b.clone()
-                    b[pick] = sh[name](b[pick], yb[pick], g)
-                for d, v in score(a, ya, b).items():
-                    hits[d] += v
-            power[key][str(n)] = {d: v / runs for d, v in hits.items()}
+        power[key] = {str(n): {d: v / runs for d, v in hits(name, frac, n, runs).items()} for n in sizes}
         print(f"{key}: " + "; ".join(f"n={n} " + " ".join(f"{v:.1f}" for v in power[key][str(n)].values())
                                      for n in sizes), flush=True)
     mean_power = {d: {str(n): round(float(np.mean([power[k][str(n)][d] for k in power])), 3) for n in sizes}
                   for d in dets}
     return {"false_positive_rate": fpr, "power": power, "mean_power_over_shifts": mean_power,
-            "seconds_per_test": {d: round(seconds[d] / max(calls[d], 1), 4) for d in dets}}
+            "seconds_per_test": {d: round(seconds[d] / len(tasks), 4) for d in dets},
+            "executor": {"name": ex.name, "workers": ex.workers, "tasks": len(tasks)}}
 
 
-# ----------------------------------------------------------------------------------------------- online
 def ert_interval(steps: int, alarms: int) -> list[float]:
     if alarms == 0:
         return [round(float(2 * steps / chi2.ppf(0.975, 2)), 1), math.inf]
@@ -397,6 +432,10 @@ def main() -> None:
                     help="digits (8x8, all offline) or full MNIST / Fashion-MNIST (installed separately).")
     ap.add_argument("--fractions", default="0.1,0.5,1.0", help="Shares of the target sample shifted.")
     ap.add_argument("--out", default=str(RESULTS / "drift-failing-loudly.json"))
+    ap.add_argument("--executor", default="local", choices=EXECUTORS,
+                    help="Where the offline runs go: one task per (shift, fraction, size, run).")
+    ap.add_argument("--workers", type=int, default=None, help="Processes (or private Ray CPUs) for --executor.")
+    ap.add_argument("--ray-address", default=None, help="A running Ray cluster for --executor ray (auto|HOST:PORT).")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.runs, args.fpr_runs, args.fpr_sizes = "10,100", 2, 5, "100"
@@ -418,7 +457,13 @@ def main() -> None:
         res = {**json.loads(Path(args.out).read_text()), "setup": res["setup"]}
     fpr_sizes = [int(s) for s in args.fpr_sizes.split(",")]
     if "offline" in parts:
-        res["offline"] = offline(target, x, y, sizes, args.runs, fpr_sizes, args.fpr_runs, fractions)
+        ex = get_executor(args.executor, workers=args.workers, ray_address=args.ray_address)
+        t1 = time.perf_counter()
+        try:
+            res["offline"] = offline(target, x, y, sizes, args.runs, fpr_sizes, args.fpr_runs, fractions, ex)
+        finally:
+            ex.close()
+        res["offline"]["seconds"] = round(time.perf_counter() - t1, 1)
     if "online" in parts:
         only = set(args.online_detectors.split(",")) if args.online_detectors else None
         new = online(target, x, y, [int(e) for e in args.erts.split(",")], args.min_alarms, args.delay_runs,
