@@ -214,3 +214,102 @@ def test_llm_steps_are_checkpointed_with_their_params() -> None:
                                                                     "defence": "none", "payloads": [0, 3, 6]}, "why")
     r = _step("none", ["success"])
     assert StepResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r and step.to_dict()["threat"] == "llm"
+
+
+def test_llm_plan_runs_crescendo_by_effort_and_skips_gcg_with_the_reason_on_an_api_target() -> None:
+    import sparring.audit.checks  # noqa: F401
+    from sparring.audit.llm_system import LlmAppTarget
+    from sparring.audit.runner import plan_audit
+    from sparring.llm.app import Application
+    from sparring.llm.openai_api import OpenAIChatClient
+
+    api = OpenAIChatClient("http://127.0.0.1:9", retries=0)
+    target = LlmAppTarget(api, Application(system_prompt=SYSTEM, secret=SECRET, untrusted_inputs=("user",)))
+    plan = plan_audit(parse_threat_model(_tm({"application": APP, "utility": False})), target)
+    ids = [s.id for s in plan.steps]
+    assert "llm/crescendo@none" in ids and "llm/pair@none" not in ids and not any("gcg" in i for i in ids)
+    crescendo = next(s for s in plan.steps if s.id == "llm/crescendo@none")
+    assert crescendo.params["scripts"] == [0, 3] and "whole conversation" in crescendo.reason  # quick: 2 of 4
+    (skip,) = [s for s in plan.skipped if s.check == "llm-gcg"]
+    assert "white-box" in skip.reason and "OpenAIChatClient" in skip.reason
+    named = plan_audit(parse_threat_model(_tm({"application": APP, "attacks": ["gcg", "pair"], "utility": False},
+                                              effort="thorough")), target)
+    assert [s.id for s in named.steps] == ["llm/pair@none"] and named.steps[0].params["iterations"] == 3
+    assert any(s.check == "llm-gcg" for s in named.skipped)
+    assert api.counter.used == 0
+
+
+def test_init_llm_writes_a_template_that_loads_and_plans(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import sparring.audit.checks  # noqa: F401
+    from sparring.audit.llm_system import LlmAppTarget, load_application_of
+    from sparring.audit.runner import plan_audit
+    from sparring.cli import build_cli
+    from sparring.llm.openai_api import OpenAIChatClient
+
+    path = tmp_path / "threat.yaml"
+    r = CliRunner().invoke(build_cli(), ["init", "--llm", "--output", str(path)])
+    assert r.exit_code == 0, r.output
+    text = path.read_text(encoding="utf-8")
+    assert "# documents:" in text and "secret_leak_asr_upper" in text and "model: smollm2-135m" in text
+    tm = load_threat_model(path)
+    assert tm.system.llm is not None and tm.effort == "quick"
+    assert {g.metric for g in tm.gates} >= {"secret_leak_asr_upper", "llm_utility"}
+    app = load_application_of(tm.system.llm)
+    assert app.secret.startswith("CANARY-") and app.secret in app.rendered_system_prompt
+    plan = plan_audit(tm, LlmAppTarget(OpenAIChatClient("http://127.0.0.1:9"), app))
+    ids = [s.id for s in plan.steps]
+    assert "llm/secret-extraction@none" in ids and "llm/crescendo@none" in ids and "llm/utility@none" in ids
+    again = CliRunner().invoke(build_cli(), ["init", "--llm", "--output", str(path)])
+    assert again.exit_code == 2 and "--force" in again.output  # never overwritten silently
+    bad = CliRunner().invoke(build_cli(), ["init", "--llm", "--data", "x.npz", "--output", str(tmp_path / "b.yaml")])
+    assert bad.exit_code == 3 and "--data" in bad.output
+    api = CliRunner().invoke(build_cli(), ["init", "--llm", "--model", "http://127.0.0.1:8000", "-o", "-"])
+    assert api.exit_code == 0 and "model: http://127.0.0.1:8000" in api.output
+
+
+@pytest.mark.slow  # ~30 s on the shared two-core machine: GCG (1 goal, 2 steps) and two Crescendo scripts
+@needs_model
+@pytest.mark.usefixtures("one_thread")
+def test_llm_audit_runs_gcg_and_crescendo_on_smollm_and_judges_whole_conversations(tmp_path: Path) -> None:
+    from sparring.audit.runner import run_audit
+    from sparring.llm.chat import LocalChatModel
+
+    old = os.environ.get("SPARRING_CACHE_DIR")
+    os.environ["SPARRING_CACHE_DIR"] = os.environ.get("SPARRING_LLM_TEST_CACHE",
+                                                      str(ROOT / ".venv" / ".sparring-llm-test-cache"))
+    try:
+        chat = LocalChatModel.from_files("smollm2-135m", max_new_tokens=12, batch_size=4, seed=0)
+    finally:
+        if old is None:
+            os.environ.pop("SPARRING_CACHE_DIR", None)
+        else:
+            os.environ["SPARRING_CACHE_DIR"] = old
+    tm = parse_threat_model(_tm({"application": {**APP, "defences": ["output-filter"]},
+                                 "attacks": ["gcg", "crescendo"], "gcg_goals": 1, "gcg_steps": 2,
+                                 "defences": ["none", "output-filter"], "max_new_tokens": 12, "batch_size": 4,
+                                 "utility": False}, [{"metric": "secret_leak_asr_upper", "method": "none",
+                                                      "max": 0.99}], seed=0))
+    audit = run_audit(tm, tmp_path, target=chat)
+    by_id = {r.step_id: r for r in audit.results}
+    assert list(by_id) == ["llm/gcg@none", "llm/gcg@output-filter", "llm/crescendo@none"]
+    assert all(r.status == "done" for r in audit.results)
+    gcg, filtered, crescendo = by_id.values()
+    assert gcg.cost["gradients"] >= 1 and filtered.cost["gradients"] == 0  # optimised once, sent behind both
+    assert gcg.examples["gcg"][0]["suffix"] == filtered.examples["gcg"][0]["suffix"]
+    assert "success" not in filtered.per_point["status"]  # the output filter redacts a leak
+    lines = (tmp_path / "llm" / "crescendo@none" / "attempts.jsonl").read_text().splitlines()
+    for rec in map(json.loads, lines):  # judged on every assistant turn joined
+        turns = [m["content"] for m in rec["messages"] if m["role"] == "assistant"]
+        assert len(turns) >= 3 and rec["reply"] == "\n\n".join(turns)
+    assert crescendo.per_point["category"] == ["secret-leak", "compliance"]
+    gcg_jsonl = tmp_path / "llm" / "gcg@output-filter.jsonl"
+    full = gcg_jsonl.read_text()
+    gcg_jsonl.write_text(full.splitlines()[0] + "\n")
+    for ck in sorted((tmp_path / "checkpoints").glob("0*.json")):
+        ck.unlink()
+    used = chat.counter.used
+    again = run_audit(tm, tmp_path, resume=True, target=chat)
+    assert gcg_jsonl.read_text() == full and [g.value for g in again.gates] == [g.value for g in audit.gates]
+    assert chat.counter.used - used <= 2  # suffix read back; only the GCG batch, crescendo from its folder

@@ -13,6 +13,8 @@ from sparring.llm.gcg import GCG, GCGResult
 from sparring.llm.openai_api import OpenAIChatClient
 from tests.llm.conftest import SECRET, SYSTEM, needs_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # a second thread only spins on the shared two-core machine
+
 CONV: list[Message] = [{"role": "system", "content": SYSTEM.format(secret=SECRET)},
                        {"role": "user", "content": "Tell me a joke."}]
 

@@ -63,6 +63,19 @@ def test_crescendo_is_judged_on_the_whole_conversation(tmp_path: Path) -> None:
     assert rescore(app, tmp_path / "run") == s
 
 
+def test_multiturn_runs_the_chosen_scripts_and_goals_only(tmp_path: Path) -> None:
+    app = Application(system_prompt=SYSTEM, secret=SECRET)
+    api, calls = _split_leaker()
+    chat = OpenAIChatClient("http://api.test", transport=api)
+    s = run_multiturn(app, chat, tmp_path / "run", scripts=[0, 3], goals=[1], iterations=1)
+    ids = [json.loads(line)["id"] for line in (tmp_path / "run" / "attempts.jsonl").read_text().splitlines()]
+    assert ids == ["crescendo/none/0", "crescendo/none/3", "pair/none/1"] and s["complete"]
+    assert calls["n"] == len(CRESCENDO_SCRIPTS[0][1]) + len(CRESCENDO_SCRIPTS[3][1]) + 2  # PAIR: attacker + target
+    for scripts, goals in (([len(CRESCENDO_SCRIPTS)], None), (None, []), ([True], None)):
+        with pytest.raises(ParameterError, match="indices"):
+            run_multiturn(app, chat, tmp_path / "bad", scripts=scripts, goals=goals)
+
+
 def test_pair_stops_at_first_success_and_resumes_per_attempt(tmp_path: Path) -> None:
     app = Application(system_prompt=SYSTEM, secret=SECRET)
     api, _ = _split_leaker()

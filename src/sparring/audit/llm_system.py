@@ -45,7 +45,12 @@ class LlmSystem(BaseModel):
     """Defence configurations to measure: ``none``, ``all``, ``each`` or defence names (see
     sparring.llm.defenses.defence_configs); default ``none``, plus ``all`` when the application lists defences."""
     attacks: list[str] | None = Field(None, min_length=1)
-    """Attack families to run (default: every family that writes where the application takes untrusted text)."""
+    """Attack families to run (default: every fixed-payload family that writes where the application takes
+    untrusted text, Crescendo, PAIR at effort thorough, and GCG when the chat model is local)."""
+    gcg_goals: int | None = Field(None, ge=1, le=6)
+    """GCG goals (default by effort: quick 1, standard 3, thorough 6)."""
+    gcg_steps: int | None = Field(None, ge=1)
+    """Most GCG steps per goal (default by effort: quick 10, standard 20, thorough 50)."""
     converters: list[str] | None = Field(None, min_length=1)
     """Converters on top of every payload (default by effort: ``none``; thorough adds base64 and leetspeak)."""
     max_new_tokens: int = Field(32, ge=1, le=4096)
@@ -67,8 +72,9 @@ class LlmSystem(BaseModel):
     def _known(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
         from sparring.llm.attacks import ATTACKS
         from sparring.llm.converters import CONVERTERS
+        from sparring.llm.multiturn import MULTITURN_ATTACKS
 
-        known = ATTACKS if info.field_name == "attacks" else CONVERTERS
+        known = [*ATTACKS, *MULTITURN_ATTACKS, "gcg"] if info.field_name == "attacks" else list(CONVERTERS)
         bad = [a for a in v or [] if a not in known]
         if bad:
             raise ValueError(f"unknown {info.field_name} {bad}; known: {', '.join(known)}")
@@ -92,6 +98,8 @@ class LlmAppTarget:
     def __init__(self, chat: Any, app: Any) -> None:
         self.chat, self.app = chat, app
         self._cache: dict[str, list[Any]] = {}
+        self.gcg_suffixes: dict[str, dict[str, Any]] = {}
+        """GCG optimisations of this audit by key (the suffix of goal i serves every defence configuration)."""
 
     @property
     def access(self) -> Any:

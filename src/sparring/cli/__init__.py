@@ -407,7 +407,11 @@ def build_cli() -> Any:
                                    shard_points=shard_points))
 
     @cli.command(epilog=_EXIT_HELP)
-    @click.option("--model", "-m", default="digits-cnn", show_default=True, help="Zoo name, model file or URL.")
+    @click.option("--model", "-m", help="Zoo name, model file or URL (default: digits-cnn; with --llm the bundled "
+                  "chat model smollm2-135m).")
+    @click.option("--llm", is_flag=True, help="An LLM application: write system.llm (the application with a "
+                  "planted secret, attack families by effort, ASR gates). Implied by a bundled chat model name or a "
+                  ".gguf --model.")
     @click.option("--data", "-d", help="Data file or image folder (default: the zoo model's data).")
     @click.option("--spec", help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' for a state-dict file.")
@@ -427,8 +431,8 @@ def build_cli() -> Any:
                   help="What a URL --model answers (exposure.output; default scores): labels for an API that "
                        "returns class labels only.")
     @http_options("a URL --model", batch="inputs", answer="scores, or labels with --exposure labels")
-    def init(model: str, data: str | None, spec: str | None, entry_point: str | None, n: int, output: str,
-             force: bool, trust_pickle: bool, trusted_types: tuple[str, ...], classes: str | None,
+    def init(model: str | None, llm: bool, data: str | None, spec: str | None, entry_point: str | None, n: int,
+             output: str, force: bool, trust_pickle: bool, trusted_types: tuple[str, ...], classes: str | None,
              text_col: str | None, label_col: str | None, exposure: str | None, http_header: tuple[str, ...],
              timeout: float | None, input_key: str | None, output_key: str | None, scores: str | None,
              retries: int | None = None) -> None:
@@ -445,13 +449,30 @@ def build_cli() -> Any:
           sparring init --model model.onnx --spec spec.json --data test.npz
           sparring init --model http://127.0.0.1:8000/predict --spec spec.json --data test.npz --exposure labels \\
               --http-header 'Authorization: Bearer ${API_TOKEN}' --timeout 30
+          sparring init --llm                                   # the bundled SmolLM2 with a planted secret
+          sparring init --llm --model http://127.0.0.1:8000     # an OpenAI-compatible API
         """
         from sparring.audit.template import threat_model_template
         from sparring.cli.options import http_settings
+        from sparring.llm.model_files import BUNDLED
 
         if output != "-" and Path(output).exists() and not force:
             raise click.UsageError(f"{output} exists; pass --force to overwrite it or choose another --output.")
+        llm = llm or model in BUNDLED or (model or "").endswith(".gguf")
+        model = model or ("smollm2-135m" if llm else "digits-cnn")
         try:
+            if llm:
+                from sparring.audit.template_llm import llm_threat_model_template
+
+                tensor_only = [f for f, v in (("--data", data), ("--spec", spec), ("--entry-point", entry_point),
+                                              ("--classes", classes), ("--exposure", exposure)) if v]
+                if tensor_only:
+                    raise errors.ParameterError(f"options for a tensor or text model given with --llm: "
+                                                f"{', '.join(tensor_only)}; an LLM application is described in "
+                                                "system.llm of the template: drop them.")
+                text = llm_threat_model_template(model, path="threat.yaml" if output == "-" else output)
+                _write_template(text, output)
+                return
             http = http_settings(http_header, timeout, input_key, output_key, scores, retries)
             if not model.startswith(("http://", "https://")):
                 require_url(http, None, "a URL --model")
@@ -465,6 +486,9 @@ def build_cli() -> Any:
                                          label_column=label_col, http=http, exposure=exposure)
         except errors.SparringError as exc:
             _fail(exc)
+        _write_template(text, output)
+
+    def _write_template(text: str, output: str) -> None:
         if output == "-":
             click.echo(text, nl=False)
         else:

@@ -34,12 +34,13 @@ def load_chat_target(model: str, *, url: str | None = None, api_model: str = "de
 def redteam(app_path: str, *, out: str, target: Any | None = None, attacks: tuple[str, ...] | None = None,
             converters: tuple[str, ...] = ("none",), resume: bool = False, rescore_only: bool = False,
             gates: tuple[str, ...] = (), progress: bool = False, defences: tuple[str, ...] | None = None,
-            utility: bool = False, **target_kwargs: Any) -> dict[str, Any]:
+            utility: bool = False, gcg: Any = None, **target_kwargs: Any) -> dict[str, Any]:
     """Red-team the application in ``app_path`` (or re-judge the stored run with ``rescore_only``); returns the
     summary with ``gates`` results and ``out``. ``defences``: the configurations to measure (see
     :func:`sparring.llm.defenses.defence_configs`); ``utility``: also score the shipped benign tasks under each
     (``summary["utility"]``, written to ``out/utility.json``) and the input guard's held-out false-positive rate
-    (``summary["guard"]``)."""
+    (``summary["guard"]``); ``gcg``: the :class:`~sparring.llm.gcg_family.GcgSettings` when ``attacks`` names
+    ``gcg``."""
     from sparring.llm.app import load_application
     from sparring.llm.run import check_gates, parse_gate, rescore, run_redteam
 
@@ -55,7 +56,7 @@ def redteam(app_path: str, *, out: str, target: Any | None = None, attacks: tupl
 
         try:
             summary = run_redteam(app, chat, out, attacks=attacks, converters=converters, resume=resume,
-                                  progress=show if progress else None, defences=defences)
+                                  progress=show if progress else None, defences=defences, gcg=gcg)
             if utility:
                 from pathlib import Path
 
@@ -111,6 +112,8 @@ def _print(summary: dict[str, Any]) -> None:
         f = summary["guard"]["fpr"]
         click.echo(f"input guard false-positive rate on held-out benign texts: {f['flagged']}/{f['n']} "
                    f"[{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]")
+    for skip in summary.get("skipped", []):
+        click.echo(f"skipped {skip['attack']}: {skip['reason']}")
     for g in summary["gates"]:
         verdict = "PASS" if g["passed"] else "FAIL"
         upper = "unmeasured" if g["upper"] is None else f"upper {g['upper']:.3f}"
@@ -136,9 +139,15 @@ def add_commands(cli: Any) -> None:
     @click.option("--api-model", default="default", show_default=True, help="The 'model' field sent to --url.")
     @click.option("--api-key-env", help="Environment variable holding the API key for --url (never logged).")
     @click.option("--out", "-o", default="redteam-run", show_default=True, type=click.Path(file_okay=False))
-    @click.option("--attack", "attacks", multiple=True, help="An attack to run (repeatable; default: all that "
-                  "the application's untrusted inputs allow): direct-injection, secret-extraction, prompt-leak, "
-                  "indirect-injection.")
+    @click.option("--attack", "attacks", multiple=True, help="An attack to run (repeatable; default: every "
+                  "fixed-payload family the application's untrusted inputs allow): direct-injection, "
+                  "secret-extraction, prompt-leak, indirect-injection, role-play, refusal-suppression, "
+                  "prefix-injection, payload-splitting, many-shot; and gcg (white-box suffixes, local model only, "
+                  "only when named: skipped with the reason for --url).")
+    @click.option("--gcg-goals", type=click.IntRange(min=1, max=6), default=1, show_default=True,
+                  help="With --attack gcg: goals to optimise a suffix for (secret leak, marker, prompt leak, ...).")
+    @click.option("--gcg-steps", type=click.IntRange(min=1), default=10, show_default=True,
+                  help="With --attack gcg: most GCG steps per goal (it stops at the first success).")
     @click.option("--converter", "converters", multiple=True, help="Payload converter (repeatable; default none): "
                   "none, base64, rot13, leetspeak, homoglyph, invisible.")
     @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
@@ -165,13 +174,15 @@ def add_commands(cli: Any) -> None:
                     attacks: tuple[str, ...], converters: tuple[str, ...], max_new_tokens: int, temperature: float,
                     seed: int, batch_size: int, request_budget: int | None, token_budget: int | None, resume: bool,
                     rescore: bool, gates: tuple[str, ...], defences: tuple[str, ...], utility: bool,
-                    as_json: bool) -> None:
+                    as_json: bool, gcg_goals: int, gcg_steps: int) -> None:
         """Prompt-injection, secret- and prompt-leak attacks on an LLM application (APP_YAML), judged by
         deterministic detectors, stored in --out (manifest.json, attempts.jsonl, summary.json)."""
+        from sparring.llm.gcg_family import GcgSettings
+
         try:
             summary = redteam(app_yaml, out=out, attacks=attacks or None, converters=converters or ("none",),
                               resume=resume, rescore_only=rescore, gates=gates, defences=defences or None,
-                              utility=utility,
+                              utility=utility, gcg=GcgSettings(goals=gcg_goals, steps=gcg_steps),
                               progress=not as_json and sys.stderr.isatty(), model=model, url=url,
                               api_model=api_model, api_key_env=api_key_env, max_new_tokens=max_new_tokens,
                               temperature=temperature, seed=seed, batch_size=batch_size,

@@ -11,7 +11,7 @@ untrusted text in (the user turn, or an untrusted document).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sparring.errors import ParameterError
@@ -79,7 +79,8 @@ ATTACKS: dict[str, AttackSpec] = {a.name: a for a in (
 
 @dataclass(frozen=True)
 class PlannedAttempt:
-    """One attempt to send: ``id`` is ``attack/converter/index`` (stable across runs, the resume key)."""
+    """One attempt to send: ``id`` is ``attack/converter/index`` (stable across runs, the resume key); ``extra``
+    holds family-specific fields stored with the attempt (GCG: its optimisation record under ``gcg``)."""
 
     id: str
     attack: str
@@ -89,11 +90,12 @@ class PlannedAttempt:
     injected: str
     where: str
     messages: tuple[Message, ...]
+    extra: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "attack": self.attack, "converter": self.converter, "category": self.category,
                 "payload": self.payload, "injected": self.injected, "where": self.where,
-                "messages": [dict(m) for m in self.messages]}
+                "messages": [dict(m) for m in self.messages], **(self.extra or {})}
 
 
 def _inject_document(app: Application, text: str) -> tuple[tuple[Document, ...], str]:

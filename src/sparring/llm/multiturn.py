@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +133,15 @@ def _pair(app: Application, target: ChatTarget, attacker: ChatTarget, todo: list
 
 def run_multiturn(app: Application, target: ChatTarget, out: str | Path, *, attacks: tuple[str, ...] = (
         "crescendo", "pair"), attacker: ChatTarget | None = None, iterations: int = 3,
-        resume: bool = False) -> dict[str, Any]:
-    """Run Crescendo (every script) and PAIR (one stream per jailbreak goal, ``iterations`` rounds, ``attacker``
-    writing the prompts: default the target itself) against ``target``; write ``out`` like
-    :func:`sparring.llm.run.run_redteam` (ids ``crescendo/none/i``, ``pair/none/i``) and return the summary.
+        resume: bool = False, scripts: Sequence[int] | None = None,
+        goals: Sequence[int] | None = None) -> dict[str, Any]:
+    """Run Crescendo (the ``scripts`` of :data:`CRESCENDO_SCRIPTS`, default all) and PAIR (one stream per
+    jailbreak goal of ``goals``, default all, ``iterations`` rounds, ``attacker`` writing the prompts: default the
+    target itself) against ``target``; write ``out`` like :func:`sparring.llm.run.run_redteam` (ids
+    ``crescendo/none/i``, ``pair/none/i``) and return the summary.
 
     Raises:
-        ParameterError: unknown attack, ``iterations`` < 1.
+        ParameterError: unknown attack, ``iterations`` < 1, a script or goal index out of range.
         CheckpointError: ``out`` holds another run (or ``resume`` is off and it holds one).
         QueryBudgetExceeded, EndpointError: after writing the attempts finished so far.
     """
@@ -152,9 +155,15 @@ def run_multiturn(app: Application, target: ChatTarget, out: str | Path, *, atta
     if "user" not in app.untrusted_inputs:
         raise ParameterError("multi-turn attacks write user turns, but the application's untrusted_inputs "
                              f"{list(app.untrusted_inputs)} do not include 'user'.")
+    picked = {}
+    for name, chosen, n in (("scripts", scripts, len(CRESCENDO_SCRIPTS)), ("goals", goals, len(GOALS))):
+        idx = list(range(n)) if chosen is None else sorted(set(chosen))
+        if not idx or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in idx):
+            raise ParameterError(f"{name} must be indices in 0..{n - 1}; got {chosen!r}.")
+        picked[name] = idx
     atk = attacker or target
-    plan = [f"crescendo/none/{i}" for i in range(len(CRESCENDO_SCRIPTS)) if "crescendo" in attacks] + \
-           [f"pair/none/{i}" for i in range(len(GOALS)) if "pair" in attacks]
+    plan = [f"crescendo/none/{i}" for i in picked["scripts"] if "crescendo" in attacks] + \
+           [f"pair/none/{i}" for i in picked["goals"] if "pair" in attacks]
     ident = {k: v for k, v in target.describe().items() if k not in ("requests_used", "tokens_used")}
     aid = {k: v for k, v in atk.describe().items() if k not in ("requests_used", "tokens_used")}
     key = hashlib.sha256(json.dumps({"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,

@@ -26,7 +26,7 @@ from sparring.errors import CheckpointError, EndpointError, ParameterError, Quer
 from sparring.llm.app import Application
 from sparring.llm.attacks import ATTACKS, plan_attempts
 from sparring.llm.chat import ChatReply, ChatTarget
-from sparring.llm.defenses import REFUSAL, plan_defended
+from sparring.llm.defenses import REFUSAL, defence_configs, plan_defended
 from sparring.llm.detectors import (
     Detector,
     ExfiltrationDetector,
@@ -34,12 +34,15 @@ from sparring.llm.detectors import (
     PromptLeakDetector,
     SecretLeakDetector,
 )
+from sparring.llm.gcg_family import GCG_SOURCE, GcgSettings
 from sparring.llm.judge import RefusalJudge, evaluate_judge, rogan_gladen
 from sparring.llm.stats import wilson_interval
 
 __all__ = ["check_gates", "judge", "parse_gate", "rescore", "run_redteam", "summarize", "wilson_interval"]
 
 DETECTOR_VERSION = 1
+WHITE_BOX = "gcg"
+"""The white-box family (:mod:`sparring.llm.gcg_family`): run only when named, only on a local model."""
 
 
 def detectors_for(app: Application) -> dict[str, Detector]:
@@ -121,7 +124,7 @@ def check_gates(summary: dict[str, Any], gates: list[tuple[str, float]]) -> list
         row = next((summary[g][key] for g in ("by_category", "by_attack", "by_converter", "by_attack_converter",
                                               "by_category_defence", "by_attack_converter_defence", "by_defence")
                     if key in summary.get(g, {})), None)
-        if row is None and key not in ATTACKS and "/" not in key and "@" not in key \
+        if row is None and key not in ATTACKS and key != WHITE_BOX and "/" not in key and "@" not in key \
                 and key not in summary["by_category"]:
             known = sorted({*summary["by_category"], *summary["by_attack"], *summary["by_converter"]})
             raise ParameterError(f"gate {key!r} names no category, attack or converter of this run; known: {known}.")
@@ -157,12 +160,14 @@ def _read_records(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _run_key(app: Application, target: ChatTarget, planned: list[Any]) -> str:
+def _run_key(app: Application, target: ChatTarget, planned: list[Any], gcg: dict[str, Any] | None = None) -> str:
     ident = {k: v for k, v in target.describe().items() if k not in ("requests_used", "tokens_used")}
     key: dict[str, Any] = {"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
                            "plan": [p.id for p in planned]}
     if any(p.defence != "none" for p in planned):
         key["defences"] = sorted({json.dumps(p.stack.describe(), sort_keys=True) for p in planned})
+    if gcg is not None:
+        key["gcg"] = gcg
     blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -170,7 +175,7 @@ def _run_key(app: Application, target: ChatTarget, planned: list[Any]) -> str:
 def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attacks: tuple[str, ...] | None = None,
                 converters: tuple[str, ...] = ("none",), resume: bool = False,
                 progress: Callable[[int, int], None] | None = None,
-                defences: tuple[str, ...] | None = None) -> dict[str, Any]:
+                defences: tuple[str, ...] | None = None, gcg: GcgSettings | None = None) -> dict[str, Any]:
     """Run every planned attempt against ``target`` and write the run folder ``out``; returns the summary.
 
     Attempts go in fixed batches of ``target.batch_size`` in plan order. With ``resume``, attempts already
@@ -183,15 +188,35 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
     end in ``@defence``. A request the input guard refuses is not sent (its reply is the refusal); reply-side
     defences rewrite what is judged (the model's own reply is kept as ``model_reply``).
 
+    ``attacks`` may name ``gcg`` (never run by default: it optimises on the model, minutes per goal on a CPU):
+    white-box suffixes (:mod:`sparring.llm.gcg_family`, ``gcg`` settings, default one goal and 10 steps) optimised
+    before the batches are sent, stored in ``out/gcg.jsonl`` (a resumed run re-uses them) and then sent, judged and
+    defended like the other attempts. Against a target without gradients (an API) the family is skipped:
+    ``summary["skipped"]`` and the manifest say why.
+
     Raises:
         CheckpointError: ``out`` holds a run of another application, model, decoding or plan (or ``resume`` is
             off and ``out`` already holds attempts).
         QueryBudgetExceeded, EndpointError: after writing what was done (resume later).
     """
+    from sparring.llm.gcg_family import gcg_skip_reason
+
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    planned = plan_defended(app, attacks, converters, defences, plan=plan_attempts)
-    key = _run_key(app, target, planned)
+    static = None if attacks is None else tuple(a for a in attacks if a != WHITE_BOX)
+    planned = plan_defended(app, static, converters, defences, plan=plan_attempts) if static != () else []
+    skipped: list[dict[str, str]] = []
+    gcg_cfg: GcgSettings | None = None
+    if attacks is not None and WHITE_BOX in attacks:
+        why = gcg_skip_reason(target, app)
+        if why is None:
+            gcg_cfg = gcg or GcgSettings()
+            defence_configs(app, defences)  # a bad defence name fails before any optimisation
+        else:
+            skipped.append({"attack": WHITE_BOX, "reason": why})
+    gcg_ids = [f"gcg/none/{i}" for i in range(gcg_cfg.goals)] if gcg_cfg is not None else []
+    key = _run_key(app, target, planned, None if gcg_cfg is None else {"settings": gcg_cfg.to_dict(),
+                                                                        "ids": gcg_ids})
     manifest_path, attempts_path = folder / "manifest.json", folder / "attempts.jsonl"
     done: dict[str, dict[str, Any]] = {}
     if manifest_path.exists() or attempts_path.exists():
@@ -203,18 +228,32 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
             raise CheckpointError(f"{folder} holds a run of a different application, model, decoding or plan "
                                   f"(run key {old.get('run_key')} != {key}); use another --out folder.")
         done = {i: r for i, r in _read_records(attempts_path).items() if r.get("status") in ("success", "failure")}
-    manifest = {"run_key": key, "sparring_version": _version(), "application": {
+    manifest: dict[str, Any] = {"run_key": key, "sparring_version": _version(), "application": {
         "name": app.name, "system_prompt_sha256": app.system_prompt_sha256, "secret_sha256": hashlib.sha256(
             app.secret.encode()).hexdigest(), "untrusted_inputs": list(app.untrusted_inputs)},
         "target": target.describe(), "attacks": sorted({p.attack for p in planned}),
         "converters": list(converters), "planned": len(planned), "detector_version": DETECTOR_VERSION,
         "defences": {p.defence: p.stack.describe() for p in planned},
         "sources": {a: ATTACKS[a].source for a in sorted({p.attack for p in planned})}, "judge": evaluate_judge()}
+    if gcg_cfg is not None:
+        manifest["attacks"] = sorted({*manifest["attacks"], WHITE_BOX})
+        manifest["sources"][WHITE_BOX] = GCG_SOURCE
+        manifest["gcg"] = gcg_cfg.to_dict()
+    if skipped:
+        manifest["skipped"] = skipped
     _write_atomic(manifest_path, _dump(manifest))
     started, sent = time.perf_counter(), 0
     stop: BaseException | None = None
+    if gcg_cfg is not None:
+        try:
+            planned += _plan_gcg(app, target, gcg_cfg, defences, folder / "gcg.jsonl")
+        except (QueryBudgetExceeded, EndpointError) as exc:
+            stop = exc
+        manifest["planned"] = len(planned) + (0 if stop is None else len(gcg_ids) * len(defence_configs(
+            app, defences)))
+        manifest["defences"] = {p.defence: p.stack.describe() for p in planned}
     with attempts_path.open("a", encoding="utf-8") as fh:
-        for b in range(0, len(planned), target.batch_size):
+        for b in range(0, len(planned) if stop is None else 0, target.batch_size):
             batch = planned[b:b + target.batch_size]
             if all(p.id in done for p in batch):
                 continue
@@ -245,7 +284,9 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
     records = [done[p.id] for p in planned if p.id in done]
     _write_atomic(attempts_path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
     summary = summarize(records)
-    summary["complete"] = len(records) == len(planned)
+    summary["complete"] = len(records) == manifest["planned"]
+    if skipped:
+        summary["skipped"] = skipped
     _write_atomic(folder / "summary.json", _dump(summary))
     seconds = time.perf_counter() - started
     manifest.update(target=target.describe(), timing={"seconds": round(seconds, 3), "attempts_sent": sent,
@@ -280,8 +321,24 @@ def rescore(app: Application, out: str | Path) -> dict[str, Any]:
                   "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
     summary = summarize(records)
     summary["complete"] = len(records) == manifest.get("planned")
+    if manifest.get("skipped"):
+        summary["skipped"] = manifest["skipped"]
     _write_atomic(folder / "summary.json", _dump(summary))
     return summary
+
+
+def _plan_gcg(app: Application, target: ChatTarget, settings: GcgSettings, defences: tuple[str, ...] | None,
+              store: Path) -> list[Any]:
+    """The GCG attempts under every defence configuration, their suffixes optimised (or read back from ``store``)
+    on the undefended application."""
+    from sparring.llm.gcg_family import optimise_suffixes, plan_gcg
+
+    suffixes = optimise_suffixes(app, target, settings, store)
+
+    def plan(a: Application, attacks: Any, converters: Any) -> list[Any]:
+        return plan_gcg(a, suffixes)
+
+    return plan_defended(app, None, ("none",), defences, plan=plan)
 
 
 def _version() -> str:

@@ -9,6 +9,13 @@ injection through documents with markdown exfiltration (Greshake et al. 2023), j
 Kang et al. 2023; Anil et al. 2024). Threat model: black-box, one turn, non-adaptive (the payloads are fixed), the
 attacker writes only where ``untrusted_inputs`` lets text in.
 
+Also, by effort: multi-turn Crescendo (Russinovich et al. 2024) and PAIR (Chao et al. 2023), undefended, each attempt
+judged on the whole conversation (``llm/<family>@none``, run by :func:`sparring.llm.multiturn.run_multiturn` into
+``OUT/llm/<family>@none/``); and, when the chat model is local, white-box GCG (Zou et al. 2023,
+:mod:`sparring.llm.gcg_family`): one suffix per goal optimised once per audit on the undefended application, then
+sent behind every defence configuration (``llm/gcg@<defence>``). On an API model the ``llm-gcg`` check is listed as
+skipped with the reason.
+
 Each attempt's prompt and reply go to ``OUT/llm/<family>@<defence>.jsonl`` as they arrive (the records of
 ``sparring redteam``, judged by :func:`sparring.llm.run.judge`); a resumed audit keeps the judged attempts and
 re-sends only the batches with missing ones, whole, so every reply is that of an uninterrupted run. Gate metrics
@@ -47,6 +54,14 @@ CONVERTERS: dict[str, list[str]] = {"quick": ["none"], "standard": ["none"],
                                     "thorough": ["none", "base64", "leetspeak"]}
 TASKS: dict[str, int | None] = {"quick": 8, "standard": 24, "thorough": None}
 """Benign utility tasks per defence configuration by effort (``None``: the whole shipped set)."""
+GCG_EFFORT: dict[str, tuple[int, int]] = {"quick": (1, 10), "standard": (3, 20), "thorough": (6, 50)}
+"""GCG ``(goals, most steps per goal)`` by effort (``system.llm.gcg_goals`` / ``gcg_steps`` override)."""
+CRESCENDO: dict[str, int | None] = {"quick": 2, "standard": None, "thorough": None}
+"""Crescendo scripts by effort (``None``: all)."""
+PAIR: dict[str, tuple[int, int] | None] = {"quick": None, "standard": None, "thorough": (4, 3)}
+"""PAIR ``(goals, iterations)`` by effort (``None``: not run by default; named in ``attacks``, standard's
+``(2, 2)``)."""
+MULTITURN = ("crescendo", "pair")
 
 RECOMMEND = {
     "secret-leak": "Keep secrets out of the prompt (the model repeats what it is given); if one must be there, put "
@@ -104,13 +119,18 @@ class LlmRedteam:
         tm, app = ctx.threat_model, _app(ctx)
         s = tm.system.llm
         assert s is not None  # the llm kind is planned for system.llm only
-        families = [a for a in (s.attacks or ATTACKS) if ATTACKS[a].enters in app.untrusted_inputs]
-        if not families:
+        requested = _families(tm, ctx.target)
+        families = [a for a in requested if a in ATTACKS and ATTACKS[a].enters in app.untrusted_inputs]
+        users = "user" in app.untrusted_inputs
+        multi = [a for a in MULTITURN if a in requested and users]
+        gcg = "gcg" in requested and _gcg_skip(ctx) is None
+        if not families and not multi and not gcg:
             return Skip(self.name, "llm", f"no attack family writes into {list(app.untrusted_inputs)}")
         k = ATTEMPTS[tm.effort]
         converters = list(s.converters or CONVERTERS[tm.effort])
         steps = []
-        for defence, deployed in _configs(tm, app):
+        configs = _configs(tm, app)
+        for defence, deployed in configs:
             for a in families:
                 idx = pick(len(ATTACKS[a].payloads), k)
                 steps.append(Step(
@@ -120,11 +140,19 @@ class LlmRedteam:
                     reason=f"LLM application: {a} ({len(idx)} of {len(ATTACKS[a].payloads)} payloads x "
                            f"{len(converters)} converter(s)) "
                            f"{'undefended' if defence == 'none' else 'behind ' + defence}; {ATTACKS[a].source}"))
+            if gcg:
+                steps.append(_gcg_step(tm, defence, deployed, self.name))
+        if multi:
+            steps += _multiturn_steps(tm, multi, dict(configs).get("none", not app.defences), self.name)
         return steps + _utility_steps(tm, app, self.name)
 
     def run(self, step: Step, ctx: RunContext) -> StepResult:
         if step.params["kind"] == UTILITY:
             return _run_utility(step, ctx)
+        if step.params["attack"] == "gcg":
+            return _run_gcg(step, ctx)
+        if step.params["attack"] in MULTITURN:
+            return _run_multiturn(step, ctx)
         from sparring.llm.attacks import plan_attempts
         from sparring.llm.defenses import plan_defended
 
@@ -181,6 +209,122 @@ class LlmRedteam:
         return llm_report_data(results)
 
 
+def _families(tm: Any, target: Any) -> list[str]:
+    """The families ``system.llm.attacks`` names, or by default every fixed-payload family, Crescendo, PAIR at
+    effort thorough, and GCG when the chat model is local (white-box)."""
+    from sparring.llm.attacks import ATTACKS
+    from sparring.llm.chat import LocalChatModel
+
+    s = tm.system.llm
+    if s.attacks:
+        return list(s.attacks)
+    return [*ATTACKS, "crescendo", *(["pair"] if PAIR[tm.effort] else []),
+            *(["gcg"] if isinstance(getattr(target, "chat", None), LocalChatModel) else [])]
+
+
+def _gcg_skip(ctx: PlanContext) -> str | None:
+    from sparring.llm.gcg_family import gcg_skip_reason
+
+    return gcg_skip_reason(ctx.target.chat, _app(ctx))  # type: ignore[attr-defined]
+
+
+def _gcg_settings(tm: Any) -> dict[str, Any]:
+    goals, steps = GCG_EFFORT[tm.effort]
+    s = tm.system.llm
+    return {"goals": s.gcg_goals or goals, "steps": s.gcg_steps or steps, "seed": int(tm.seed)}
+
+
+def _gcg_step(tm: Any, defence: str, deployed: bool, check: str) -> Step:
+    from sparring.llm.gcg_family import GCG_SOURCE
+
+    g = _gcg_settings(tm)
+    return Step(id=f"llm/gcg@{defence}", check=check, threat="llm",
+                params={"kind": ATTACK, "attack": "gcg", "defence": defence, "gcg": g, "converters": ["none"],
+                        "deployed": deployed},
+                reason=f"LLM application: white-box GCG suffixes on the local model ({g['goals']} goal(s), at most "
+                       f"{g['steps']} steps each, optimised undefended) "
+                       f"{'undefended' if defence == 'none' else 'sent behind ' + defence}; {GCG_SOURCE}")
+
+
+def _multiturn_steps(tm: Any, families: list[str], deployed: bool, check: str) -> list[Step]:
+    from sparring.llm.jailbreaks import GOALS
+    from sparring.llm.multiturn import CRESCENDO_SCRIPTS, MULTITURN_ATTACKS
+
+    steps = []
+    for a in families:
+        if a == "crescendo":
+            idx = pick(len(CRESCENDO_SCRIPTS), CRESCENDO[tm.effort])
+            params: dict[str, Any] = {"scripts": idx}
+            what = f"{len(idx)} of {len(CRESCENDO_SCRIPTS)} escalation scripts"
+        else:
+            goals, iterations = PAIR[tm.effort] or (2, 2)
+            idx = pick(len(GOALS), goals)
+            params = {"goals": idx, "iterations": iterations}
+            what = f"{len(idx)} of {len(GOALS)} goals, {iterations} rounds, the target as its own attacker"
+        steps.append(Step(id=f"llm/{a}@none", check=check, threat="llm",
+                          params={"kind": ATTACK, "attack": a, "defence": "none", "converters": ["none"],
+                                  "deployed": deployed, **params},
+                          reason=f"LLM application: multi-turn {a} ({what}), undefended, judged on the whole "
+                                 f"conversation; {MULTITURN_ATTACKS[a]}"))
+    return steps
+
+
+def _run_gcg(step: Step, ctx: RunContext) -> StepResult:
+    """GCG suffixes for the step's goals (optimised once per audit on the undefended application, kept in memory
+    and in ``OUT/llm/gcg-suffixes.jsonl`` for a resumed audit), sent behind the step's defence configuration."""
+    from sparring.llm.defenses import plan_defended
+    from sparring.llm.gcg_family import GcgSettings, optimise_suffixes, plan_gcg
+
+    p = step.params
+    app, target = _app(ctx), ctx.target
+    chat = target.chat  # type: ignore[attr-defined]
+    folder = Path(ctx.out_dir if ctx.out_dir is not None else ".") / "llm"
+    t0, used = time.perf_counter(), chat.counter.used
+    suffixes = optimise_suffixes(app, chat, GcgSettings(**p["gcg"]), folder / "gcg-suffixes.jsonl",
+                                 reuse=ctx.resume, memory=target.gcg_suffixes)  # type: ignore[attr-defined]
+
+    def plan(a: Any, attacks: Any, converters: Any) -> list[Any]:
+        return plan_gcg(a, suffixes)
+
+    planned = plan_defended(app, None, ("none",), [p["defence"]], plan=plan)
+    records = _run_attempts(app, target, planned, folder / f"{_slug(step.id)}.jsonl", ctx.resume)
+    result = _result(step, records)
+    fresh = [s for s in suffixes.values() if not s["reused"]]
+    result.cost.update(seconds=round(time.perf_counter() - t0, 6), queries=chat.counter.used - used,
+                       gradients=sum(int(s["gradient_calls"]) for s in fresh))
+    result.examples["gcg"] = [{k: s[k] for k in ("goal", "category", "target", "suffix", "loss", "steps", "stopped",
+                                                 "success")} for _, s in sorted(suffixes.items())]
+    return result
+
+
+def _run_multiturn(step: Step, ctx: RunContext) -> StepResult:
+    """A multi-turn family through :func:`sparring.llm.multiturn.run_multiturn` into ``OUT/llm/<family>@none/``
+    (resumed per attempt with the audit; a folder of another plan is started again)."""
+    import shutil
+
+    from sparring.errors import CheckpointError
+    from sparring.llm.multiturn import run_multiturn
+
+    p = step.params
+    app, chat = _app(ctx), ctx.target.chat  # type: ignore[attr-defined]
+    folder = Path(ctx.out_dir if ctx.out_dir is not None else ".") / "llm" / _slug(step.id)
+    kw: dict[str, Any] = {"scripts": p["scripts"]} if p["attack"] == "crescendo" else {
+        "goals": p["goals"], "iterations": p["iterations"]}
+    t0, used = time.perf_counter(), chat.counter.used
+    if not ctx.resume and folder.exists():
+        shutil.rmtree(folder)
+    try:
+        run_multiturn(app, chat, folder, attacks=(p["attack"],), resume=ctx.resume, **kw)
+    except CheckpointError:  # a resumed audit whose folder holds another plan: run it afresh
+        shutil.rmtree(folder)
+        run_multiturn(app, chat, folder, attacks=(p["attack"],), **kw)
+    lines = (folder / "attempts.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [{**r, "defence": "none"} for r in map(json.loads, lines)]
+    result = _result(step, records)
+    result.cost.update(seconds=round(time.perf_counter() - t0, 6), queries=chat.counter.used - used)
+    return result
+
+
 def _utility_steps(tm: Any, app: Any, check: str) -> list[Step]:
     from sparring.llm.utility import load_utility_set
 
@@ -220,7 +364,9 @@ def _run_key(app: Any, chat: Any, planned: list[Any]) -> str:
     ident = {k: v for k, v in chat.describe().items() if k not in ("requests_used", "tokens_used")}
     key = {"app": app.system_prompt_sha256, "secret": hashlib.sha256(app.secret.encode()).hexdigest(),
            "target": ident, "plan": [x.id for x in planned],
-           "defences": sorted({json.dumps(x.stack.describe(), sort_keys=True) for x in planned})}
+           "defences": sorted({json.dumps(x.stack.describe(), sort_keys=True) for x in planned}),
+           "messages": hashlib.sha256(json.dumps([list(x.messages) for x in planned], sort_keys=True).encode()
+                                      ).hexdigest()}  # a GCG suffix optimised afresh is another attempt
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -323,3 +469,25 @@ def _result(step: Step, records: list[dict[str, Any]]) -> StepResult:
     result.cost = {"queries": 0, "gradients": 0, "seconds": 0.0,
                    "tokens": sum(int(r.get("usage", {}).get("completion_tokens") or 0) for r in records)}
     return result
+
+
+@register_check
+class LlmGcgAccess:
+    """Says why white-box GCG is not in the plan of an LLM audit whose chat model gives no gradients (an
+    OpenAI-compatible API). Plans no step of its own: on a local model the GCG steps are ``llm-redteam`` steps
+    (``llm/gcg@<defence>``), counted in its ASR tables and gates like every family."""
+
+    name = "llm-gcg"
+    threat = "llm"
+    needs = Access.GRADIENTS
+    inputs = ("llm",)
+
+    def plan(self, ctx: PlanContext) -> list[Step] | Skip:
+        named = ctx.threat_model.system.llm.attacks  # type: ignore[union-attr]  # llm kind: system.llm is set
+        if named and "gcg" not in named:
+            return []  # not asked for
+        why = _gcg_skip(ctx)  # asked for, or a default family on a local model
+        return [] if why is None else Skip(self.name, "llm", why)
+
+    def run(self, step: Step, ctx: RunContext) -> StepResult:  # pragma: no cover - plans no step
+        raise RuntimeError(f"{self.name} plans no step; GCG steps run in {REDTEAM}")
