@@ -83,8 +83,8 @@ def gcg_skip_reason(chat: Any, app: Application) -> str | None:
     if not isinstance(chat, LocalChatModel):
         where = chat.describe().get("url") if hasattr(chat, "describe") else None
         return (f"GCG is white-box: it needs gradients of a local model's loss, and the chat target is "
-                f"{type(chat).__name__}{f' at {where}' if where else ''}, which gives replies only. Audit the model "
-                "locally (a bundled name, a .gguf file or a transformers folder) to run it.")
+                f"{type(chat).__name__}{f' at {where}' if where else ''}, which gives replies only. Use a local "
+                "copy of the model (a bundled name, a .gguf file or a transformers folder) to run it.")
     if "user" not in app.untrusted_inputs:
         return (f"GCG writes its suffix into the user turn, which the application's untrusted_inputs "
                 f"{list(app.untrusted_inputs)} do not include.")
