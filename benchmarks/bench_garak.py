@@ -36,6 +36,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -282,7 +283,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--http-every", type=int, default=4, help="send every N-th sparring attempt over HTTP too")
-    ap.add_argument("--work", default="benchmarks/results/garak-run")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "sparring-garak-run"))
     ap.add_argument("--out", default="benchmarks/results/garak.json")
     args = ap.parse_args()
     torch.set_num_threads(1)

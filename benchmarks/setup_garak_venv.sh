@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build garak's own environment for benchmarks/bench_llm_garak.py (never inside sparring's .venv: garak 0.17.1
+# Build garak's own environment for benchmarks/bench_garak.py (never inside sparring's .venv: garak 0.17.1
 # pins its own transformers/torch ranges). Usage: benchmarks/setup_garak_venv.sh [/work/garak-venv]
 set -euo pipefail
 VENV="${1:-/work/garak-venv}"
