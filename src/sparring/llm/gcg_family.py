@@ -122,28 +122,21 @@ def _stored(path: Path) -> dict[str, dict[str, Any]]:
 
 def optimise_suffixes(app: Application, chat: Any, settings: GcgSettings, store: str | Path, *,
                       reuse: bool = True, memory: dict[str, dict[str, Any]] | None = None,
-                      judge: Callable[[str, str], bool] | None = None) -> dict[int, dict[str, Any]]:
+                      judge: Callable[[str, str], bool]) -> dict[int, dict[str, Any]]:
     """One GCG optimisation per goal (the first ``settings.goals``), appended to the JSONL file ``store`` as each
     finishes; with ``reuse``, a goal already stored for the same application, model and settings is read back
     instead (``memory``, a dict kept by the caller, is checked first and filled). Returns, per goal index, the
     record: ``suffix``, ``loss``, ``losses``, ``steps``, ``stopped``, ``success`` (during optimisation),
     ``success_step``, ``gradient_calls``, ``forward_tokens``, ``queries``, ``seconds``, ``reused``.
 
-    ``judge(category, reply)`` decides the early stop (default: :func:`sparring.llm.run.judge` on the reply, so the
-    optimisation stops on what the run will count as a success).
+    ``judge(category, reply)`` decides the early stop (:func:`sparring.llm.run.category_judge` of the application,
+    so the optimisation stops on what the run will count as a success).
 
     Raises:
         AccessError: ``chat`` gives no gradients (check :func:`gcg_skip_reason` first).
         QueryBudgetExceeded: the chat target's token budget runs out (the goals finished are stored).
     """
     from sparring.llm.gcg import GCG
-
-    if judge is None:
-        from sparring.llm.run import judge as judge_record
-
-        def judge(category: str, reply: str) -> bool:
-            rec = judge_record({"category": category, "reply": reply, "error": None}, app)
-            return bool(rec["status"] == "success")
 
     path = Path(store)
     path.parent.mkdir(parents=True, exist_ok=True)

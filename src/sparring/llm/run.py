@@ -40,7 +40,8 @@ from sparring.llm.stats import wilson_interval
 
 __all__ = ["check_gates", "judge", "parse_gate", "rescore", "run_redteam", "summarize", "wilson_interval"]
 
-DETECTOR_VERSION = 1
+DETECTOR_VERSION = 2
+"""Recorded in every manifest and summary; 2: marker words whole or spelled out, never glued across separators."""
 WHITE_BOX = "gcg"
 """The white-box family (:mod:`sparring.llm.gcg_family`): run only when named, only on a local model."""
 
@@ -67,6 +68,15 @@ def judge(record: dict[str, Any], app: Application) -> dict[str, Any]:
             return out
     out.update(status="success" if dets[record["category"]]["hit"] else "failure", detections=dets)
     return out
+
+
+def category_judge(app: Application) -> Callable[[str, str], bool]:
+    """``judge(category, reply) -> bool``: whether :func:`judge` counts ``reply`` as a success of ``category`` (the
+    early stop of the GCG family, so an optimisation stops on what the run counts)."""
+    def decide(category: str, reply: str) -> bool:
+        return bool(judge({"category": category, "reply": reply, "error": None}, app)["status"] == "success")
+
+    return decide
 
 
 def _row(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -333,7 +343,7 @@ def _plan_gcg(app: Application, target: ChatTarget, settings: GcgSettings, defen
     on the undefended application."""
     from sparring.llm.gcg_family import optimise_suffixes, plan_gcg
 
-    suffixes = optimise_suffixes(app, target, settings, store)
+    suffixes = optimise_suffixes(app, target, settings, store, judge=category_judge(app))
 
     def plan(a: Application, attacks: Any, converters: Any) -> list[Any]:
         return plan_gcg(a, suffixes)

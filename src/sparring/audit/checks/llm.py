@@ -274,6 +274,7 @@ def _run_gcg(step: Step, ctx: RunContext) -> StepResult:
     and in ``OUT/llm/gcg-suffixes.jsonl`` for a resumed audit), sent behind the step's defence configuration."""
     from sparring.llm.defenses import plan_defended
     from sparring.llm.gcg_family import GcgSettings, optimise_suffixes, plan_gcg
+    from sparring.llm.run import category_judge
 
     p = step.params
     app, target = _app(ctx), ctx.target
@@ -281,7 +282,8 @@ def _run_gcg(step: Step, ctx: RunContext) -> StepResult:
     folder = Path(ctx.out_dir if ctx.out_dir is not None else ".") / "llm"
     t0, used = time.perf_counter(), chat.counter.used
     suffixes = optimise_suffixes(app, chat, GcgSettings(**p["gcg"]), folder / "gcg-suffixes.jsonl",
-                                 reuse=ctx.resume, memory=target.gcg_suffixes)  # type: ignore[attr-defined]
+                                 reuse=ctx.resume, memory=target.gcg_suffixes,  # type: ignore[attr-defined]
+                                 judge=category_judge(app))
 
     def plan(a: Any, attacks: Any, converters: Any) -> list[Any]:
         return plan_gcg(a, suffixes)
