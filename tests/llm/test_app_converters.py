@@ -29,12 +29,17 @@ def test_application_file_reads_documents_and_renders_the_secret(tmp_path: Path)
     assert app.rendered_system_prompt == "You keep the password PLUTO-7731."
     assert app.documents[0].id == "faq" and app.documents[0].untrusted
     assert '<document id="faq">' in app.messages()[0]["content"]
+    (tmp_path / "user.yaml").write_text(APP + "documents_in: user\n")
+    in_user = load_application(tmp_path / "user.yaml").messages()
+    assert '<document id="faq">' in in_user[1]["content"] and "<document" not in in_user[0]["content"]
 
 
 @pytest.mark.parametrize(("text", "expect"), [
     (APP.replace("secret: PLUTO", "secrett: PLUTO"), "did you mean 'secret'"),
     (APP.replace("    text:", "    txt:"), "did you mean 'text'"),
     (APP.replace("{secret}", "XYZ"), "does not contain the secret"),
+    (APP + "documents_in: tool\n", "documents_in must be one of"),
+    (APP + "document_in: user\n", "did you mean 'documents_in'"),
     ("- just a list", "must be a mapping"),
     ("name: [unclosed", "not valid YAML"),
 ])

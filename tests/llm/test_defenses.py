@@ -198,3 +198,22 @@ def test_real_model_leak_is_stopped_by_the_output_filter_and_the_guard(smollm: o
     shown, actions = plan[1].filter_reply(filtered.text)
     assert not SecretLeakDetector(SECRET)(shown).hit and actions  # ... and the filter removes it
     assert target.counter.used == 2
+
+
+def test_documents_in_the_user_turn_carry_the_same_defences_there() -> None:
+    """``documents_in: user``: the documents block opens the user turn (before the question, the sandwich reminder
+    last); the spotlighting instructions stay in the system prompt; the default keeps the block in the system."""
+    from dataclasses import replace
+
+    app = replace(_app(), documents_in="user")
+    system, user = (m["content"] for m in app.messages(user="What is the delivery time?"))
+    assert "<document" not in system and SECRET in system
+    assert user.startswith('Documents:\n<document id="faq">\n' + DOC) and user.endswith("What is the delivery time?")
+    stack = build_stack(app, "dm+s", (DefenceSpec("datamarking"), DefenceSpec("sandwich")))
+    system, user = (m["content"] for m in stack.render(app, "hi", app.documents))
+    assert "ACME\u02c6ships" in user and "<document" not in system and "instructions" in system
+    assert user.index("ACME\u02c6ships") < user.index("\n\nhi\n\nRemember:")
+    default = _app().messages(user="hi")
+    assert '<document id="faq">' in default[0]["content"] and default[1]["content"] == "hi"
+    with pytest.raises(ThreatModelError, match="documents_in must be one of"):
+        replace(_app(), documents_in="tool")

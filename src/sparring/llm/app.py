@@ -13,6 +13,7 @@ Example ``app.yaml``::
         text: ACME ships worldwide within 5 days.
         untrusted: true
     untrusted_inputs: [user, documents]
+    documents_in: system           # where the documents block goes: system (default) or user (before the question)
     exfil_host: attacker.example
     defences:                      # see sparring.llm.defenses; measured with and without by sparring redteam
       - datamarking
@@ -37,9 +38,12 @@ from sparring.llm.defence_specs import DefenceSpec, specs_from_yaml
 __all__ = ["Application", "DefenceSpec", "Document", "load_application"]
 
 _KEYS = ("name", "system_prompt", "secret", "user_prompt", "documents", "untrusted_inputs", "exfil_host", "marker",
-         "defences")
+         "defences", "documents_in")
 _DOC_KEYS = ("id", "text", "untrusted")
 _INPUTS = ("user", "documents")
+DOCUMENT_POSITIONS = ("system", "user")
+"""Where an application puts its documents block: after the system prompt, or in the user turn before the user's
+text (as many retrieval apps paste retrieved passages into the question, and as garak's latent-injection probes do)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Application:
     exfil_host: str = "attacker.example"
     marker: str = "PWNED-4F7A"
     defences: tuple[DefenceSpec, ...] = ()
+    documents_in: str = "system"
     #: the :class:`~sparring.llm.defenses.DefenceStack` whose prompt-side defences :meth:`messages` applies
     active_defences: Any = field(default=None, compare=False, repr=False)
 
@@ -80,6 +85,9 @@ class Application:
         if bad or not self.untrusted_inputs:
             raise ThreatModelError(f"untrusted_inputs must be a non-empty list of {list(_INPUTS)}; got "
                                    f"{list(self.untrusted_inputs)}.")
+        if self.documents_in not in DOCUMENT_POSITIONS:
+            raise ThreatModelError(f"documents_in must be one of {list(DOCUMENT_POSITIONS)} (where the documents "
+                                   f"block enters the conversation); got {self.documents_in!r}.")
         if any(not isinstance(d, DefenceSpec) for d in self.defences):
             raise ThreatModelError(f"defences must be DefenceSpec objects (or a defences: list in the YAML); got "
                                    f"{list(self.defences)!r:.120}.")
@@ -96,17 +104,22 @@ class Application:
         return hashlib.sha256(self.rendered_system_prompt.encode()).hexdigest()
 
     def messages(self, user: str | None = None, documents: tuple[Document, ...] | None = None) -> list[Message]:
-        """The conversation the application sends: system prompt plus the documents block, then the user turn."""
+        """The conversation the application sends: the system prompt, the documents block (after the system prompt,
+        or at the start of the user turn with ``documents_in: user``), then the user's text."""
         docs = self.documents if documents is None else documents
         text = self.user_prompt if user is None else user
         if self.active_defences is not None:
             return list(self.active_defences.render(self, text, docs))
-        system = self.rendered_system_prompt.rstrip()
-        if docs:
-            block = "\n".join(f'<document id="{d.id}">\n{d.text}\n</document>' for d in docs)
+        block = "\n".join(f'<document id="{d.id}">\n{d.text}\n</document>' for d in docs)
+        return self.place_documents(self.rendered_system_prompt.rstrip(), block, text)
+
+    def place_documents(self, system: str, block: str, user: str) -> list[Message]:
+        """The two messages with the documents ``block`` (may be empty) where :attr:`documents_in` says."""
+        if block and self.documents_in == "user":
+            user = f"Documents:\n{block}\n\n{user}"
+        elif block:
             system += "\n\nDocuments:\n" + block
-        return [{"role": "system", "content": system},
-                {"role": "user", "content": text}]
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def _unknown(keys: list[str], allowed: tuple[str, ...], where: str, source: str) -> ThreatModelError:
@@ -161,7 +174,7 @@ def load_application(path: str | Path) -> Application:
     inputs = raw.get("untrusted_inputs", ["user", "documents"])
     if not isinstance(inputs, list):
         raise ThreatModelError(f"{p}: untrusted_inputs must be a list such as [user, documents]; got {inputs!r}.")
-    kw = {k: raw[k] for k in ("name", "user_prompt", "exfil_host", "marker") if k in raw}
+    kw = {k: raw[k] for k in ("name", "user_prompt", "exfil_host", "marker", "documents_in") if k in raw}
     secret = raw["secret"]
     return Application(system_prompt=raw["system_prompt"], secret=str(secret) if isinstance(secret, int) else secret,
                        documents=tuple(docs), untrusted_inputs=tuple(inputs),

@@ -123,13 +123,11 @@ class DefenceStack:
                 notes.append(_ENCODE)
         if notes:
             system += "\n\n" + " ".join(notes)
-        if documents:
-            system += "\n\nDocuments:\n" + "\n".join(f'<document id="{d.id}">\n{t}\n</document>'
-                                                      for d, t in zip(documents, texts, strict=True))
+        block = "\n".join(f'<document id="{d.id}">\n{t}\n</document>' for d, t in zip(documents, texts, strict=True))
         for s in self.specs:
             if s.name == "sandwich":
                 user = f"{user.rstrip()}\n\n{s.params.get('reminder', _SANDWICH)}"
-        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return app.place_documents(system, block, user)
 
     def screen(self, texts: Sequence[str]) -> dict[str, Any] | None:
         """The input guard's verdict on the untrusted ``texts`` (``None``: let through, or no guard)."""

@@ -174,6 +174,8 @@ def _run_key(app: Application, target: ChatTarget, planned: list[Any], gcg: dict
     ident = {k: v for k, v in target.describe().items() if k not in ("requests_used", "tokens_used")}
     key: dict[str, Any] = {"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
                            "plan": [p.id for p in planned]}
+    if app.documents_in != "system":  # another conversation layout: other replies (default keeps older run keys)
+        key["documents_in"] = app.documents_in
     if any(p.defence != "none" for p in planned):
         key["defences"] = sorted({json.dumps(p.stack.describe(), sort_keys=True) for p in planned})
     if gcg is not None:
@@ -240,7 +242,8 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
         done = {i: r for i, r in _read_records(attempts_path).items() if r.get("status") in ("success", "failure")}
     manifest: dict[str, Any] = {"run_key": key, "sparring_version": _version(), "application": {
         "name": app.name, "system_prompt_sha256": app.system_prompt_sha256, "secret_sha256": hashlib.sha256(
-            app.secret.encode()).hexdigest(), "untrusted_inputs": list(app.untrusted_inputs)},
+            app.secret.encode()).hexdigest(), "untrusted_inputs": list(app.untrusted_inputs),
+        "documents_in": app.documents_in},
         "target": target.describe(), "attacks": sorted({p.attack for p in planned}),
         "converters": list(converters), "planned": len(planned), "detector_version": DETECTOR_VERSION,
         "defences": {p.defence: p.stack.describe() for p in planned},
