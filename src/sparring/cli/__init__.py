@@ -109,9 +109,11 @@ def _load_data(model: str, data: str | None, n: int, split: str) -> tuple[Any, A
         ds = zoo.data(model)
         x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
     else:
+        from sparring.cli.options import npz_keys
         from sparring.data.files import load_data
 
-        loaded = load_data(data)
+        keys = npz_keys() if str(data).lower().endswith(".npz") else {}
+        loaded = load_data(data, **keys)
         x, y = loaded[0], loaded[1]
     return x[:n], y[:n]
 
@@ -122,7 +124,7 @@ def _option_names(attack_cls: type) -> set[str]:
 
 def build_cli() -> Any:
     """Build the click command group (separate from :func:`main` so tests can invoke it in-process)."""
-    from sparring.cli.options import JsonErrorGroup, http_options, require_url
+    from sparring.cli.options import JsonErrorGroup, http_options, npz_key_options, require_url
 
     @click.group(cls=JsonErrorGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXIT_HELP)
     @click.version_option(package_name="sparring")
@@ -143,6 +145,7 @@ def build_cli() -> Any:
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
     @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
+    @npz_key_options
     @click.option("--data", "-d", type=click.Path(), help="Data file: .npz (x, y), CSV with a 'label' column, or an "
                   "image folder. Default: the zoo model's test split.")
     @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
@@ -287,6 +290,7 @@ def build_cli() -> Any:
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
     @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
+    @npz_key_options
     @click.option("--data", "-d", type=click.Path(), help="Data file (default: the zoo model's test split).")
     @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
     @click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Examples to certify.")

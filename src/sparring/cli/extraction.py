@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from sparring.cli.options import http_options, http_settings, require_url
+from sparring.cli.options import http_options, http_settings, npz_key_options, require_url
 
 __all__ = ["add_commands", "run_steal"]
 
@@ -49,6 +49,7 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a file or URL.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
     @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
+    @npz_key_options
     @click.option("--pool", type=click.Path(), help="Attacker's natural data (.npz/CSV/images; default: the zoo "
                   "model's train split).")
     @click.option("--eval-data", type=click.Path(), help="Held-out data for fidelity/accuracy (default: zoo test).")

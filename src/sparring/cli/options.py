@@ -52,6 +52,30 @@ def http_options(what: str = "the --url API", batch: str = "inputs", answer: str
     return deco
 
 
+def npz_key_options(fn: _F) -> _F:
+    """``--x-key``/``--y-key``: the array names of ``.npz`` data files (default ``x`` and ``y``), kept in the click
+    context for :func:`sparring.cli._load_data`, so every command that reads data files takes them alike."""
+
+    def keep(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None:
+            ctx.meta[f"sparring.npz.{param.name}"] = value
+        return value
+
+    for name, default in (("--y-key", "y"), ("--x-key", "x")):
+        fn = click.option(name, callback=keep, expose_value=False, is_eager=True,
+                          help=f"Array name of the {'labels' if default == 'y' else 'inputs'} in .npz data files "
+                               f"(default {default}).")(fn)
+    return fn
+
+
+def npz_keys() -> dict[str, str]:
+    """The ``x_key``/``y_key`` given with :func:`npz_key_options` to the running command (none outside one)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    return {k: ctx.meta[f"sparring.npz.{k}"] for k in ("x_key", "y_key") if f"sparring.npz.{k}" in ctx.meta}
+
+
 def http_settings(http_header: tuple[str, ...], timeout: float | None, input_key: str | None,
                   output_key: str | None, scores: str | None, retries: int | None = None) -> dict[str, Any]:
     """The options of :func:`http_options` as target keywords (``headers``, ``timeout``, ``retries``,

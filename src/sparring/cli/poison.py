@@ -136,6 +136,7 @@ def add_commands(cli: Any) -> None:
 
     from sparring import errors
     from sparring.cli import _EXIT_HELP, EXIT_GATE, _fail, _load_data, _load_target
+    from sparring.cli.options import npz_key_options
 
     group: click.Group = cli
 
@@ -179,6 +180,7 @@ def add_commands(cli: Any) -> None:
     @model_opt
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
+    @npz_key_options
     @click.option("--data", "-d", type=click.Path(), help="Training data (.npz with x, y; CSV; image folder). "
                   "Default: the zoo model's training split.")
     @click.option("--method", "methods", multiple=True, type=click.Choice(["spectral", "activation-clustering"]),
@@ -209,6 +211,7 @@ def add_commands(cli: Any) -> None:
     @model_opt
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
+    @npz_key_options
     @click.option("--data", "-d", type=click.Path(), help="Clean inputs (.npz, CSV, image folder). Default: the zoo "
                   "model's test split.")
     @click.option("--n", "n", type=click.IntRange(min=2), default=200, show_default=True, help="Clean inputs used.")

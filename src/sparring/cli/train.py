@@ -132,6 +132,7 @@ def add_commands(cli: Any) -> None:
 
     from sparring import errors
     from sparring.cli import _EXIT_HELP, _fail
+    from sparring.cli.options import npz_key_options
 
     group: click.Group = cli
 
@@ -140,6 +141,7 @@ def add_commands(cli: Any) -> None:
                   help="Zoo name (its architecture and data), or a state-dict file (+ --entry-point, --spec, --data).")
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module of a state-dict file.")
+    @npz_key_options
     @click.option("--data", "-d", type=click.Path(), help="Training data for a model file (.npz x, y; CSV; folder).")
     @click.option("--method", type=click.Choice(METHODS), default="pgd", show_default=True)
     @click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True)

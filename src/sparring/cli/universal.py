@@ -67,6 +67,7 @@ def _save(result: Any, path: Path) -> list[str]:
 def add_commands(cli: click.Group) -> None:
     from sparring import errors
     from sparring.cli import _fail, _load_data, _load_target
+    from sparring.cli.options import npz_key_options
 
     @cli.command()
     @click.argument("kind", type=click.Choice(["patch", "perturbation"]))
@@ -74,6 +75,7 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
     @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
+    @npz_key_options
     @click.option("--train-data", type=click.Path(), help="Training data (.npz/CSV/folder; default: the zoo model's "
                   "training split).")
     @click.option("--data", "-d", type=click.Path(), help="Held-out data (default: the zoo model's test split).")

@@ -113,7 +113,8 @@ def load_npz(path: str | Path, *, x_key: str = "x", y_key: str = "y") -> tuple[t
             missing = [k for k in (x_key, y_key) if k not in keys]
             if missing:
                 raise DataLoadError(
-                    f"{p}: no array named {missing[0]!r}; the archive holds {keys}. Pass x_key=/y_key= to pick them."
+                    f"{p}: no array named {missing[0]!r}; the archive holds {keys}. Pick them with --x-key/--y-key "
+                    "on the command line (x_key=/y_key= in Python)."
                 )
             x, y = archive[x_key], archive[y_key]
     except DataLoadError:

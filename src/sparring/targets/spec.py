@@ -243,9 +243,11 @@ class InputSpec:
         if tuple(xt.shape[1:]) != self.shape:
             hint = ""
             if self.layout == "chw" and tuple(xt.shape[1:]) == (*self.shape[1:], self.shape[0]):
-                hint = " It looks channels-last: permute to channels-first with x.permute(0, 3, 1, 2)."
+                hint = (" It looks channels-last: permute to channels-first (torch: x.permute(0, 3, 1, 2); numpy, "
+                        "before saving the .npz given to --data: x.transpose(0, 3, 1, 2)).")
             elif self.layout == "hwc" and tuple(xt.shape[1:]) == (self.shape[-1], *self.shape[:-1]):
-                hint = " It looks channels-first: permute to channels-last with x.permute(0, 2, 3, 1)."
+                hint = (" It looks channels-first: permute to channels-last (torch: x.permute(0, 2, 3, 1); numpy, "
+                        "before saving the .npz given to --data: x.transpose(0, 2, 3, 1)).")
             raise InputSpecError(
                 f"inputs have shape {tuple(xt.shape)}; the target expects (N, {', '.join(map(str, self.shape))})."
                 + hint
