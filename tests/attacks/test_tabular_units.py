@@ -86,6 +86,34 @@ def test_init_sets_up_a_random_forest_with_trusted_skops_types(tmp_path: Path) -
     assert f"clean accuracy {acc:.4f}" in (tmp_path / "rf.yaml").read_text()
 
 
+def test_init_sets_up_a_joblib_model_only_with_trust_pickle(tmp_path: Path) -> None:
+    """A joblib (pickle) file is refused without ``--trust-pickle`` (it can run code); with it, the written threat
+    model says so and loads the model with its own accuracy."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    ds = zoo.data("breast-cancer-mlp")
+    lr = LogisticRegression(max_iter=2000).fit(ds.x_train.numpy(), ds.y_train.numpy())
+    joblib.dump(lr, tmp_path / "lr.joblib")
+    (tmp_path / "spec.json").write_text(json.dumps(ds.spec.to_dict()))
+    with (tmp_path / "rows.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*(f"f{j}" for j in range(30)), "label"])
+        for row, label in zip(ds.x_test.numpy(), ds.y_test.numpy(), strict=True):
+            w.writerow([*(f"{v:.9g}" for v in row), int(label)])
+    args = ["-m", str(tmp_path / "lr.joblib"), "--spec", str(tmp_path / "spec.json"), "--data",
+            str(tmp_path / "rows.csv"), "--n", "50"]
+    refused = _init(*args, "-o", str(tmp_path / "no.yaml"))
+    assert refused.exit_code != 0 and "--trust-pickle" in refused.output and not (tmp_path / "no.yaml").exists()
+    r = _init(*args, "--trust-pickle", "-o", str(tmp_path / "lr.yaml"))
+    assert r.exit_code == 0, r.output
+    assert "trust_pickle: true" in (tmp_path / "lr.yaml").read_text()
+    tm = load_threat_model(tmp_path / "lr.yaml")
+    target, _, x, y = load_system(tm)
+    acc = float((target.query_labels(x) == y).float().mean())
+    assert acc == pytest.approx(float((lr.predict(ds.x_test[:50].numpy()) == ds.y_test[:50].numpy()).mean()))
+
+
 def test_cli_attack_takes_per_feature_units(tmp_path: Path) -> None:
     import numpy as np
 
