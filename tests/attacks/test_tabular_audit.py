@@ -91,6 +91,49 @@ def test_audit_refuses_a_broken_constraints_file_naming_the_feature(tmp_path: Pa
         assert not (tmp_path / f"out-{name}" / "report.json").exists()
 
 
+def test_audit_refuses_a_typo_a_missing_file_and_a_feature_the_csv_does_not_have(tmp_path: Path) -> None:
+    """The other broken constraints files of issue 17, through ``sparring audit``: a typo key, a missing file, and a
+    renamed feature that no column of the audit's CSV has (was exit 0: the names were never compared)."""
+    import csv
+
+    import yaml
+
+    from sparring import zoo
+
+    good = json.loads(json.dumps(transactions_constraints().to_dict()))
+    names = [f["name"] for f in good["features"]]
+    typo = json.loads(json.dumps(good))
+    typo["features"][0]["lwo"] = typo["features"][0].pop("low", 0.0)
+    renamed = json.loads(json.dumps(good))
+    j = names.index("failed_logins_7d")  # a feature no group, derived feature or inequality refers to
+    renamed["features"][j]["name"] = "failed_logins_week"
+    ds = zoo.data("fraud-mlp")
+    with (tmp_path / "rows.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*names, "label"])
+        for row, label in zip(ds.x_test[:30].numpy(), ds.y_test[:30].numpy(), strict=True):
+            w.writerow([*(f"{v:.9g}" for v in row), int(label)])
+    cases = (("typo", typo, "zoo", ("lwo",)), ("missing", None, "zoo", ("nowhere.json",)),
+             ("renamed", renamed, str(tmp_path / "rows.csv"), ("failed_logins_week", "failed_logins_7d")),
+             ("good", good, str(tmp_path / "rows.csv"), ()))
+    for name, doc, source, words in cases:
+        path = tmp_path / (f"{name}.json" if doc is not None else "nowhere.json")
+        if doc is not None:
+            path.write_text(json.dumps(doc), encoding="utf-8")
+        tm = {"schema_version": 1, "name": "fraud", "effort": "quick",
+              "system": {"model": "fraud-mlp", "constraints": str(path),
+                         "data": {"source": source, "split": "test", "n": 20}},
+              "gates": [{"metric": "clean_accuracy", "min": 0.5}]}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(tm), encoding="utf-8")
+        r = CliRunner().invoke(build_cli(), ["audit", str(tmp_path / f"{name}.yaml"), "--out",
+                                             str(tmp_path / f"out-{name}")])
+        if name == "good":  # the same constraints under the CSV's own names are accepted
+            assert r.exit_code in (0, 6), r.output
+            continue
+        assert r.exit_code == 3, (name, r.output)
+        assert all(w in r.output for w in words), (name, r.output)
+
+
 def test_tabular_rows_cut_by_the_query_budget_are_a_finding_not_robust(tmp_path: Path) -> None:
     from sparring import zoo
     from sparring.targets.base import QueryCounter

@@ -8,7 +8,6 @@ checked strictly against the model's feature count and the CSV's column names.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -39,16 +38,6 @@ def _constraints(model: str, path: str | None, n_features: int, columns: Sequenc
                          "entry per feature column (see docs/tabular.md).")
 
 
-def _csv_columns(path: str, label_column: str) -> list[str] | None:
-    """The feature column names of a CSV/TSV (its header without the label column); None for other files."""
-    p = Path(path)
-    if p.suffix.lower() not in (".csv", ".tsv"):
-        return None
-    with p.open(newline="", encoding="utf-8-sig") as f:
-        header = next(csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","), [])
-    return [c.strip() for c in header if c.strip() != label_column]
-
-
 def _target(model: str, url: str | None, spec: str | None, trust_pickle: bool, trusted_types: Sequence[str],
             output: str, http: dict[str, Any]) -> Any:
     from sparring.cli import _load_target
@@ -74,7 +63,9 @@ def _data(model: str, data: str | None, label_column: str) -> tuple[Any, Any, li
 
     kw = {"label_column": label_column} if Path(data).suffix.lower() in (".csv", ".tsv") else {}
     x, y, _ = load_data(data, **kw)
-    return x, y, _csv_columns(data, label_column)
+    from sparring.data.files import csv_feature_columns
+
+    return x, y, csv_feature_columns(data, label_column)
 
 
 def _attack(name: str, constraints: Any, eps: float, steps: int, constrained: bool, seed: int) -> Any:

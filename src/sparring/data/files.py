@@ -291,6 +291,19 @@ def _read_image(Image: Any, f: Path, size: tuple[int, int] | None, grayscale: bo
     return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
 
 
+def csv_feature_columns(path: str | Path, label_column: str = "label") -> list[str] | None:
+    """The feature column names of a CSV/TSV file (its header without ``label_column``); None for other kinds or a
+    missing file (loading it is where that is reported)."""
+    import csv
+
+    p = Path(path)
+    if p.suffix.lower() not in (".csv", ".tsv") or not p.is_file():
+        return None
+    with p.open(newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","), [])
+    return [c.strip() for c in header if c.strip() != label_column]
+
+
 def load_data(path: str | Path, **kw: Any) -> LabelledData:
     """Load ``path`` by its kind: ``.npz`` (:func:`load_npz`), ``.csv``/``.tsv`` (:func:`load_csv`), or a folder
     (:func:`load_image_folder`). Keyword arguments go to that loader; ``class_names`` is ``None`` for ``.npz``."""

@@ -58,11 +58,15 @@ class TabularCheck:
         path = ctx.threat_model.system.constraints
         if path is None:
             return Skip(self.name, "tabular", "no feature constraints declared (system.constraints)")
-        from sparring.targets.constraints import FeatureConstraints
-
         # Read strictly: a broken file (missing, wrong feature count, unknown key or feature, bad types) is the
         # user's error to fix, raised with the feature named (sparring audit exits 3), never a silent skip.
-        FeatureConstraints.load(path, n_features=ctx.target.spec.n_features)
+        # A CSV's header names the columns: constraints must name the same features in the same order.
+        from sparring.data.files import csv_feature_columns
+        from sparring.targets.constraints import FeatureConstraints
+
+        source = ctx.threat_model.system.data.source
+        columns = None if source == "zoo" else csv_feature_columns(source)
+        FeatureConstraints.load(path, n_features=ctx.target.spec.n_features, columns=columns)
         steps = []
         for attack in _attacks(ctx):
             for constrained in ((True,) if attack == "tree-milp" else (True, False)):
