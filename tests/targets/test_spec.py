@@ -106,3 +106,13 @@ def test_spec_round_trips_through_dict() -> None:
 
 def test_access_levels_are_ordered() -> None:
     assert Access.LABELS < Access.SCORES < Access.GRADIENTS
+
+
+def test_an_exhausted_budget_names_the_cli_flag_the_yaml_key_and_the_python_argument() -> None:
+    from sparring.errors import QueryBudgetExceeded
+    from sparring.targets.base import QueryCounter
+
+    counter = QueryCounter(budget=5)
+    counter.charge(4)
+    with pytest.raises(QueryBudgetExceeded, match=r"--query-budget.*attacker\.query_budget.*budget="):
+        counter.charge(2)

@@ -55,7 +55,8 @@ class QueryCounter:
             if self.budget is not None and self.used + n > self.budget:
                 raise QueryBudgetExceeded(
                     f"query budget exhausted: {self.used} of {self.budget} queries used, the next batch needs {n}. "
-                    "Raise the budget (budget=...) or lower the attack's query count.",
+                    "Raise the budget (--query-budget on the command line, attacker.query_budget in a threat model, "
+                    "budget= in Python) or lower the attack's query count.",
                     used=self.used, budget=self.budget, requested=n,
                 )
             self.used += n
