@@ -144,10 +144,18 @@ def test_false_positive_rate_with_no_shift_is_within_the_binomial_interval(
 
 
 def test_bbsd_on_softmax_outputs_fires_on_noise_not_on_clean(digits_cnn: TorchTarget, digits: Dataset) -> None:
+    """No shift: over 20 random 200/200 splits of the held-out digits the test fires at most 4 times (at α = 0.05
+    Bonferroni-corrected, P(≥ 5 of 20) < 0.003 under the null; one fixed split is a 5% coin on every retrained
+    model). Gaussian noise on the second half: it fires."""
     x = digits.x_test
+    fired = 0
+    for seed in range(20):
+        p = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        clean = bbsd_test(digits_cnn, x[p[:200]], x[p[200:400]])
+        assert clean.method == "bbsd-ks" and len(clean.features) == 10
+        fired += clean.drift
+    assert fired <= 4, fired
     a, b = x[:200], x[200:400]
-    clean = bbsd_test(digits_cnn, a, b)
-    assert clean.method == "bbsd-ks" and not clean.drift and len(clean.features) == 10
     noisy = (b + 0.3 * torch.randn(b.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     assert bbsd_test(digits_cnn, a, noisy).drift
     assert not bbsd_test(digits_cnn, a, noisy, test="mmd", n_permutations=100).drift  # KS is the stronger one
