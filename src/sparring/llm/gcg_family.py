@@ -33,6 +33,7 @@ from sparring.errors import ParameterError
 from sparring.llm.app import Application
 from sparring.llm.attacks import PlannedAttempt
 from sparring.llm.jailbreaks import GOALS
+from sparring.llm.jsonl import read_jsonl
 
 __all__ = ["GCG_GOALS", "GCG_SOURCE", "GcgSettings", "gcg_skip_reason", "optimise_suffixes", "plan_gcg"]
 
@@ -107,17 +108,8 @@ def _key(app: Application, chat: Any, settings: GcgSettings, i: int) -> str:
 
 
 def _stored(path: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut off by a crash: that goal is optimised again
-            continue
-        if isinstance(rec, dict) and "key" in rec and "suffix" in rec:
-            out[rec["key"]] = rec
-    return out
+    """Stored optimisations by key (a line cut off by a crash is skipped: that goal is optimised again)."""
+    return {r["key"]: r for r in read_jsonl(path) if "key" in r and "suffix" in r}
 
 
 def optimise_suffixes(app: Application, chat: Any, settings: GcgSettings, store: str | Path, *,

@@ -35,6 +35,7 @@ from sparring.llm.detectors import (
     SecretLeakDetector,
 )
 from sparring.llm.gcg_family import GCG_SOURCE, GcgSettings
+from sparring.llm.jsonl import read_jsonl
 from sparring.llm.judge import RefusalJudge, evaluate_judge, rogan_gladen
 from sparring.llm.stats import wilson_interval
 
@@ -157,17 +158,7 @@ def _dump(obj: Any) -> str:
 
 def _read_records(path: Path) -> dict[str, dict[str, Any]]:
     """Records by id; a last line cut off by a crash is ignored (that attempt is redone)."""
-    out: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "id" in rec:
-            out[rec["id"]] = rec
-    return out
+    return {r["id"]: r for r in read_jsonl(path) if "id" in r}
 
 
 def _run_key(app: Application, target: ChatTarget, planned: list[Any], gcg: dict[str, Any] | None = None) -> str:
