@@ -59,6 +59,16 @@ def test_units_refuse_raw_only_checks_and_unknown_values(tmp_path: Path) -> None
         parse_threat_model({"schema_version": 1, "system": {"model": "breast-cancer-mlp", "units": "percent"}})
 
 
+def _write_spec_and_rows(folder: Path, ds: Any) -> None:
+    """``spec.json`` and ``rows.csv`` (header f0..f29, label) of the breast-cancer test split, as users have them."""
+    (folder / "spec.json").write_text(json.dumps(ds.spec.to_dict()))
+    with (folder / "rows.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*(f"f{j}" for j in range(30)), "label"])
+        for row, label in zip(ds.x_test.numpy(), ds.y_test.numpy(), strict=True):
+            w.writerow([*(f"{v:.9g}" for v in row), int(label)])
+
+
 def test_init_sets_up_a_random_forest_with_trusted_skops_types(tmp_path: Path) -> None:
     from sklearn.ensemble import RandomForestClassifier
 
@@ -66,12 +76,7 @@ def test_init_sets_up_a_random_forest_with_trusted_skops_types(tmp_path: Path) -
     rf = RandomForestClassifier(n_estimators=20, max_depth=4, random_state=0).fit(ds.x_train.numpy(),
                                                                                   ds.y_train.numpy())
     sio.dump(rf, tmp_path / "rf.skops")
-    (tmp_path / "spec.json").write_text(json.dumps(ds.spec.to_dict()))
-    with (tmp_path / "rows.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*(f"f{j}" for j in range(30)), "label"])
-        for row, label in zip(ds.x_test.numpy(), ds.y_test.numpy(), strict=True):
-            w.writerow([*(f"{v:.9g}" for v in row), int(label)])
+    _write_spec_and_rows(tmp_path, ds)
     args = ["-m", str(tmp_path / "rf.skops"), "--spec", str(tmp_path / "spec.json"), "--data",
             str(tmp_path / "rows.csv"), "--n", "50"]
     refused = _init(*args, "-o", str(tmp_path / "no.yaml"))
@@ -95,12 +100,7 @@ def test_init_sets_up_a_joblib_model_only_with_trust_pickle(tmp_path: Path) -> N
     ds = zoo.data("breast-cancer-mlp")
     lr = LogisticRegression(max_iter=2000).fit(ds.x_train.numpy(), ds.y_train.numpy())
     joblib.dump(lr, tmp_path / "lr.joblib")
-    (tmp_path / "spec.json").write_text(json.dumps(ds.spec.to_dict()))
-    with (tmp_path / "rows.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*(f"f{j}" for j in range(30)), "label"])
-        for row, label in zip(ds.x_test.numpy(), ds.y_test.numpy(), strict=True):
-            w.writerow([*(f"{v:.9g}" for v in row), int(label)])
+    _write_spec_and_rows(tmp_path, ds)
     args = ["-m", str(tmp_path / "lr.joblib"), "--spec", str(tmp_path / "spec.json"), "--data",
             str(tmp_path / "rows.csv"), "--n", "50"]
     refused = _init(*args, "-o", str(tmp_path / "no.yaml"))
