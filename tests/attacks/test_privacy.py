@@ -259,3 +259,37 @@ def test_lira_with_64_shadows_finds_members_at_0_1_percent_fpr(overfit: Universe
     loss = LossThreshold()(target, x, y, member)
     assert lira.params["fixed_variance"] is False
     assert lira.raw_tpr_at(0.001) > 0.02 > loss.raw_tpr_at(0.001)
+
+
+def test_cli_membership_on_a_prediction_api_matches_the_model_file(tmp_path: Any) -> None:
+    """Issue 17: ``sparring membership --url`` with the HTTP settings of every --url command; members and
+    non-members from .npz files under their own array names (--x-key/--y-key). The same scores over HTTP give the
+    same AUC as the model file; an HTTP option without --url is refused (exit 3)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sparring import zoo
+    from sparring.cli import build_cli
+    from sparring.serving import make_server
+
+    ds = zoo.data("breast-cancer-mlp")
+    np.savez(tmp_path / "in.npz", rows=ds.x_train[:60].numpy(), target=ds.y_train[:60].numpy())
+    np.savez(tmp_path / "out.npz", rows=ds.x_test[:60].numpy(), target=ds.y_test[:60].numpy())
+    files = ["--members", str(tmp_path / "in.npz"), "--nonmembers", str(tmp_path / "out.npz"), "--x-key", "rows",
+             "--y-key", "target", "--json"]
+    local = CliRunner().invoke(build_cli(), ["membership", "loss-threshold", "--model", "breast-cancer-mlp", *files])
+    assert local.exit_code == 0, local.output
+    with make_server(zoo.load("breast-cancer-mlp")) as srv:  # answers logits
+        url = ["membership", "loss-threshold", "--model", "breast-cancer-mlp", "--url", srv.url + "/predict",
+               "--timeout", "5", *files]
+        undeclared = CliRunner().invoke(build_cli(), url)  # read as probabilities, logits gave AUC 0.55 vs 0.53
+        remote = CliRunner().invoke(build_cli(), [*url, "--scores", "logits"])
+    assert undeclared.exit_code == 4 and "not probabilities" in undeclared.output, undeclared.output
+    assert "--scores logits" in undeclared.output
+    assert remote.exit_code == 0, remote.output
+    a, b = json.loads(local.output), json.loads(remote.output)
+    assert b["model"].startswith("http://127.0.0.1") and b["n"] == a["n"] == 120
+    assert b["auc"] == pytest.approx(a["auc"], abs=1e-6) and b["cost"]["queries"] > 0
+    r = CliRunner().invoke(build_cli(), ["membership", "loss-threshold", "--timeout", "3"])
+    assert r.exit_code == 3 and "--timeout applies to --url only" in r.output

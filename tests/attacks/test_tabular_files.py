@@ -179,3 +179,35 @@ def test_cli_attacks_a_torchscript_model_on_npz_rows(files: dict[str, Any]) -> N
     keep = (mlp.predict(x) == y) & (y == 1)
     lib = CPGD(constraints=files["c"], steps=10)(mlp, x[keep][:8], y[keep][:8])
     assert res["evasion_rate"] == lib.success_rate > 0 and res["feasible_rows"] == 1.0
+
+
+def test_sparring_audit_yaml_on_the_users_gbm_csv_and_constraints(files: dict[str, Any]) -> None:
+    """The same user files through ``sparring audit``: the CSV's label column named in ``system.data.label_column``,
+    the skops model's flagged type trusted in YAML, the constraints file checked against the CSV header."""
+    import yaml
+
+    d = files["dir"]
+    tm: dict[str, Any] = {
+        "schema_version": 1, "name": "users-gbm", "effort": "quick", "seed": 0,
+        "system": {"model": str(d / "gb.skops"), "trusted_types": [TREE], "spec": str(d / "spec.json"),
+                   "constraints": str(d / "c.json"),
+                   "data": {"source": str(d / "rows.csv"), "label_column": "fraud", "n": 60}},
+        "attacker": {"knowledge": "black-box"},
+        "gates": [{"metric": "clean_accuracy", "min": 0.5}],
+    }
+    (d / "gb.yaml").write_text(yaml.safe_dump(tm), encoding="utf-8")
+    r = CliRunner().invoke(build_cli(), ["audit", str(d / "gb.yaml"), "--out", str(d / "gb-audit"), "--no-progress"])
+    assert r.exit_code in (0, 6), r.output
+    report = json.loads((d / "gb-audit" / "report.json").read_text())
+    steps = {x["id"]: x for x in report["steps"]}
+    metric = {k: {m["metric"]: m["value"] for m in x["measurements"]} for k, x in steps.items()}
+    truth = float((files["model"].predict(files["x"][:60]) == files["y"][:60]).mean())
+    assert metric["baseline/clean"]["clean_accuracy"] == pytest.approx(truth)
+    assert steps["tabular/search/constrained"]["status"] == "done"
+    con = metric["tabular/search/constrained"]
+    assert con["feasible_rate"] == 1.0 and con["tabular_evasion_rate"] >= 0.8
+    # the label column left at its default: the CSV has none of that name, said in YAML terms (exit 3)
+    tm["system"]["data"].pop("label_column")
+    (d / "gb-nolabel.yaml").write_text(yaml.safe_dump(tm), encoding="utf-8")
+    r = CliRunner().invoke(build_cli(), ["audit", str(d / "gb-nolabel.yaml"), "--out", str(d / "gb-nolabel")])
+    assert r.exit_code == 3 and "'label'" in r.output and "label_column" in r.output, r.output

@@ -48,6 +48,10 @@ def test_init_writes_per_feature_budgets_and_the_audit_runs_in_them(tmp_path: Pa
     gate = next(g for g in res.gates if g.metric == "robust_accuracy")
     assert gate.value is not None and 0.6 <= gate.value < 1.0  # eps 0.01 of each range; raw eps 41 gave 0.00
     assert any(r.params.get("eps") == 0.01 and r.params.get("norm") == "linf" for r in res.results)
+    from sparring.audit.report import write_reports
+
+    html = write_reports(res, tmp_path / "out", ("html",))["html"].read_text()
+    assert "fraction of each feature&#39;s range" in html or "fraction of each feature's range" in html
 
 
 def test_units_refuse_raw_only_checks_and_unknown_values(tmp_path: Path) -> None:

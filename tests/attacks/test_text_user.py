@@ -446,3 +446,30 @@ def test_audit_data_errors_name_the_yaml_keys(files: dict[str, Path]) -> None:
         load_system(parse_threat_model(_tm(f"{files['module']}:score", files["csv"], classes=["ok", "toxic", "x"])))
     with pytest.raises(DataLoadError, match=r"system\.text\.text_column and label_column"):
         load_system(parse_threat_model(_tm(str(files["skops"]), files["csv"], label_column="message")))
+
+
+def test_joblib_pipeline_and_entry_point_from_the_cli_and_yaml_give_the_skops_numbers(
+        files: dict[str, Path], skops_audit: dict[str, Any], tmp_path: Path) -> None:
+    """The same pipeline saved with joblib (behind --trust-pickle / system.trust_pickle) and served by a
+    ``module:callable`` entry point (a file path, so no sys.path set-up) gives the skops file's numbers, from
+    ``sparring attack-text`` and from ``sparring audit``; the joblib file is refused without the flag."""
+    args = ["--data", str(files["csv"]), "--max-chars", "4", "--json"]
+    _, ref = _cli("attack-text", "deepwordbug", "--model", str(files["skops"]), *args)
+    code, out = _cli("attack-text", "deepwordbug", "--model", str(files["joblib"]), *args)
+    assert code != 0 and "--trust-pickle" in out, out
+    code, out = _cli("attack-text", "deepwordbug", "--model", str(files["joblib"]), "--trust-pickle", *args)
+    assert code == 0, out
+    entry = f"{files['module']}:score"
+    code, via_entry = _cli("attack-text", "deepwordbug", "--model", entry, "--classes", ",".join(CLASSES), *args)
+    assert code == 0, via_entry
+    for got in (json.loads(out), json.loads(via_entry)):
+        want = json.loads(ref)
+        assert {k: got[k] for k in ("n", "clean_accuracy", "attack_success_rate", "per_class")} == \
+               {k: want[k] for k in ("n", "clean_accuracy", "attack_success_rate", "per_class")}
+    pickled = _tm(str(files["joblib"]), files["csv"], n=5)
+    pickled["system"]["trust_pickle"] = True
+    by_entry = _tm(entry, files["csv"], n=5, classes=CLASSES)
+    for tm, name in ((pickled, "joblib"), (by_entry, "entry")):
+        gates = _audit_cli(tm, tmp_path / name)
+        for metric in ("clean_accuracy", "text_evasion_rate"):
+            assert gates[metric]["value"] == skops_audit[metric]["value"], (name, metric)

@@ -95,7 +95,7 @@ def _threat_model(tmp_path: Path, url: str, digits_cnn: TorchTarget) -> Path:
     np.savez(tmp_path / "data.npz", x=ds.x_test[:N].numpy(), y=ds.y_test[:N].numpy())
     (tmp_path / "spec.json").write_text(json.dumps(digits_cnn.spec.to_dict()), encoding="utf-8")
     tm = {"schema_version": 1, "name": "endpoint audit",
-          "system": {"model": url, "spec": str(tmp_path / "spec.json"),
+          "system": {"model": url, "spec": str(tmp_path / "spec.json"), "http": {"output": "logits"},
                      "data": {"source": str(tmp_path / "data.npz"), "n": N}},
           "attacker": {"knowledge": "black-box", "query_budget": 40,
                        "evasion": [{"norm": "linf", "eps": [0.05, 0.1]}]},

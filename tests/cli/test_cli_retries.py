@@ -80,7 +80,7 @@ def flaky(digits_cnn: TorchTarget) -> Iterator[Flaky]:
 
 def test_attack_url_retries_a_flaky_api_and_fails_without_retries(flaky: Flaky) -> None:
     args = ("attack", "square", "--url", flaky.url, "--model", "digits-cnn", "--n", "4", "--n-queries", "5",
-            "--json")
+            "--scores", "logits", "--json")
     code, out, err = _run(*args, "--retries", "0")
     assert code == EXIT_MODEL and flaky.failed == 1 and flaky.served == 0, out + err
     assert json.loads(out)["type"] == "EndpointError" and "503" in err
@@ -102,7 +102,7 @@ def test_init_writes_retries_into_system_http(tmp_path: Path, flaky: Flaky, digi
     np.savez(tmp_path / "data.npz", x=ds.x_test[:24].numpy(), y=ds.y_test[:24].numpy())
     (tmp_path / "spec.json").write_text(json.dumps(digits_cnn.spec.to_dict()), encoding="utf-8")
     code, out, err = _run("init", "--model", flaky.url, "--spec", str(tmp_path / "spec.json"), "--data",
-                          str(tmp_path / "data.npz"), "--n", "24", "--retries", "5", "--output",
+                          str(tmp_path / "data.npz"), "--n", "24", "--retries", "5", "--scores", "logits", "--output",
                           str(tmp_path / "t.yaml"))
     assert code == EXIT_OK, out + err
     assert flaky.failed == 2 and flaky.served >= 1  # init's own queries went through the retries

@@ -199,7 +199,8 @@ def test_http_target_stops_at_budget(
 ) -> None:
     x = digits_batch[0]
     transport = CountingTransport()
-    api = make_target(server.predict_url, server.target.spec, batch_size=64, query_budget=100, transport=transport)
+    api = make_target(server.predict_url, server.target.spec, batch_size=64, query_budget=100, transport=transport,
+                      score_kind="logits")
     with pytest.raises(QueryBudgetExceeded, match="64 of 100 queries used") as info:
         api.query(x[:128])
     assert (info.value.used, info.value.budget, info.value.requested) == (64, 100, 64)
@@ -282,7 +283,7 @@ def test_http_target_reports_server_400_without_retry(server: PredictionServer, 
 def test_server_budget_spent_answers_429(local: TorchTarget, make_target: MakeTarget) -> None:
     served = TorchTarget(local.model, local.spec, query_budget=2)
     with make_server(served) as srv:
-        api = make_target(srv.predict_url, local.spec, retries=0)
+        api = make_target(srv.predict_url, local.spec, retries=0, score_kind="logits")
         api.query(torch.zeros(2, 1, 28, 28))
         with pytest.raises(EndpointError, match="HTTP 429: query budget exhausted"):
             api.query(torch.zeros(1, 1, 28, 28))

@@ -319,7 +319,7 @@ def test_cli_attack_takes_a_url(cnn: tuple[nn.Module, Path], data: tuple[torch.T
     with make_server(TorchTarget(model, SPEC)) as srv:
         url = srv.url + "/predict"
         code, out, err = _run("attack", "square", "--url", url, "--spec", spec, "--data", npz, "--eps", "0.2",
-                              "--n-queries", "30", "--json", "--no-progress")
+                              "--n-queries", "30", "--scores", "logits", "--json", "--no-progress")
         assert code == 0, err
         d = json.loads(out)
         assert d["url"] == url and d["n"] == 8 and d["robust_accuracy"] <= d["clean_accuracy"]
@@ -450,3 +450,46 @@ def test_cli_steal_takes_the_same_http_settings_as_attack(cnn: tuple[nn.Module, 
     assert code == EXIT_MODEL and "401" in err
     code, _, err = _run("steal", "knockoff", "--model", "digits-cnn", "--timeout", "3")
     assert code == 3 and "--timeout applies to --url only" in err
+
+
+def test_sparring_audit_yaml_runs_bpda_and_bound_propagation_on_onnx_files(
+        digits: Dataset, bounded: tuple[nn.Module, Path], data: tuple[torch.Tensor, torch.Tensor],
+        tmp_path: Path) -> None:
+    """Issue 17 from YAML through ``sparring audit``: on an ONNX graph that rounds its input the masking checks fire
+    and the retry rewrites the graph's Round node (BPDA) to give an honest number; on an ONNX CNN with a
+    ``certification.bounds`` section, bound propagation on the converted graph certifies what it certifies on the
+    torch model the file was exported from."""
+    import yaml
+
+    from sparring.defenses.certify import verify
+
+    torch.manual_seed(0)
+    round_path = export(train(RoundNet(), digits, steps=80), tmp_path / "round.onnx")
+    x, y = data[0][:48], data[1][:48]
+    spec, npz = _files(tmp_path, x, y, SPEC)
+    base = {"schema_version": 1, "effort": "quick", "seed": 0, "attacker": {"knowledge": "white-box",
+            "evasion": [{"norm": "linf", "eps": [0.1]}]}}
+    docs = {
+        "round": {**base, "name": "onnx-round", "system": {"model": str(round_path), "spec": spec,
+                                                          "data": {"source": npz, "n": 48}}},
+        "bounds": {**base, "name": "onnx-bounds",
+                   "system": {"model": str(bounded[1]), "spec": spec, "data": {"source": npz, "n": 32}},
+                   "certification": {"bounds": {"eps": [0.01]}},
+                   "gates": [{"metric": "certified_accuracy", "norm": "linf", "eps": 0.01, "min": 0.0}]},
+    }
+    reports = {}
+    for name, doc in docs.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+        code, _, err = _run("audit", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / name))
+        assert code in (0, 6), err
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    steps = {r["id"]: r for r in reports["round"]["steps"]}
+    retry = steps["adaptive/pgd/linf/0.1"]
+    assert retry["status"] == "done" and any("Round" in n for n in retry["notes"]), retry["notes"]
+    robust = {k: next(m["value"] for m in steps[k]["measurements"] if m["metric"] == "robust_accuracy")
+              for k in ("evasion/pgd/linf/0.1", "adaptive/pgd/linf/0.1")}
+    assert robust["adaptive/pgd/linf/0.1"] < robust["evasion/pgd/linf/0.1"] - 0.3
+    assert any(f["id"] == "masking:retry" for f in reports["round"]["findings"])
+    (gate,) = reports["bounds"]["gates"]
+    torch_model = verify(TorchTarget(bounded[0], SPEC), x[:32], y[:32], eps=0.01)
+    assert gate["value"] == torch_model.verified_accuracy > 0

@@ -230,7 +230,7 @@ def _data(tm: ThreatModel, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         from sparring.data.files import load_data
 
-        loaded = load_data(d.source)
+        loaded = load_data(d.source, **d.load_options())
         x, y = loaded[0], loaded[1]
     xt, yt = target.spec.validate(x[: d.n], y[: d.n])
     assert yt is not None

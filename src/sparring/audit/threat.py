@@ -8,7 +8,8 @@ The keys, in short::
 
     schema_version: 1
     name: digits classifier
-    system:    {model, spec, entry_point, trust_pickle, device, batch_size, data: {source, split, n},
+    system:    {model, spec, entry_point, trust_pickle, device, batch_size,
+                data: {source, split, n, label_column, x_key, y_key},
                 text: {classes, text_column, label_column, header, label, headers, input_key, ...},
                 http: {headers, timeout, retries, input_key, output_key, output: probabilities|logits},
                 llm: {app | application, defences, converters, max_new_tokens, batch_size, ...}}
@@ -72,6 +73,22 @@ class DataSource(_Strict):
     source: str = "zoo"
     split: Literal["test", "train"] = "test"
     n: int = Field(200, ge=1, le=100_000)
+    label_column: str = Field("label", min_length=1)
+    """The label column of a ``.csv``/``.tsv`` source (every other column is a feature); a text system names its
+    columns in ``system.text`` instead."""
+    x_key: str = Field("x", min_length=1)
+    """The inputs' array name in an ``.npz`` source."""
+    y_key: str = Field("y", min_length=1)
+    """The labels' array name in an ``.npz`` source."""
+
+    def load_options(self) -> dict[str, str]:
+        """The keyword arguments of :func:`sparring.data.files.load_data` for this source's kind."""
+        suffix = Path(self.source).suffix.lower()
+        if suffix in (".csv", ".tsv"):
+            return {"label_column": self.label_column}
+        if suffix == ".npz":
+            return {"x_key": self.x_key, "y_key": self.y_key}
+        return {}
 
 
 class HttpSettings(_Strict):

@@ -22,10 +22,11 @@ def membership_summary(model: str, attack: str, data: tuple[str, str] | None, n:
 
     in_zoo = model in zoo.names()
     if data is not None:
+        from sparring.cli.options import npz_keys
         from sparring.data.files import load_data
 
-        xm, ym = load_data(data[0])[:2]
-        xn, yn = load_data(data[1])[:2]
+        xm, ym = load_data(data[0], **(npz_keys() if data[0].lower().endswith(".npz") else {}))[:2]
+        xn, yn = load_data(data[1], **(npz_keys() if data[1].lower().endswith(".npz") else {}))[:2]
         xm, ym, xn, yn = xm[:n], ym[:n], xn[:n], yn[:n]
         x = torch.cat([torch.as_tensor(xm), torch.as_tensor(xn)])
         y = torch.cat([torch.as_tensor(ym), torch.as_tensor(yn)])
@@ -82,6 +83,7 @@ def add_commands(cli: click.Group) -> None:
     """Add ``membership`` and ``invert`` to the ``sparring`` command group."""
     from sparring.attacks.privacy.membership import MEMBERSHIP_ATTACKS
     from sparring.cli import _EXIT_HELP, _fail, _load_target
+    from sparring.cli.options import http_options, http_settings, npz_key_options, require_url
 
     @cli.command(epilog=_EXIT_HELP)
     @click.argument("attack", type=click.Choice(MEMBERSHIP_ATTACKS))
@@ -90,6 +92,10 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="InputSpec JSON for a model file.")
     @click.option("--entry-point", help="'package.module:callable' building the nn.Module for a state-dict file.")
     @click.option("--trust-pickle", is_flag=True, help="Allow pickle-based model files (they can run code).")
+    @click.option("--url", help="Attack the prediction API at this URL instead (scores; with --spec, or the zoo "
+                                "--model it serves, whose training data and recipe are then known).")
+    @http_options()
+    @npz_key_options
     @click.option("--members", type=click.Path(), help="Data file of training-set examples (.npz, CSV, folder).")
     @click.option("--nonmembers", type=click.Path(), help="Data file of examples not in the training set.")
     @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True,
@@ -101,8 +107,10 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--device", default="cpu", show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
     def membership(attack: str, model: str, spec_path: str | None, entry_point: str | None, trust_pickle: bool,
-                   members: str | None, nonmembers: str | None, n: int, n_shadow: int, roc: str | None, seed: int,
-                   device: str, as_json: bool) -> None:
+                   url: str | None, http_header: tuple[str, ...], timeout: float | None, retries: int | None,
+                   input_key: str | None, output_key: str | None, scores: str | None, members: str | None,
+                   nonmembers: str | None, n: int, n_shadow: int, roc: str | None, seed: int, device: str,
+                   as_json: bool) -> None:
         """Membership inference: how well can an attacker tell training examples from others?
 
         Reports AUC, membership advantage and the TPR at 0.1% and 1% FPR (Carlini et al. 2022) where there are
@@ -112,15 +120,25 @@ def add_commands(cli: click.Group) -> None:
         Examples:
           sparring membership loss-threshold --model breast-cancer-mlp
           sparring membership lira --model breast-cancer-mlp --n-shadow 16 --roc roc.png
+          sparring membership loss-threshold --url http://127.0.0.1:8000/predict --spec spec.json \\
+              --members train.npz --nonmembers held_out.npz
         """
         from sparring import errors
 
         try:
+            http = http_settings(http_header, timeout, input_key, output_key, scores, retries)
+            require_url(http, url)
             if (members is None) != (nonmembers is None):
                 raise errors.ParameterError("give both --members and --nonmembers (or neither, for a zoo model).")
             data = (members, nonmembers) if members is not None and nonmembers is not None else None
-            target = _load_target(model, spec_path, entry_point, trust_pickle, device)
-            summary = membership_summary(model, attack, data, n, n_shadow, seed, roc, target)
+            target = _load_target(model, spec_path, entry_point, trust_pickle, device, url=url, http=http)
+            try:
+                summary = membership_summary(model, attack, data, n, n_shadow, seed, roc, target)
+            finally:
+                if url is not None:
+                    target.close()  # an HttpTarget holds a connection pool
+            if url is not None:
+                summary["model"] = url
         except errors.SparringError as exc:
             _fail(exc)
         if as_json:

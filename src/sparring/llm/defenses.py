@@ -124,10 +124,15 @@ class DefenceStack:
         if notes:
             system += "\n\n" + " ".join(notes)
         block = "\n".join(f'<document id="{d.id}">\n{t}\n</document>' for d, t in zip(documents, texts, strict=True))
+        return app.place_documents(system, block, self.user_turn(user))
+
+    def user_turn(self, user: str) -> str:
+        """A user turn as the application sends it with this stack (the sandwich reminder after it); also each
+        later turn of a multi-turn conversation."""
         for s in self.specs:
             if s.name == "sandwich":
                 user = f"{user.rstrip()}\n\n{s.params.get('reminder', _SANDWICH)}"
-        return app.place_documents(system, block, user)
+        return user
 
     def screen(self, texts: Sequence[str]) -> dict[str, Any] | None:
         """The input guard's verdict on the untrusted ``texts`` (``None``: let through, or no guard)."""

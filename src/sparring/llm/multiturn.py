@@ -11,6 +11,11 @@ attacker LLM that rewrites its prompt from the target's last reply).
   the first success or after ``iterations``. The attacker is any chat target (the bundled model by default in the
   benchmark), decoding greedily, so the loop is reproducible; one stream per goal.
 
+Behind defences (:class:`Deployment`): the application's defences act on every turn as they would in production: the
+input guard screens each user turn (a flagged one is answered with the refusal and never sent), the sandwich
+reminder follows each user turn, and the canary and output filter rewrite each reply, the conversation going on with
+what the user saw; the attempt is judged on the replies shown, the model's own replies kept as ``model_reply``.
+
 Threat model: black-box, the attacker writes only the user turns. Every attempt is stored with its full
 transcript; :func:`run_multiturn` resumes per attempt and :func:`sparring.llm.run.rescore` re-judges the stored
 conversations without a model.
@@ -22,15 +27,18 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sparring.errors import CheckpointError, EndpointError, ParameterError, QueryBudgetExceeded
 from sparring.llm.app import Application
-from sparring.llm.chat import ChatTarget, Message
+from sparring.llm.chat import ChatReply, ChatTarget, Message
+from sparring.llm.defenses import REFUSAL, DefenceStack, build_stack, defence_configs
 from sparring.llm.jailbreaks import GOALS
 
-__all__ = ["CRESCENDO_SCRIPTS", "MULTITURN_ATTACKS", "PAIR_SYSTEM", "run_multiturn"]
+__all__ = ["CRESCENDO_SCRIPTS", "MULTITURN_ATTACKS", "PAIR_SYSTEM", "Deployment", "attempt_index",
+           "multiturn_records", "run_multiturn"]
 
 CRESCENDO_SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("secret-leak", (
@@ -74,29 +82,99 @@ def _assistant_text(messages: list[Message]) -> str:
     return "\n\n".join(m["content"] for m in messages if m["role"] == "assistant")
 
 
-def _crescendo(app: Application, target: ChatTarget, todo: list[int]) -> dict[int, dict[str, Any]]:
-    convs = {i: app.messages(user=CRESCENDO_SCRIPTS[i][1][0]) for i in todo}
+@dataclass(frozen=True)
+class Deployment:
+    """How the application handles each user turn under one defence configuration (``stack`` ``None``: as it
+    is). The input guard screens every user turn (a flagged turn is answered with the refusal, not sent); the
+    sandwich reminder follows every user turn; reply-side defences (canary, output filter) rewrite every reply, and
+    the conversation goes on with the reply the user saw."""
+
+    app: Application
+    name: str = "none"
+    stack: DefenceStack | None = None
+
+    @classmethod
+    def of(cls, app: Application, defence: str = "none") -> Deployment:
+        """The deployment of one defence configuration (a name :func:`~sparring.llm.defenses.defence_configs`
+        knows: ``none``, ``all`` or a defence)."""
+        configs = defence_configs(app, [defence])
+        if len(configs) != 1:
+            raise ParameterError(f"a multi-turn run measures one defence configuration at a time; {defence!r} "
+                                 f"names {len(configs)} ({', '.join(c[0] for c in configs)}): run each.")
+        name, specs = configs[0]
+        return cls(app, name, build_stack(app, name, specs) if specs else None)
+
+    def suffix(self) -> str:
+        return "" if self.stack is None else f"@{self.name}"
+
+    def first(self, user: str) -> list[Message]:
+        if self.stack is None:
+            return self.app.messages(user=user)
+        return replace(self.app, active_defences=self.stack).messages(user=user)
+
+    def later(self, conv: list[Message], user: str) -> list[Message]:
+        return [*conv, {"role": "user", "content": user if self.stack is None else self.stack.user_turn(user)}]
+
+    def screen(self, user: str) -> dict[str, Any] | None:
+        return None if self.stack is None else self.stack.screen([user])
+
+    def shown(self, reply: str) -> tuple[str, list[str]]:
+        return (reply, []) if self.stack is None else self.stack.filter_reply(reply)
+
+
+def _send(dep: Deployment, target: ChatTarget, convs: list[list[Message]], users: list[str]) -> list[
+        tuple[ChatReply, dict[str, Any] | None]]:
+    """Each conversation's reply and the guard's verdict on its last user turn (a flagged one is answered with the
+    refusal without being sent); one batch for the rest."""
+    verdicts = [dep.screen(u) for u in users]
+    send = [k for k, v in enumerate(verdicts) if v is None]
+    answered = dict(zip(send, target.chat([convs[k] for k in send]) if send else [], strict=True))
+    return [(answered[k] if v is None else ChatReply(REFUSAL, finish_reason="blocked"), v)
+            for k, v in enumerate(verdicts)]
+
+
+def _crescendo(dep: Deployment, target: ChatTarget, todo: list[int]) -> dict[int, dict[str, Any]]:
+    turns = {i: CRESCENDO_SCRIPTS[i][1] for i in todo}
+    convs = {i: dep.first(turns[i][0]) for i in todo}
+    raw: dict[int, list[str]] = {i: [] for i in todo}
+    actions: dict[int, list[str]] = {i: [] for i in todo}
+    blocked: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
     errors: dict[int, str] = {}
-    for turn in range(max(len(CRESCENDO_SCRIPTS[i][1]) for i in todo)):
-        live = [i for i in todo if i not in errors and turn < len(CRESCENDO_SCRIPTS[i][1])]
+    for turn in range(max(len(turns[i]) for i in todo)):
+        live = [i for i in todo if i not in errors and turn < len(turns[i])]
         if not live:
             break
         if turn:
             for i in live:
-                convs[i] = [*convs[i], {"role": "user", "content": CRESCENDO_SCRIPTS[i][1][turn]}]
-        for i, r in zip(live, target.chat([convs[i] for i in live]), strict=True):
+                convs[i] = dep.later(convs[i], turns[i][turn])
+        for i, (r, verdict) in zip(live, _send(dep, target, [convs[i] for i in live],
+                                               [turns[i][turn] for i in live]), strict=True):
             if r.error is not None:
                 errors[i] = r.error
-            else:
-                convs[i] = [*convs[i], {"role": "assistant", "content": r.text}]
-    return {i: {"category": CRESCENDO_SCRIPTS[i][0], "payload": "\n".join(CRESCENDO_SCRIPTS[i][1]),
-                "messages": convs[i], "reply": _assistant_text(convs[i]), "error": errors.get(i)} for i in todo}
+                continue
+            text, acts = dep.shown(r.text) if verdict is None else (r.text, [])
+            if verdict is not None:
+                blocked[i].append({"turn": turn, **verdict})
+            raw[i].append(r.text)
+            actions[i] += acts
+            convs[i] = [*convs[i], {"role": "assistant", "content": text}]
+    out = {}
+    for i in todo:
+        rec: dict[str, Any] = {"category": CRESCENDO_SCRIPTS[i][0], "payload": "\n".join(turns[i]),
+                               "messages": convs[i], "reply": _assistant_text(convs[i]), "error": errors.get(i)}
+        if dep.stack is not None:
+            rec.update(model_reply="\n\n".join(raw[i]), defence_actions=actions[i])
+            if blocked[i]:
+                rec["blocked"] = blocked[i]
+        out[i] = rec
+    return out
 
 
-def _pair(app: Application, target: ChatTarget, attacker: ChatTarget, todo: list[int],
+def _pair(dep: Deployment, target: ChatTarget, attacker: ChatTarget, todo: list[int],
           iterations: int) -> dict[int, dict[str, Any]]:
     from sparring.llm.run import judge
 
+    app = dep.app
     state: dict[int, dict[str, Any]] = {i: {"category": GOALS[i][0], "payload": GOALS[i][1], "iterations": [],
                                             "error": None, "reply": "", "messages": []} for i in todo}
     for it in range(iterations):
@@ -116,29 +194,53 @@ def _pair(app: Application, target: ChatTarget, attacker: ChatTarget, todo: list
                          {"role": "user", "content": user}])
         prompts = [r.text.strip().strip('"').strip() or GOALS[i][1][0].upper() + GOALS[i][1][1:] + "."
                    for i, r in zip(live, attacker.chat(asks), strict=True)]
-        convs = [app.messages(user=p) for p in prompts]
-        for i, p, conv, r in zip(live, prompts, convs, target.chat(convs), strict=True):
+        convs = [dep.first(p) for p in prompts]
+        for i, p, conv, (r, verdict) in zip(live, prompts, convs, _send(dep, target, convs, prompts), strict=True):
             s = state[i]
             if r.error is not None:
                 s["error"] = r.error
                 continue
-            s.update(reply=r.text, messages=[*conv, {"role": "assistant", "content": r.text}])
-            verdict = judge({"category": s["category"], "reply": r.text, "error": None}, app)
-            s["hit"] = verdict["status"] == "success"
-            s["iterations"].append({"iteration": it, "prompt": p, "reply": r.text, "status": verdict["status"]})
+            text, acts = dep.shown(r.text) if verdict is None else (r.text, [])
+            s.update(reply=text, messages=[*conv, {"role": "assistant", "content": text}])
+            if dep.stack is not None:
+                s.update(model_reply=r.text, defence_actions=acts)
+                if verdict is not None:
+                    s.setdefault("blocked", []).append({"iteration": it, **verdict})
+            verdict_j = judge({"category": s["category"], "reply": text, "error": None}, app)
+            s["hit"] = verdict_j["status"] == "success"
+            s["iterations"].append({"iteration": it, "prompt": p, "reply": text, "status": verdict_j["status"]})
     for s in state.values():
         s.pop("hit", None)
     return state
 
 
+def multiturn_records(dep: Deployment, target: ChatTarget, attack: str, todo: list[int], *,
+                      attacker: ChatTarget | None = None, iterations: int = 3) -> dict[int, dict[str, Any]]:
+    """The unjudged records of ``attack``'s attempts ``todo`` (script or goal indices) under ``dep``: ids
+    ``<attack>/none/<i>[@defence]``, the whole conversation in ``messages``, every assistant turn the user saw joined
+    in ``reply``. Raises what the target raises (budget, endpoint)."""
+    if attack == "crescendo":
+        got = _crescendo(dep, target, todo)
+    else:
+        got = _pair(dep, target, attacker or target, todo, iterations)
+    return {i: {"id": f"{attack}/none/{i}{dep.suffix()}", "attack": attack, "converter": "none", "where": "user",
+                "defence": dep.name, **rec} for i, rec in got.items()}
+
+
+def attempt_index(attempt_id: str) -> int:
+    """The script or goal index of a multi-turn attempt id (``crescendo/none/2@all`` -> 2)."""
+    return int(attempt_id.split("@", 1)[0].rsplit("/", 1)[1])
+
+
 def run_multiturn(app: Application, target: ChatTarget, out: str | Path, *, attacks: tuple[str, ...] = (
         "crescendo", "pair"), attacker: ChatTarget | None = None, iterations: int = 3,
         resume: bool = False, scripts: Sequence[int] | None = None,
-        goals: Sequence[int] | None = None) -> dict[str, Any]:
+        goals: Sequence[int] | None = None, defence: str = "none") -> dict[str, Any]:
     """Run Crescendo (the ``scripts`` of :data:`CRESCENDO_SCRIPTS`, default all) and PAIR (one stream per
     jailbreak goal of ``goals``, default all, ``iterations`` rounds, ``attacker`` writing the prompts: default the
     target itself) against ``target``; write ``out`` like :func:`sparring.llm.run.run_redteam` (ids
-    ``crescendo/none/i``, ``pair/none/i``) and return the summary.
+    ``crescendo/none/i``, ``pair/none/i``) and return the summary. ``defence``: the one defence configuration the
+    application runs behind (see :class:`Deployment`; ids then end in ``@defence``).
 
     Raises:
         ParameterError: unknown attack, ``iterations`` < 1, a script or goal index out of range.
@@ -162,13 +264,16 @@ def run_multiturn(app: Application, target: ChatTarget, out: str | Path, *, atta
             raise ParameterError(f"{name} must be indices in 0..{n - 1}; got {chosen!r}.")
         picked[name] = idx
     atk = attacker or target
-    plan = [f"crescendo/none/{i}" for i in picked["scripts"] if "crescendo" in attacks] + \
-           [f"pair/none/{i}" for i in picked["goals"] if "pair" in attacks]
+    dep = Deployment.of(app, defence)
+    plan = [f"crescendo/none/{i}{dep.suffix()}" for i in picked["scripts"] if "crescendo" in attacks] + \
+           [f"pair/none/{i}{dep.suffix()}" for i in picked["goals"] if "pair" in attacks]
     ident = {k: v for k, v in target.describe().items() if k not in ("requests_used", "tokens_used")}
     aid = {k: v for k, v in atk.describe().items() if k not in ("requests_used", "tokens_used")}
-    key = hashlib.sha256(json.dumps({"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
-                                     "attacker": aid, "iterations": iterations, "plan": plan}, sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
+    keyed: dict[str, Any] = {"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
+                             "attacker": aid, "iterations": iterations, "plan": plan}
+    if dep.stack is not None:  # the undefended run keeps its older run key
+        keyed["defence"] = dep.stack.describe()
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     mpath, apath = folder / "manifest.json", folder / "attempts.jsonl"
@@ -185,24 +290,24 @@ def run_multiturn(app: Application, target: ChatTarget, out: str | Path, *, atta
             "name": app.name, "system_prompt_sha256": app.system_prompt_sha256,
             "secret_sha256": hashlib.sha256(app.secret.encode()).hexdigest()},
         "target": target.describe(), "attacker": atk.describe(), "iterations": iterations, "planned": len(plan),
-        "sources": {a: MULTITURN_ATTACKS[a] for a in attacks}, "converters": ["none"]}
+        "sources": {a: MULTITURN_ATTACKS[a] for a in attacks}, "converters": ["none"],
+        "defences": {dep.name: [] if dep.stack is None else dep.stack.describe()}}
     _write_atomic(mpath, _dump(manifest))
     started, stop = time.perf_counter(), None
     for name in attacks:
-        todo = [int(p.rsplit("/", 1)[1]) for p in plan if p.startswith(name + "/") and p not in done]
+        todo = [attempt_index(p) for p in plan if p.startswith(name + "/") and p not in done]
         if not todo:
             continue
         try:
-            got = _crescendo(app, target, todo) if name == "crescendo" else _pair(app, target, atk, todo, iterations)
+            got = multiturn_records(dep, target, name, todo, attacker=atk, iterations=iterations)
         except (QueryBudgetExceeded, EndpointError) as exc:
             stop = exc
             break
-        for i, rec in got.items():
-            rid = f"{name}/none/{i}"
-            done[rid] = judge({"id": rid, "attack": name, "converter": "none", "where": "user", **rec}, app)
+        for rec in got.values():
+            done[rec["id"]] = judge(rec, app)
         with apath.open("a", encoding="utf-8") as fh:  # per attack, so an interruption keeps finished ones
-            for i in got:
-                fh.write(json.dumps(done[f"{name}/none/{i}"], sort_keys=True, ensure_ascii=False) + "\n")
+            for rec in got.values():
+                fh.write(json.dumps(done[rec["id"]], sort_keys=True, ensure_ascii=False) + "\n")
     records = [done[p] for p in plan if p in done]
     _write_atomic(apath, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
     summary = summarize(records)

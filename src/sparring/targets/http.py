@@ -141,7 +141,23 @@ class HttpTarget(Target):
             raise self._bad_answer(f"wrong shape: expected (n, n_classes) = {expected}, got {arr.shape}")
         if not np.all(np.isfinite(arr)):
             raise self._bad_answer(f"{int((~np.isfinite(arr)).any(1).sum())} row(s) of scores hold NaN or inf")
+        if self.output == "probabilities":
+            self._check_probabilities(arr)
         return torch.from_numpy(arr.astype(np.float32))
+
+    def _check_probabilities(self, arr: np.ndarray) -> None:
+        """Scores declared probabilities must look like them: read as probabilities, logits would give wrong
+        numbers silently (log of a negative clipped, a margin of unnormalised values). Negative values or rows
+        summing above 1 are refused; rows summing below 1 are allowed (an API may send only its top classes)."""
+        sums = arr.sum(axis=1)
+        negative, over = int((arr < -1e-6).any(axis=1).sum()), int((sums > 1.02).sum())
+        if negative or over:
+            raise EndpointError(
+                f"{self._shown_url} answers scores that are not probabilities ({negative} row(s) with negative "
+                f"values, {over} summing above 1; first row sums to {sums[0]:.4g}), but they are declared "
+                "probabilities. If the API returns logits, say so: score_kind='logits' (CLI --scores logits; audit "
+                "YAML system.http.output: logits)."
+            )
 
     def _labels_batch(self, x: torch.Tensor) -> torch.Tensor:
         if self.answers == "scores":

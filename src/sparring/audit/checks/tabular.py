@@ -64,8 +64,8 @@ class TabularCheck:
         from sparring.data.files import csv_feature_columns
         from sparring.targets.constraints import FeatureConstraints
 
-        source = ctx.threat_model.system.data.source
-        columns = None if source == "zoo" else csv_feature_columns(source)
+        d = ctx.threat_model.system.data
+        columns = None if d.source == "zoo" else csv_feature_columns(d.source, d.label_column)
         FeatureConstraints.load(path, n_features=ctx.target.spec.n_features, columns=columns)
         steps = []
         for attack in _attacks(ctx):

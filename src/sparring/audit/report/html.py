@@ -85,7 +85,8 @@ def _family_sections(audit: Audit) -> list[ReportSection]:
 
 def _curve_figures(audit: Audit) -> list[dict[str, str]]:
     clean = clean_accuracy(audit.results)
-    return [{"norm": norm, "png": plots.robust_curve(norm, curves, clean)}
+    units = audit.threat_model.system.units
+    return [{"norm": norm, "png": plots.robust_curve(norm, curves, clean, units), "units": plots.budget_units(units)}
             for norm, curves in sorted(robust_curves(audit.results).items())]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["certified_curve", "confusion", "examples_grid", "figure", "png", "robust_curve"]
+__all__ = ["budget_units", "certified_curve", "confusion", "examples_grid", "figure", "png", "robust_curve"]
 
 _DPI = 100
 
@@ -28,8 +28,21 @@ def png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def robust_curve(norm: str, curves: dict[str, list[tuple[float, float]]], clean: float | None) -> str:
-    """Robust accuracy against budget, one line per attack and a thick worst-case line."""
+def budget_units(units: str) -> str:
+    """How a budget axis reads under ``system.units`` (``raw``, ``range``, ``std`` or a scale file's path)."""
+    if units == "raw":
+        return "raw input units"
+    if units == "range":
+        return "fraction of each feature's range"
+    if units == "std":
+        return "standard deviations of each feature"
+    return f"units of the scale file {units}"
+
+
+def robust_curve(norm: str, curves: dict[str, list[tuple[float, float]]], clean: float | None,
+                 units: str = "raw") -> str:
+    """Robust accuracy against budget, one line per attack and a thick worst-case line; ``units`` is the audit's
+    ``system.units`` (the axis says what eps measures)."""
     fig = figure(5.2, 3.4)
     ax = fig.add_subplot()
     for name, pts in sorted(curves.items(), key=lambda kv: kv[0] == "worst case"):
@@ -38,7 +51,7 @@ def robust_curve(norm: str, curves: dict[str, list[tuple[float, float]]], clean:
         worst = name == "worst case"
         ax.plot(eps, acc, marker="o", lw=3 if worst else 1.4, color="black" if worst else None,
                 ls="-" if worst else "--", label=name, zorder=3 if worst else 2)
-    ax.set_xlabel(f"{norm.upper()} budget (eps, raw input units)")
+    ax.set_xlabel(f"{norm.upper()} budget (eps, {budget_units(units)})")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
