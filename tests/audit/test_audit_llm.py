@@ -246,6 +246,39 @@ def test_llm_plan_runs_crescendo_by_effort_and_skips_gcg_with_the_reason_on_an_a
     assert api.counter.used == 0
 
 
+def test_llm_audit_runs_crescendo_behind_each_defence_configuration(tmp_path: Path) -> None:
+    """Multi-turn in the audit behind defences (issue 21): one Crescendo step per configuration, the defences acting
+    on every turn; a secret given out in two halves gets past the per-reply output filter (a finding behind it),
+    and a resumed audit keeps the conversations."""
+    from sparring.audit.llm_system import LlmAppTarget
+    from sparring.audit.runner import run_audit
+    from sparring.llm.app import Application
+    from sparring.llm.defence_specs import DefenceSpec
+    from sparring.llm.openai_api import OpenAIChatClient
+    from tests.llm.test_multiturn import _split_leaker
+
+    api, calls = _split_leaker()
+    app = Application(system_prompt=SYSTEM, secret=SECRET, untrusted_inputs=("user",),
+                      defences=(DefenceSpec("output-filter"),))
+    target = LlmAppTarget(OpenAIChatClient("http://api.test", transport=api, retries=0), app)
+    tm = parse_threat_model(_tm({"application": {**APP, "defences": ["output-filter"]}, "attacks": ["crescendo"],
+                                 "defences": ["none", "output-filter"], "utility": False},
+                                [{"metric": "secret_leak_asr_upper", "method": "none", "max": 0.99}], seed=0))
+    audit = run_audit(tm, tmp_path, target=target, progress=False)
+    by_id = {r.step_id: r for r in audit.results}
+    assert list(by_id) == ["llm/crescendo@none", "llm/crescendo@output-filter"]
+    plain, behind = by_id.values()
+    assert behind.params["defence"] == "output-filter"
+    assert plain.per_point["status"][0] == behind.per_point["status"][0] == "success"  # the two-halves leak
+    recs = [json.loads(x) for x in (tmp_path / "llm" / "crescendo@output-filter" / "attempts.jsonl").read_text()
+            .splitlines()]
+    assert all(r["id"].endswith("@output-filter") and r["defence"] == "output-filter" for r in recs)
+    assert any(f.id == "llm:secret-leak:output-filter" for f in audit.findings)
+    used = calls["n"]
+    again = run_audit(tm, tmp_path, target=target, progress=False, resume=True)
+    assert calls["n"] == used and [r.per_point for r in again.results] == [r.per_point for r in audit.results]
+
+
 def test_init_llm_writes_a_template_that_loads_and_plans(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -290,9 +323,10 @@ def test_llm_audit_runs_gcg_and_crescendo_on_smollm_and_judges_whole_conversatio
                                                       "max": 0.99}], seed=0))
     audit = run_audit(tm, tmp_path, target=chat)
     by_id = {r.step_id: r for r in audit.results}
-    assert list(by_id) == ["llm/gcg@none", "llm/gcg@output-filter", "llm/crescendo@none"]
+    assert list(by_id) == ["llm/gcg@none", "llm/gcg@output-filter", "llm/crescendo@none",
+                           "llm/crescendo@output-filter"]
     assert all(r.status == "done" for r in audit.results)
-    gcg, filtered, crescendo = by_id.values()
+    gcg, filtered, crescendo, _ = by_id.values()
     assert gcg.cost["gradients"] >= 1 and filtered.cost["gradients"] == 0  # optimised once, sent behind both
     assert gcg.examples["gcg"][0]["suffix"] == filtered.examples["gcg"][0]["suffix"]
     assert "success" not in filtered.per_point["status"]  # the output filter redacts a leak

@@ -14,9 +14,9 @@ from sparring.llm.app import Application
 from sparring.llm.chat import LocalChatModel
 from sparring.llm.detectors import SecretLeakDetector
 from sparring.llm.jailbreaks import GOALS
-from sparring.llm.multiturn import CRESCENDO_SCRIPTS, run_multiturn
+from sparring.llm.multiturn import CRESCENDO_SCRIPTS
 from sparring.llm.openai_api import OpenAIChatClient
-from sparring.llm.run import rescore
+from sparring.llm.run import rescore, run_multiturn
 
 from .conftest import SECRET, SYSTEM, needs_model
 
@@ -116,3 +116,139 @@ def test_crescendo_and_pair_run_on_the_bundled_model(smollm: LocalChatModel, tmp
     assert all(r["iterations"][0]["prompt"] for r in recs if r["attack"] == "pair")
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["target"]["decoding"]["do_sample"] is False and manifest["attacker"] == manifest["target"]
+
+
+def _recording_leaker() -> tuple[httpx.MockTransport, list[list[dict[str, str]]]]:
+    """:func:`_split_leaker`, keeping every conversation it was sent."""
+    inner, _ = _split_leaker()
+    sent: list[list[dict[str, str]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content)["messages"])
+        return inner.handle_request(request)
+
+    return httpx.MockTransport(handler), sent
+
+
+def test_crescendo_behind_defences_acts_on_every_turn(tmp_path: Path) -> None:
+    """Multi-turn behind defences (issue 21), through ``run_redteam`` and its run folder: the input guard screens
+    every user turn (flagged turns are answered with the refusal and never sent), the sandwich reminder follows every
+    user turn, and the output filter rewrites every reply. A secret given out in two halves gets past a per-reply
+    output filter: the attempt is judged on the replies shown, and it is still a leak."""
+    from sparring.llm.defence_specs import DefenceSpec
+    from sparring.llm.defenses import REFUSAL
+    from sparring.llm.guard import InputGuard
+    from sparring.llm.run import run_redteam
+
+    app = Application(system_prompt=SYSTEM, secret=SECRET, defences=(
+        DefenceSpec("input-guard"), DefenceSpec("sandwich"), DefenceSpec("output-filter")))
+    api, sent = _recording_leaker()
+    chat = OpenAIChatClient("http://api.test", transport=api)
+    s = run_redteam(app, chat, tmp_path / "run", attacks=("crescendo",), defences=("none", "all"))
+    recs = {r["id"]: r for r in map(json.loads, (tmp_path / "run" / "attempts.jsonl").read_text().splitlines())}
+    n = len(CRESCENDO_SCRIPTS)
+    assert sorted(recs) == sorted([f"crescendo/none/{i}" for i in range(n)] +
+                                  [f"crescendo/none/{i}@all" for i in range(n)])
+    guard = InputGuard()
+    for i, (_, turns) in enumerate(CRESCENDO_SCRIPTS):
+        rec = recs[f"crescendo/none/{i}@all"]
+        flagged = [t for t, text in enumerate(turns) if guard.check(text).flagged]
+        assert [b["turn"] for b in rec.get("blocked", [])] == flagged
+        users = [m["content"] for m in rec["messages"] if m["role"] == "user"]
+        shown = [m["content"] for m in rec["messages"] if m["role"] == "assistant"]
+        assert len(users) == len(shown) == len(turns)
+        assert all(u.startswith(t.rstrip()) and u != t and "Remember:" in u for u, t in zip(users, turns,
+                                                                                             strict=True))
+        assert all(shown[t] == REFUSAL for t in flagged)
+    assert any(recs[f"crescendo/none/{i}@all"].get("blocked") for i in range(n))  # the guard did fire
+    # behind the defences (the requests with the sandwich reminder) a flagged turn never reached the model
+    flagged_texts = {t for _, turns in CRESCENDO_SCRIPTS for t in turns if guard.check(t).flagged}
+    defended = [conv for conv in sent if "Remember:" in conv[-1]["content"]]
+    assert defended and not any(conv[-1]["content"].split("\n\n")[0] in flagged_texts for conv in defended)
+    assert any(conv[-1]["content"] in flagged_texts for conv in sent)  # undefended, they were sent
+    split = recs["crescendo/none/0@all"]  # the two-halves leak passes the per-reply filter...
+    assert split["status"] == "success" and split["defence_actions"] == []
+    assert s["by_attack_converter_defence"]["crescendo/none@all"]["successes"] >= 1
+    assert rescore(app, tmp_path / "run") == s  # judged from the stored replies alone
+
+
+def test_pair_behind_an_output_filter_is_judged_on_what_the_user_sees(tmp_path: Path) -> None:
+    """PAIR's target says the whole secret; behind the output filter the reply shown is redacted, so the goal is
+    not reached (judged on the shown reply, the model's own kept as model_reply), while undefended it is."""
+    from sparring.llm.defence_specs import DefenceSpec
+    from sparring.llm.run import run_redteam
+
+    app = Application(system_prompt=SYSTEM, secret=SECRET, defences=(DefenceSpec("output-filter"),))
+    api, _ = _split_leaker()
+    goal = next(i for i, (cat, _) in enumerate(GOALS) if cat == "secret-leak")
+    from sparring.llm.multiturn import MultiTurnSettings
+
+    s = run_redteam(app, OpenAIChatClient("http://api.test", transport=api), tmp_path / "run", attacks=("pair",),
+                    multiturn=MultiTurnSettings(goals=(goal,), iterations=2), defences=("none", "all"))
+    recs = {r["id"]: r for r in map(json.loads, (tmp_path / "run" / "attempts.jsonl").read_text().splitlines())}
+    plain, filtered = recs[f"pair/none/{goal}"], recs[f"pair/none/{goal}@all"]
+    assert plain["status"] == "success" and SECRET in plain["reply"]
+    assert filtered["status"] == "failure" and SECRET not in filtered["reply"]
+    assert SECRET in filtered["model_reply"] and filtered["defence_actions"]
+    assert len(filtered["iterations"]) == 2  # not stopped early: the shown reply never succeeded
+    assert s["by_defence"]["all"]["successes"] == 0
+
+
+def test_redteam_cli_runs_crescendo_and_pair_behind_each_defence(tmp_path: Path) -> None:
+    """``sparring redteam --attack crescendo --attack pair --defence ...`` against an OpenAI-compatible API on
+    127.0.0.1 (the split leaker): one run folder, per-defence rows, a gate on a multi-turn family, and --rescore
+    giving the same summary."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from click.testing import CliRunner
+
+    from sparring.cli import build_cli
+
+    transport, _ = _split_leaker()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            answer = transport.handle_request(httpx.Request("POST", "http://api.test/v1/chat/completions",
+                                                            content=body))
+            data = answer.read()
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    app = tmp_path / "app.yaml"
+    app.write_text(f'system_prompt: "{SYSTEM}"\nsecret: {SECRET}\ndefences:\n  - output-filter\n  - input-guard\n',
+                   encoding="utf-8")
+    args = ["redteam", str(app), "--out", str(tmp_path / "run"), "--json"]
+    try:
+        r = CliRunner().invoke(build_cli(), [*args, "--url", f"http://127.0.0.1:{srv.server_address[1]}",
+                                             "--attack", "crescendo", "--attack", "pair", "--pair-iterations", "2",
+                                             "--defence", "none", "--defence", "output-filter",
+                                             "--max-asr", "crescendo/none@output-filter=0.5"])
+    finally:
+        srv.shutdown()
+        thread.join()
+        srv.server_close()
+    assert r.exit_code in (0, 6), r.output
+    s = json.loads(r.stdout)
+    assert s["complete"] and s["attempts"] == 2 * (len(CRESCENDO_SCRIPTS) + len(GOALS))
+    rows = s["by_attack_converter_defence"]
+    assert set(rows) == {"crescendo/none@none", "crescendo/none@output-filter", "pair/none@none",
+                         "pair/none@output-filter"}
+    assert rows["crescendo/none@output-filter"]["successes"] >= 1  # the split secret passes a per-reply filter
+    assert rows["pair/none@output-filter"]["successes"] < rows["pair/none@none"]["successes"]
+    (gate,) = s["gates"]
+    assert gate["gate"] == "crescendo/none@output-filter" and gate["upper"] is not None
+    again = CliRunner().invoke(build_cli(), [*args, "--rescore", "--max-asr", "crescendo/none@output-filter=0.5"])
+    assert again.exit_code == r.exit_code
+    assert {k: v for k, v in json.loads(again.stdout).items() if k != "out"} == \
+           {k: v for k, v in s.items() if k != "out"}

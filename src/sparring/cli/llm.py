@@ -34,13 +34,14 @@ def load_chat_target(model: str, *, url: str | None = None, api_model: str = "de
 def redteam(app_path: str, *, out: str, target: Any | None = None, attacks: tuple[str, ...] | None = None,
             converters: tuple[str, ...] = ("none",), resume: bool = False, rescore_only: bool = False,
             gates: tuple[str, ...] = (), progress: bool = False, defences: tuple[str, ...] | None = None,
-            utility: bool = False, gcg: Any = None, **target_kwargs: Any) -> dict[str, Any]:
+            utility: bool = False, gcg: Any = None, multiturn: Any = None, **target_kwargs: Any) -> dict[str, Any]:
     """Red-team the application in ``app_path`` (or re-judge the stored run with ``rescore_only``); returns the
     summary with ``gates`` results and ``out``. ``defences``: the configurations to measure (see
     :func:`sparring.llm.defenses.defence_configs`); ``utility``: also score the shipped benign tasks under each
     (``summary["utility"]``, written to ``out/utility.json``) and the input guard's held-out false-positive rate
     (``summary["guard"]``); ``gcg``: the :class:`~sparring.llm.gcg_family.GcgSettings` when ``attacks`` names
-    ``gcg``."""
+    ``gcg``; ``multiturn``: the :class:`~sparring.llm.multiturn.MultiTurnSettings` when it names ``crescendo`` or
+    ``pair``."""
     from sparring.llm.app import load_application
     from sparring.llm.run import check_gates, parse_gate, rescore, run_redteam
 
@@ -56,7 +57,8 @@ def redteam(app_path: str, *, out: str, target: Any | None = None, attacks: tupl
 
         try:
             summary = run_redteam(app, chat, out, attacks=attacks, converters=converters, resume=resume,
-                                  progress=show if progress else None, defences=defences, gcg=gcg)
+                                  progress=show if progress else None, defences=defences, gcg=gcg,
+                                  multiturn=multiturn)
             if utility:
                 from pathlib import Path
 
@@ -142,8 +144,11 @@ def add_commands(cli: Any) -> None:
     @click.option("--attack", "attacks", multiple=True, help="An attack to run (repeatable; default: every "
                   "fixed-payload family the application's untrusted inputs allow): direct-injection, "
                   "secret-extraction, prompt-leak, indirect-injection, role-play, refusal-suppression, "
-                  "prefix-injection, payload-splitting, many-shot; and gcg (white-box suffixes, local model only, "
-                  "only when named: skipped with the reason for --url).")
+                  "prefix-injection, payload-splitting, many-shot; and, only when named: gcg (white-box suffixes, "
+                  "local model only: skipped with the reason for --url), crescendo and pair (multi-turn, judged on the "
+                  "whole conversation, behind each --defence configuration).")
+    @click.option("--pair-iterations", type=click.IntRange(min=1), default=3, show_default=True,
+                  help="With --attack pair: rounds of prompt rewriting per goal (it stops at the first success).")
     @click.option("--gcg-goals", type=click.IntRange(min=1, max=6), default=1, show_default=True,
                   help="With --attack gcg: goals to optimise a suffix for (secret leak, marker, prompt leak, ...).")
     @click.option("--gcg-steps", type=click.IntRange(min=1), default=10, show_default=True,
@@ -174,15 +179,17 @@ def add_commands(cli: Any) -> None:
                     attacks: tuple[str, ...], converters: tuple[str, ...], max_new_tokens: int, temperature: float,
                     seed: int, batch_size: int, request_budget: int | None, token_budget: int | None, resume: bool,
                     rescore: bool, gates: tuple[str, ...], defences: tuple[str, ...], utility: bool,
-                    as_json: bool, gcg_goals: int, gcg_steps: int) -> None:
+                    as_json: bool, gcg_goals: int, gcg_steps: int, pair_iterations: int) -> None:
         """Prompt-injection, secret- and prompt-leak attacks on an LLM application (APP_YAML), judged by
         deterministic detectors, stored in --out (manifest.json, attempts.jsonl, summary.json)."""
         from sparring.llm.gcg_family import GcgSettings
+        from sparring.llm.multiturn import MultiTurnSettings
 
         try:
             summary = redteam(app_yaml, out=out, attacks=attacks or None, converters=converters or ("none",),
                               resume=resume, rescore_only=rescore, gates=gates, defences=defences or None,
                               utility=utility, gcg=GcgSettings(goals=gcg_goals, steps=gcg_steps),
+                              multiturn=MultiTurnSettings(iterations=pair_iterations),
                               progress=not as_json and sys.stderr.isatty(), model=model, url=url,
                               api_model=api_model, api_key_env=api_key_env, max_new_tokens=max_new_tokens,
                               temperature=temperature, seed=seed, batch_size=batch_size,

@@ -20,9 +20,8 @@ from sparring.llm.detectors import (
 )
 from sparring.llm.guard import InputGuard, evaluate_guard, load_guard_set
 from sparring.llm.judge import RefusalJudge, evaluate_judge, load_judge_set, rogan_gladen
-from sparring.llm.multiturn import run_multiturn
 from sparring.llm.openai_api import OpenAIChatClient
-from sparring.llm.run import check_gates, rescore, run_redteam, summarize, wilson_interval
+from sparring.llm.run import check_gates, rescore, run_multiturn, run_redteam, summarize, wilson_interval
 from sparring.llm.server import make_chat_server
 from sparring.llm.utility import load_utility_set, run_utility, score_task
 

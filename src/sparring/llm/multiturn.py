@@ -17,28 +17,32 @@ reminder follows each user turn, and the canary and output filter rewrite each r
 what the user saw; the attempt is judged on the replies shown, the model's own replies kept as ``model_reply``.
 
 Threat model: black-box, the attacker writes only the user turns. Every attempt is stored with its full
-transcript; :func:`run_multiturn` resumes per attempt and :func:`sparring.llm.run.rescore` re-judges the stored
+transcript; :func:`sparring.llm.run.run_multiturn` (or ``sparring redteam --attack crescendo``) resumes per
+attempt and :func:`sparring.llm.run.rescore` re-judges the stored
 conversations without a model.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from sparring.errors import CheckpointError, EndpointError, ParameterError, QueryBudgetExceeded
+from sparring.errors import ParameterError
 from sparring.llm.app import Application
 from sparring.llm.chat import ChatReply, ChatTarget, Message
 from sparring.llm.defenses import REFUSAL, DefenceStack, build_stack, defence_configs
 from sparring.llm.jailbreaks import GOALS
 
-__all__ = ["CRESCENDO_SCRIPTS", "MULTITURN_ATTACKS", "PAIR_SYSTEM", "Deployment", "attempt_index",
-           "multiturn_records", "run_multiturn"]
+__all__ = [
+    "CRESCENDO_SCRIPTS",
+    "MULTITURN_ATTACKS",
+    "PAIR_SYSTEM",
+    "Deployment",
+    "MultiTurnSettings",
+    "attempt_index",
+    "multiturn_records",
+]
 
 CRESCENDO_SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("secret-leak", (
@@ -80,6 +84,36 @@ MULTITURN_ATTACKS = {
 
 def _assistant_text(messages: list[Message]) -> str:
     return "\n\n".join(m["content"] for m in messages if m["role"] == "assistant")
+
+
+@dataclass(frozen=True)
+class MultiTurnSettings:
+    """Which multi-turn attempts a run makes: Crescendo's ``scripts`` (indices of :data:`CRESCENDO_SCRIPTS`,
+    default all), PAIR's ``goals`` (indices of the jailbreak goals, default all) and its ``iterations``."""
+
+    scripts: tuple[int, ...] | None = None
+    goals: tuple[int, ...] | None = None
+    iterations: int = 3
+
+    def indices(self, attack: str) -> list[int]:
+        """The attempts of ``attack`` (``crescendo`` or ``pair``), checked.
+
+        Raises:
+            ParameterError: an unknown attack, ``iterations`` < 1, an index out of range."""
+        if attack not in MULTITURN_ATTACKS:
+            raise ParameterError(f"unknown multi-turn attack {attack!r}; choose from {', '.join(MULTITURN_ATTACKS)}.")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ParameterError(f"iterations must be at least 1; got {self.iterations!r}.")
+        name, chosen, n = (("scripts", self.scripts, len(CRESCENDO_SCRIPTS)) if attack == "crescendo" else
+                           ("goals", self.goals, len(GOALS)))
+        idx = list(range(n)) if chosen is None else sorted(set(chosen))
+        if not idx or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in idx):
+            raise ParameterError(f"{name} must be indices in 0..{n - 1}; got {chosen!r}.")
+        return idx
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scripts": None if self.scripts is None else list(self.scripts),
+                "goals": None if self.goals is None else list(self.goals), "iterations": self.iterations}
 
 
 @dataclass(frozen=True)
@@ -170,11 +204,8 @@ def _crescendo(dep: Deployment, target: ChatTarget, todo: list[int]) -> dict[int
     return out
 
 
-def _pair(dep: Deployment, target: ChatTarget, attacker: ChatTarget, todo: list[int],
-          iterations: int) -> dict[int, dict[str, Any]]:
-    from sparring.llm.run import judge
-
-    app = dep.app
+def _pair(dep: Deployment, target: ChatTarget, attacker: ChatTarget, todo: list[int], iterations: int,
+          judge: Callable[[str, str], bool]) -> dict[int, dict[str, Any]]:
     state: dict[int, dict[str, Any]] = {i: {"category": GOALS[i][0], "payload": GOALS[i][1], "iterations": [],
                                             "error": None, "reply": "", "messages": []} for i in todo}
     for it in range(iterations):
@@ -206,23 +237,25 @@ def _pair(dep: Deployment, target: ChatTarget, attacker: ChatTarget, todo: list[
                 s.update(model_reply=r.text, defence_actions=acts)
                 if verdict is not None:
                     s.setdefault("blocked", []).append({"iteration": it, **verdict})
-            verdict_j = judge({"category": s["category"], "reply": text, "error": None}, app)
-            s["hit"] = verdict_j["status"] == "success"
-            s["iterations"].append({"iteration": it, "prompt": p, "reply": text, "status": verdict_j["status"]})
+            s["hit"] = judge(s["category"], text)
+            s["iterations"].append({"iteration": it, "prompt": p, "reply": text,
+                                    "status": "success" if s["hit"] else "failure"})
     for s in state.values():
         s.pop("hit", None)
     return state
 
 
 def multiturn_records(dep: Deployment, target: ChatTarget, attack: str, todo: list[int], *,
-                      attacker: ChatTarget | None = None, iterations: int = 3) -> dict[int, dict[str, Any]]:
+                      judge: Callable[[str, str], bool], attacker: ChatTarget | None = None,
+                      iterations: int = 3) -> dict[int, dict[str, Any]]:
     """The unjudged records of ``attack``'s attempts ``todo`` (script or goal indices) under ``dep``: ids
     ``<attack>/none/<i>[@defence]``, the whole conversation in ``messages``, every assistant turn the user saw joined
-    in ``reply``. Raises what the target raises (budget, endpoint)."""
+    in ``reply``. ``judge(category, reply)``: PAIR's early stop (:func:`sparring.llm.run.category_judge`). Raises
+    what the target raises (budget, endpoint)."""
     if attack == "crescendo":
         got = _crescendo(dep, target, todo)
     else:
-        got = _pair(dep, target, attacker or target, todo, iterations)
+        got = _pair(dep, target, attacker or target, todo, iterations, judge)
     return {i: {"id": f"{attack}/none/{i}{dep.suffix()}", "attack": attack, "converter": "none", "where": "user",
                 "defence": dep.name, **rec} for i, rec in got.items()}
 
@@ -230,92 +263,3 @@ def multiturn_records(dep: Deployment, target: ChatTarget, attack: str, todo: li
 def attempt_index(attempt_id: str) -> int:
     """The script or goal index of a multi-turn attempt id (``crescendo/none/2@all`` -> 2)."""
     return int(attempt_id.split("@", 1)[0].rsplit("/", 1)[1])
-
-
-def run_multiturn(app: Application, target: ChatTarget, out: str | Path, *, attacks: tuple[str, ...] = (
-        "crescendo", "pair"), attacker: ChatTarget | None = None, iterations: int = 3,
-        resume: bool = False, scripts: Sequence[int] | None = None,
-        goals: Sequence[int] | None = None, defence: str = "none") -> dict[str, Any]:
-    """Run Crescendo (the ``scripts`` of :data:`CRESCENDO_SCRIPTS`, default all) and PAIR (one stream per
-    jailbreak goal of ``goals``, default all, ``iterations`` rounds, ``attacker`` writing the prompts: default the
-    target itself) against ``target``; write ``out`` like :func:`sparring.llm.run.run_redteam` (ids
-    ``crescendo/none/i``, ``pair/none/i``) and return the summary. ``defence``: the one defence configuration the
-    application runs behind (see :class:`Deployment`; ids then end in ``@defence``).
-
-    Raises:
-        ParameterError: unknown attack, ``iterations`` < 1, a script or goal index out of range.
-        CheckpointError: ``out`` holds another run (or ``resume`` is off and it holds one).
-        QueryBudgetExceeded, EndpointError: after writing the attempts finished so far.
-    """
-    from sparring.llm.run import _dump, _read_records, _version, _write_atomic, judge, summarize
-
-    bad = [a for a in attacks if a not in MULTITURN_ATTACKS]
-    if bad or not attacks:
-        raise ParameterError(f"unknown multi-turn attack(s) {bad}; choose from {', '.join(MULTITURN_ATTACKS)}.")
-    if iterations < 1:
-        raise ParameterError(f"iterations must be at least 1; got {iterations!r}.")
-    if "user" not in app.untrusted_inputs:
-        raise ParameterError("multi-turn attacks write user turns, but the application's untrusted_inputs "
-                             f"{list(app.untrusted_inputs)} do not include 'user'.")
-    picked = {}
-    for name, chosen, n in (("scripts", scripts, len(CRESCENDO_SCRIPTS)), ("goals", goals, len(GOALS))):
-        idx = list(range(n)) if chosen is None else sorted(set(chosen))
-        if not idx or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in idx):
-            raise ParameterError(f"{name} must be indices in 0..{n - 1}; got {chosen!r}.")
-        picked[name] = idx
-    atk = attacker or target
-    dep = Deployment.of(app, defence)
-    plan = [f"crescendo/none/{i}{dep.suffix()}" for i in picked["scripts"] if "crescendo" in attacks] + \
-           [f"pair/none/{i}{dep.suffix()}" for i in picked["goals"] if "pair" in attacks]
-    ident = {k: v for k, v in target.describe().items() if k not in ("requests_used", "tokens_used")}
-    aid = {k: v for k, v in atk.describe().items() if k not in ("requests_used", "tokens_used")}
-    keyed: dict[str, Any] = {"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
-                             "attacker": aid, "iterations": iterations, "plan": plan}
-    if dep.stack is not None:  # the undefended run keeps its older run key
-        keyed["defence"] = dep.stack.describe()
-    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    mpath, apath = folder / "manifest.json", folder / "attempts.jsonl"
-    done: dict[str, dict[str, Any]] = {}
-    if mpath.exists() or apath.exists():
-        old = json.loads(mpath.read_text()) if mpath.exists() else {}
-        if not resume or old.get("run_key") != key:
-            raise CheckpointError(f"{folder} already holds a run" + (" of another application, model or plan" if
-                                  resume else "; pass resume=True (--resume) to continue it") + "; or use another "
-                                  "folder.")
-        done = {i: r for i, r in _read_records(apath).items() if r.get("status") in ("success", "failure")}
-    manifest: dict[str, Any] = {
-        "run_key": key, "sparring_version": _version(), "kind": "multiturn", "application": {
-            "name": app.name, "system_prompt_sha256": app.system_prompt_sha256,
-            "secret_sha256": hashlib.sha256(app.secret.encode()).hexdigest()},
-        "target": target.describe(), "attacker": atk.describe(), "iterations": iterations, "planned": len(plan),
-        "sources": {a: MULTITURN_ATTACKS[a] for a in attacks}, "converters": ["none"],
-        "defences": {dep.name: [] if dep.stack is None else dep.stack.describe()}}
-    _write_atomic(mpath, _dump(manifest))
-    started, stop = time.perf_counter(), None
-    for name in attacks:
-        todo = [attempt_index(p) for p in plan if p.startswith(name + "/") and p not in done]
-        if not todo:
-            continue
-        try:
-            got = multiturn_records(dep, target, name, todo, attacker=atk, iterations=iterations)
-        except (QueryBudgetExceeded, EndpointError) as exc:
-            stop = exc
-            break
-        for rec in got.values():
-            done[rec["id"]] = judge(rec, app)
-        with apath.open("a", encoding="utf-8") as fh:  # per attack, so an interruption keeps finished ones
-            for rec in got.values():
-                fh.write(json.dumps(done[rec["id"]], sort_keys=True, ensure_ascii=False) + "\n")
-    records = [done[p] for p in plan if p in done]
-    _write_atomic(apath, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
-    summary = summarize(records)
-    summary["complete"] = len(records) == len(plan)
-    _write_atomic(folder / "summary.json", _dump(summary))
-    seconds = time.perf_counter() - started
-    manifest.update(target=target.describe(), attacker=atk.describe(), timing={"seconds": round(seconds, 3)})
-    _write_atomic(mpath, _dump(manifest))
-    if stop is not None:
-        raise stop
-    return summary

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,17 @@ from sparring.llm.detectors import (
 from sparring.llm.gcg_family import GCG_SOURCE, GcgSettings
 from sparring.llm.jsonl import read_jsonl
 from sparring.llm.judge import RefusalJudge, evaluate_judge, rogan_gladen
+from sparring.llm.multiturn import (
+    MULTITURN_ATTACKS,
+    Deployment,
+    MultiTurnSettings,
+    attempt_index,
+    multiturn_records,
+)
 from sparring.llm.stats import wilson_interval
 
-__all__ = ["check_gates", "judge", "parse_gate", "rescore", "run_redteam", "summarize", "wilson_interval"]
+__all__ = ["check_gates", "judge", "parse_gate", "rescore", "run_multiturn", "run_redteam", "summarize",
+           "wilson_interval"]
 
 DETECTOR_VERSION = 2
 """Recorded in every manifest and summary; 2: marker words whole or spelled out, never glued across separators."""
@@ -161,7 +169,8 @@ def _read_records(path: Path) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in read_jsonl(path) if "id" in r}
 
 
-def _run_key(app: Application, target: ChatTarget, planned: list[Any], gcg: dict[str, Any] | None = None) -> str:
+def _run_key(app: Application, target: ChatTarget, planned: list[Any], gcg: dict[str, Any] | None = None,
+             multiturn: dict[str, Any] | None = None) -> str:
     ident = {k: v for k, v in target.describe().items() if k not in ("requests_used", "tokens_used")}
     key: dict[str, Any] = {"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
                            "plan": [p.id for p in planned]}
@@ -171,6 +180,8 @@ def _run_key(app: Application, target: ChatTarget, planned: list[Any], gcg: dict
         key["defences"] = sorted({json.dumps(p.stack.describe(), sort_keys=True) for p in planned})
     if gcg is not None:
         key["gcg"] = gcg
+    if multiturn is not None:
+        key["multiturn"] = multiturn
     blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -178,7 +189,8 @@ def _run_key(app: Application, target: ChatTarget, planned: list[Any], gcg: dict
 def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attacks: tuple[str, ...] | None = None,
                 converters: tuple[str, ...] = ("none",), resume: bool = False,
                 progress: Callable[[int, int], None] | None = None,
-                defences: tuple[str, ...] | None = None, gcg: GcgSettings | None = None) -> dict[str, Any]:
+                defences: tuple[str, ...] | None = None, gcg: GcgSettings | None = None,
+                multiturn: MultiTurnSettings | None = None) -> dict[str, Any]:
     """Run every planned attempt against ``target`` and write the run folder ``out``; returns the summary.
 
     Attempts go in fixed batches of ``target.batch_size`` in plan order. With ``resume``, attempts already
@@ -197,6 +209,12 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
     defended like the other attempts. Against a target without gradients (an API) the family is skipped:
     ``summary["skipped"]`` and the manifest say why.
 
+    ``attacks`` may name the multi-turn families ``crescendo`` and ``pair`` (only when named): their attempts
+    (``multiturn`` settings: scripts, goals, PAIR iterations; default all, 3) run after the single-turn batches,
+    under every defence configuration (:class:`~sparring.llm.multiturn.Deployment`: the defences act on every
+    turn), each judged on the whole conversation and stored in the same ``attempts.jsonl``. An application whose
+    untrusted inputs do not include ``user`` skips them with the reason.
+
     Raises:
         CheckpointError: ``out`` holds a run of another application, model, decoding or plan (or ``resume`` is
             off and ``out`` already holds attempts).
@@ -206,9 +224,19 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    static = None if attacks is None else tuple(a for a in attacks if a != WHITE_BOX)
+    static = None if attacks is None else tuple(a for a in attacks if a != WHITE_BOX and a not in MULTITURN_ATTACKS)
     planned = plan_defended(app, static, converters, defences, plan=plan_attempts) if static != () else []
     skipped: list[dict[str, str]] = []
+    multi = [a for a in MULTITURN_ATTACKS if attacks is not None and a in attacks]
+    mt = multiturn or MultiTurnSettings()
+    multi_plan: list[tuple[Deployment, str, int]] = []
+    if multi and "user" not in app.untrusted_inputs:
+        skipped += [{"attack": a, "reason": f"multi-turn attacks write user turns; the application's "
+                     f"untrusted_inputs {list(app.untrusted_inputs)} do not include 'user'"} for a in multi]
+    elif multi:
+        deployments = [Deployment.of(app, name) for name, _ in defence_configs(app, defences)]
+        multi_plan = [(dep, a, i) for dep in deployments for a in multi for i in mt.indices(a)]
+    multi_ids = [f"{a}/none/{i}{dep.suffix()}" for dep, a, i in multi_plan]
     gcg_cfg: GcgSettings | None = None
     if attacks is not None and WHITE_BOX in attacks:
         why = gcg_skip_reason(target, app)
@@ -219,7 +247,8 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
             skipped.append({"attack": WHITE_BOX, "reason": why})
     gcg_ids = [f"gcg/none/{i}" for i in range(gcg_cfg.goals)] if gcg_cfg is not None else []
     key = _run_key(app, target, planned, None if gcg_cfg is None else {"settings": gcg_cfg.to_dict(),
-                                                                        "ids": gcg_ids})
+                                                                        "ids": gcg_ids},
+                   None if not multi_ids else {"ids": multi_ids, "iterations": mt.iterations})
     manifest_path, attempts_path = folder / "manifest.json", folder / "attempts.jsonl"
     done: dict[str, dict[str, Any]] = {}
     if manifest_path.exists() or attempts_path.exists():
@@ -239,6 +268,13 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
         "converters": list(converters), "planned": len(planned), "detector_version": DETECTOR_VERSION,
         "defences": {p.defence: p.stack.describe() for p in planned},
         "sources": {a: ATTACKS[a].source for a in sorted({p.attack for p in planned})}, "judge": evaluate_judge()}
+    if multi_plan:
+        manifest["attacks"] = sorted({*manifest["attacks"], *multi})
+        manifest["sources"].update({a: MULTITURN_ATTACKS[a] for a in multi})
+        manifest["planned"] += len(multi_ids)
+        manifest["multiturn"] = mt.to_dict()
+        manifest["defences"].update({dep.name: [] if dep.stack is None else dep.stack.describe()
+                                     for dep, _, _ in multi_plan})
     if gcg_cfg is not None:
         manifest["attacks"] = sorted({*manifest["attacks"], WHITE_BOX})
         manifest["sources"][WHITE_BOX] = GCG_SOURCE
@@ -253,8 +289,8 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
             planned += _plan_gcg(app, target, gcg_cfg, defences, folder / "gcg.jsonl")
         except (QueryBudgetExceeded, EndpointError) as exc:
             stop = exc
-        manifest["planned"] = len(planned) + (0 if stop is None else len(gcg_ids) * len(defence_configs(
-            app, defences)))
+        manifest["planned"] = len(planned) + len(multi_ids) + (0 if stop is None else len(gcg_ids) * len(
+            defence_configs(app, defences)))
         manifest["defences"] = {p.defence: p.stack.describe() for p in planned}
     with attempts_path.open("a", encoding="utf-8") as fh:
         for b in range(0, len(planned) if stop is None else 0, target.batch_size):
@@ -284,8 +320,14 @@ def run_redteam(app: Application, target: ChatTarget, out: str | Path, *, attack
                 fh.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
             fh.flush()
             if progress is not None:
-                progress(len(done), len(planned))
-    records = [done[p.id] for p in planned if p.id in done]
+                progress(len(done), manifest["planned"])
+    if stop is None and multi_plan:
+        todo = [(dep, a, i) for (dep, a, i), rid in zip(multi_plan, multi_ids, strict=True) if rid not in done]
+        before = sum(r in done for r in multi_ids)
+        stop = _run_multiturn_plan(app, target, todo, done, attempts_path, None, mt.iterations,
+                                   None if progress is None else lambda: progress(len(done), manifest["planned"]))
+        sent += sum(r in done for r in multi_ids) - before
+    records = [done[p.id] for p in planned if p.id in done] + [done[r] for r in multi_ids if r in done]
     _write_atomic(attempts_path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
     summary = summarize(records)
     summary["complete"] = len(records) == manifest["planned"]
@@ -349,3 +391,96 @@ def _version() -> str:
     from sparring import __version__
 
     return __version__
+
+
+def run_multiturn(app: Application, target: ChatTarget, out: str | Path, *, attacks: tuple[str, ...] = (
+        "crescendo", "pair"), attacker: ChatTarget | None = None, iterations: int = 3,
+        resume: bool = False, scripts: Sequence[int] | None = None,
+        goals: Sequence[int] | None = None, defence: str = "none") -> dict[str, Any]:
+    """Run Crescendo (the ``scripts`` of :data:`~sparring.llm.multiturn.CRESCENDO_SCRIPTS`, default all) and PAIR
+    (one stream per jailbreak goal of ``goals``, default all, ``iterations`` rounds, ``attacker`` writing the
+    prompts: default the target itself) against ``target``; write ``out`` like :func:`run_redteam` (ids
+    ``crescendo/none/i``, ``pair/none/i``) and return the summary. ``defence``: the one defence configuration the
+    application runs behind (:class:`~sparring.llm.multiturn.Deployment`; ids then end in ``@defence``).
+
+    Raises:
+        ParameterError: unknown attack, ``iterations`` < 1, a script or goal index out of range.
+        CheckpointError: ``out`` holds another run (or ``resume`` is off and it holds one).
+        QueryBudgetExceeded, EndpointError: after writing the attempts finished so far.
+    """
+    bad = [a for a in attacks if a not in MULTITURN_ATTACKS]
+    if bad or not attacks:
+        raise ParameterError(f"unknown multi-turn attack(s) {bad}; choose from {', '.join(MULTITURN_ATTACKS)}.")
+    settings = MultiTurnSettings(None if scripts is None else tuple(scripts), None if goals is None else tuple(goals),
+                                 iterations)
+    picked = {a: settings.indices(a) for a in MULTITURN_ATTACKS}  # both checked, as before
+    if "user" not in app.untrusted_inputs:
+        raise ParameterError("multi-turn attacks write user turns, but the application's untrusted_inputs "
+                             f"{list(app.untrusted_inputs)} do not include 'user'.")
+    atk = attacker or target
+    dep = Deployment.of(app, defence)
+    plan = [f"{a}/none/{i}{dep.suffix()}" for a in ("crescendo", "pair") if a in attacks for i in picked[a]]
+    ident = {k: v for k, v in target.describe().items() if k not in ("requests_used", "tokens_used")}
+    aid = {k: v for k, v in atk.describe().items() if k not in ("requests_used", "tokens_used")}
+    keyed: dict[str, Any] = {"app": app.system_prompt_sha256, "secret": app.secret, "target": ident,
+                             "attacker": aid, "iterations": iterations, "plan": plan}
+    if dep.stack is not None:  # the undefended run keeps its older run key
+        keyed["defence"] = dep.stack.describe()
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    mpath, apath = folder / "manifest.json", folder / "attempts.jsonl"
+    done: dict[str, dict[str, Any]] = {}
+    if mpath.exists() or apath.exists():
+        old = json.loads(mpath.read_text()) if mpath.exists() else {}
+        if not resume or old.get("run_key") != key:
+            raise CheckpointError(f"{folder} already holds a run" + (" of another application, model or plan" if
+                                  resume else "; pass resume=True (--resume) to continue it") + "; or use another "
+                                  "folder.")
+        done = {i: r for i, r in _read_records(apath).items() if r.get("status") in ("success", "failure")}
+    manifest: dict[str, Any] = {
+        "run_key": key, "sparring_version": _version(), "kind": "multiturn", "application": {
+            "name": app.name, "system_prompt_sha256": app.system_prompt_sha256,
+            "secret_sha256": hashlib.sha256(app.secret.encode()).hexdigest()},
+        "target": target.describe(), "attacker": atk.describe(), "iterations": iterations, "planned": len(plan),
+        "sources": {a: MULTITURN_ATTACKS[a] for a in attacks}, "converters": ["none"],
+        "defences": {dep.name: [] if dep.stack is None else dep.stack.describe()}}
+    _write_atomic(mpath, _dump(manifest))
+    started = time.perf_counter()
+    stop = _run_multiturn_plan(app, target, [(dep, a, attempt_index(p)) for p in plan if p not in done
+                                             for a in (p.split("/", 1)[0],)], done, apath, atk, iterations)
+    records = [done[p] for p in plan if p in done]
+    _write_atomic(apath, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
+    summary = summarize(records)
+    summary["complete"] = len(records) == len(plan)
+    _write_atomic(folder / "summary.json", _dump(summary))
+    seconds = time.perf_counter() - started
+    manifest.update(target=target.describe(), attacker=atk.describe(), timing={"seconds": round(seconds, 3)})
+    _write_atomic(mpath, _dump(manifest))
+    if stop is not None:
+        raise stop
+    return summary
+
+
+def _run_multiturn_plan(app: Application, target: ChatTarget, todo: list[tuple[Deployment, str, int]],
+                        done: dict[str, dict[str, Any]], path: Path, attacker: ChatTarget | None, iterations: int,
+                        progress: Callable[[], None] | None = None) -> BaseException | None:
+    """Run the multi-turn attempts ``todo`` (deployment, attack, index), one batch per deployment and attack in
+    order, judging each into ``done`` and appending it to ``path`` as each group finishes; the budget or endpoint
+    error that stopped it (``None``: all done)."""
+    groups: dict[tuple[str, str], tuple[Deployment, list[int]]] = {}
+    for dep, attack, i in todo:
+        groups.setdefault((dep.name, attack), (dep, []))[1].append(i)
+    decide = category_judge(app)
+    for (_, attack), (dep, idx) in groups.items():
+        try:
+            got = multiturn_records(dep, target, attack, idx, judge=decide, attacker=attacker, iterations=iterations)
+        except (QueryBudgetExceeded, EndpointError) as exc:
+            return exc
+        with path.open("a", encoding="utf-8") as fh:  # per group, so an interruption keeps finished ones
+            for rec in got.values():
+                done[rec["id"]] = judge(rec, app)
+                fh.write(json.dumps(done[rec["id"]], sort_keys=True, ensure_ascii=False) + "\n")
+        if progress is not None:
+            progress()
+    return None

@@ -9,9 +9,10 @@ injection through documents with markdown exfiltration (Greshake et al. 2023), j
 Kang et al. 2023; Anil et al. 2024). Threat model: black-box, one turn, non-adaptive (the payloads are fixed), the
 attacker writes only where ``untrusted_inputs`` lets text in.
 
-Also, by effort: multi-turn Crescendo (Russinovich et al. 2024) and PAIR (Chao et al. 2023), undefended, each attempt
-judged on the whole conversation (``llm/<family>@none``, run by :func:`sparring.llm.multiturn.run_multiturn` into
-``OUT/llm/<family>@none/``); and, when the chat model is local, white-box GCG (Zou et al. 2023,
+Also, by effort: multi-turn Crescendo (Russinovich et al. 2024) and PAIR (Chao et al. 2023) under each defence
+configuration (the defences act on every turn), each attempt judged on the whole conversation
+(``llm/<family>@<defence>``, run by :func:`sparring.llm.run.run_multiturn` into ``OUT/llm/<family>@<defence>/``);
+and, when the chat model is local, white-box GCG (Zou et al. 2023,
 :mod:`sparring.llm.gcg_family`): one suffix per goal optimised once per audit on the undefended application, then
 sent behind every defence configuration (``llm/gcg@<defence>``). On an API model the ``llm-gcg`` check is listed as
 skipped with the reason.
@@ -143,7 +144,7 @@ class LlmRedteam:
             if gcg:
                 steps.append(_gcg_step(tm, defence, deployed, self.name))
         if multi:
-            steps += _multiturn_steps(tm, multi, dict(configs).get("none", not app.defences), self.name)
+            steps += _multiturn_steps(tm, multi, configs, self.name)
         return steps + _utility_steps(tm, app, self.name)
 
     def run(self, step: Step, ctx: RunContext) -> StepResult:
@@ -246,7 +247,7 @@ def _gcg_step(tm: Any, defence: str, deployed: bool, check: str) -> Step:
                        f"{'undefended' if defence == 'none' else 'sent behind ' + defence}; {GCG_SOURCE}")
 
 
-def _multiturn_steps(tm: Any, families: list[str], deployed: bool, check: str) -> list[Step]:
+def _multiturn_steps(tm: Any, families: list[str], configs: list[tuple[str, bool]], check: str) -> list[Step]:
     from sparring.llm.jailbreaks import GOALS
     from sparring.llm.multiturn import CRESCENDO_SCRIPTS, MULTITURN_ATTACKS
 
@@ -261,11 +262,13 @@ def _multiturn_steps(tm: Any, families: list[str], deployed: bool, check: str) -
             idx = pick(len(GOALS), goals)
             params = {"goals": idx, "iterations": iterations}
             what = f"{len(idx)} of {len(GOALS)} goals, {iterations} rounds, the target as its own attacker"
-        steps.append(Step(id=f"llm/{a}@none", check=check, threat="llm",
-                          params={"kind": ATTACK, "attack": a, "defence": "none", "converters": ["none"],
-                                  "deployed": deployed, **params},
-                          reason=f"LLM application: multi-turn {a} ({what}), undefended, judged on the whole "
-                                 f"conversation; {MULTITURN_ATTACKS[a]}"))
+        for defence, deployed in configs:
+            where = "undefended" if defence == "none" else f"behind {defence} (on every turn)"
+            steps.append(Step(id=f"llm/{a}@{defence}", check=check, threat="llm",
+                              params={"kind": ATTACK, "attack": a, "defence": defence, "converters": ["none"],
+                                      "deployed": deployed, **params},
+                              reason=f"LLM application: multi-turn {a} ({what}), {where}, judged on the whole "
+                                     f"conversation; {MULTITURN_ATTACKS[a]}"))
     return steps
 
 
@@ -300,12 +303,12 @@ def _run_gcg(step: Step, ctx: RunContext) -> StepResult:
 
 
 def _run_multiturn(step: Step, ctx: RunContext) -> StepResult:
-    """A multi-turn family through :func:`sparring.llm.multiturn.run_multiturn` into ``OUT/llm/<family>@none/``
+    """A multi-turn family through :func:`sparring.llm.run.run_multiturn` into ``OUT/llm/<family>@<defence>/``
     (resumed per attempt with the audit; a folder of another plan is started again)."""
     import shutil
 
     from sparring.errors import CheckpointError
-    from sparring.llm.multiturn import run_multiturn
+    from sparring.llm.run import run_multiturn
 
     p = step.params
     app, chat = _app(ctx), ctx.target.chat  # type: ignore[attr-defined]
@@ -316,12 +319,12 @@ def _run_multiturn(step: Step, ctx: RunContext) -> StepResult:
     if not ctx.resume and folder.exists():
         shutil.rmtree(folder)
     try:
-        run_multiturn(app, chat, folder, attacks=(p["attack"],), resume=ctx.resume, **kw)
+        run_multiturn(app, chat, folder, attacks=(p["attack"],), resume=ctx.resume, defence=p["defence"], **kw)
     except CheckpointError:  # a resumed audit whose folder holds another plan: run it afresh
         shutil.rmtree(folder)
-        run_multiturn(app, chat, folder, attacks=(p["attack"],), **kw)
+        run_multiturn(app, chat, folder, attacks=(p["attack"],), defence=p["defence"], **kw)
     lines = (folder / "attempts.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [{**r, "defence": "none"} for r in map(json.loads, lines)]
+    records = [{**r, "defence": p["defence"]} for r in map(json.loads, lines)]
     result = _result(step, records)
     result.cost.update(seconds=round(time.perf_counter() - t0, 6), queries=chat.counter.used - used)
     return result
