@@ -159,7 +159,13 @@ def test_quick_llm_audit_fails_the_leak_gate_undefended_and_passes_behind_the_ou
     none, filtered = audit.results
     assert "success" in none.per_point["status"]  # SmolLM2 gives the password away ...
     assert "success" not in filtered.per_point["status"]  # ... and the filter redacts it
-    assert filtered.cost["queries"] == 0  # a reply-side defence is measured on the same replies
+    assert filtered.cost["queries"] == none.cost["queries"] == 3  # the attacker's cost, however it was answered
+    # a reply-side defence is measured on the very replies of the undefended run (answered from the audit's memory)
+    plain = [json.loads(x) for x in (quick_audit["out"] / "llm" / "secret-extraction@none.jsonl").read_text()
+             .splitlines()[1:]]
+    behind = [json.loads(x) for x in (quick_audit["out"] / "llm" / "secret-extraction@output-filter.jsonl")
+              .read_text().splitlines()[1:]]
+    assert [r["model_reply"] for r in behind] == [r["reply"] for r in plain]
     undefended, deployed = audit.gates
     assert undefended.status == "fail" and deployed.status == "pass" and deployed.value < undefended.value
     assert [r.params["deployed"] for r in audit.results] == [False, True]  # the app lists the output filter
@@ -344,3 +350,42 @@ def test_llm_audit_runs_gcg_and_crescendo_on_smollm_and_judges_whole_conversatio
     again = run_audit(tm, tmp_path, resume=True, target=chat)
     assert gcg_jsonl.read_text() == full and [g.value for g in again.gates] == [g.value for g in audit.gates]
     assert chat.counter.used - used <= 2  # suffix read back; only the GCG batch, crescendo from its folder
+
+
+@needs_model
+def test_llm_audit_on_two_worker_processes_equals_the_local_audit(tmp_path: Path) -> None:
+    """Issue 20: the LLM family's attempts run as executor tasks, one per family x defence configuration (each
+    worker loads the bundled model from system.model); the report equals the local run's, finding for finding."""
+    from sparring.audit.report.machine import report_dict
+    from sparring.audit.runner import run_audit
+    from sparring.executors import ProcessExecutor
+    from tests.test_executors import comparable
+
+    old = os.environ.get("SPARRING_CACHE_DIR")
+    os.environ["SPARRING_CACHE_DIR"] = os.environ.get("SPARRING_LLM_TEST_CACHE",
+                                                      str(ROOT / ".venv" / ".sparring-llm-test-cache"))
+    try:
+        tm = parse_threat_model(_tm({"application": {**APP, "defences": ["output-filter"]},
+                                     "attacks": ["secret-extraction", "crescendo"],
+                                     "defences": ["none", "output-filter"],
+                                     "max_new_tokens": 12, "batch_size": 4, "utility": False},
+                                    [{"metric": "secret_leak_asr_upper", "method": "none", "max": 0.99}], seed=0))
+        local = run_audit(tm, tmp_path / "local", progress=False)
+        tasks: list[str] = []
+        with ProcessExecutor(2) as ex:
+            remote = run_audit(tm, tmp_path / "processes", executor=ex, progress=False,
+                               on_task=lambda done, total, step, shard: tasks.append(step.id))
+    finally:
+        if old is None:
+            os.environ.pop("SPARRING_CACHE_DIR", None)
+        else:
+            os.environ["SPARRING_CACHE_DIR"] = old
+    assert not local.errors and not remote.errors
+    assert sorted(tasks) == sorted(r.step_id for r in local.results) and len(tasks) == 4
+    a, b = comparable(report_dict(remote)), comparable(report_dict(local))
+    for sa, sb in zip(a["steps"], b["steps"], strict=True):
+        for k in sa:
+            assert sa[k] == sb[k], (sa["id"], k, sa[k], sb[k])
+    assert a == b
+    for name in ("secret-extraction@output-filter", "crescendo@output-filter"):  # the workers wrote the attempts
+        assert (tmp_path / "processes" / "llm" / (name + ("" if "crescendo" in name else ".jsonl"))).exists()

@@ -166,11 +166,13 @@ class LlmRedteam:
 
         planned = plan_defended(app, (p["attack"],), tuple(p["converters"]), [p["defence"]], plan=subset)
         folder = Path(ctx.out_dir if ctx.out_dir is not None else ".") / "llm"
-        t0, used = time.perf_counter(), ctx.target.chat.counter.used  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
         records = _run_attempts(app, ctx.target, planned, folder / f"{_slug(step.id)}.jsonl", ctx.resume)
         result = _result(step, records)
         result.cost["seconds"] = round(time.perf_counter() - t0, 6)
-        result.cost["queries"] = ctx.target.chat.counter.used - used  # type: ignore[attr-defined]
+        # the attacker's cost: every attempt the application sends to the model (a batch answered from the audit's
+        # reply memory, or kept from a resumed run, still cost the attacker its queries), whichever worker ran it
+        result.cost["queries"] = sum(x.blocked is None for x in planned)
         return result
 
     def findings(self, tm: Any, results: list[StepResult]) -> list[Finding]:
