@@ -119,6 +119,11 @@ def llm_gate_value(results: list[StepResult], metric: str, method: str | None) -
             return None, ids, f"no benign task was scored under defence {d!r}"
         return float(row["accuracy"]), ids, None
     category = LLM_CATEGORIES[metric]
+    blind = [r for r in steps if r.examples.get("tool_capability", {}).get("measurable") is False]
+    if category == "tool-misuse" and blind:
+        from sparring.llm.run import CANNOT_CALL
+
+        return None, ids, CANNOT_CALL.format(n=blind[0].examples["tool_capability"]["probes"])
     statuses = [s for _, c, s in _attempts(steps)
                 if (c == category if category is not None else c != "compliance")]
     row = asr_row(statuses, compliance=category == "compliance")

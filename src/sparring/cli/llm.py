@@ -85,6 +85,8 @@ def redteam(app_path: str, *, out: str, target: Any | None = None, attacks: tupl
 def _print(summary: dict[str, Any]) -> None:
     import click
 
+    from sparring.llm.run import CANNOT_CALL
+
     click.echo(f"{'attack/converter':<36} {'n':>4} {'succ':>4} {'err':>4}  ASR [95% CI]")
     for name, row in summary["by_attack_converter"].items():
         asr = "  -  " if row["asr"] is None else f"{row['asr']:.3f}"
@@ -114,11 +116,15 @@ def _print(summary: dict[str, Any]) -> None:
         f = summary["guard"]["fpr"]
         click.echo(f"input guard false-positive rate on held-out benign texts: {f['flagged']}/{f['n']} "
                    f"[{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]")
+    cap = summary.get("tool_capability")
+    if cap is not None:
+        why = "" if cap["measurable"] else f"; tool-misuse is UNMEASURED: {CANNOT_CALL.format(n=cap['probes'])}"
+        click.echo(f"tool capability: {cap['valid_calls']}/{cap['probes']} benign requests got a valid tool call{why}")
     for skip in summary.get("skipped", []):
         click.echo(f"skipped {skip['attack']}: {skip['reason']}")
     for g in summary["gates"]:
         verdict = "PASS" if g["passed"] else "FAIL"
-        upper = "unmeasured" if g["upper"] is None else f"upper {g['upper']:.3f}"
+        upper = g["reason"] if g["upper"] is None else f"upper {g['upper']:.3f}"
         click.echo(f"gate {g['gate']} <= {g['max_asr']}: {verdict} ({upper})")
     click.echo(f"run folder: {summary['out']}")
 
@@ -143,10 +149,10 @@ def add_commands(cli: Any) -> None:
     @click.option("--out", "-o", default="redteam-run", show_default=True, type=click.Path(file_okay=False))
     @click.option("--attack", "attacks", multiple=True, help="An attack to run (repeatable; default: every "
                   "fixed-payload family the application's untrusted inputs allow): direct-injection, "
-                  "secret-extraction, prompt-leak, indirect-injection, role-play, refusal-suppression, "
-                  "prefix-injection, payload-splitting, many-shot; and, only when named: gcg (white-box suffixes, "
-                  "local model only: skipped with the reason for --url), crescendo and pair (multi-turn, judged on the "
-                  "whole conversation, behind each --defence configuration).")
+                  "secret-extraction, prompt-leak, indirect-injection, tool-output-injection, role-play, "
+                  "refusal-suppression, prefix-injection, payload-splitting, many-shot; and, only when named: gcg "
+                  "(white-box suffixes, local model only: skipped with the reason for --url), crescendo and pair "
+                  "(multi-turn, judged on the whole conversation, behind each --defence configuration).")
     @click.option("--pair-iterations", type=click.IntRange(min=1), default=3, show_default=True,
                   help="With --attack pair: rounds of prompt rewriting per goal (it stops at the first success).")
     @click.option("--gcg-goals", type=click.IntRange(min=1, max=6), default=1, show_default=True,
@@ -166,8 +172,8 @@ def add_commands(cli: Any) -> None:
     @click.option("--resume", is_flag=True, help="Continue the run in --out (attempts already judged are kept).")
     @click.option("--rescore", is_flag=True, help="Re-judge the replies stored in --out without any model.")
     @click.option("--max-asr", "gates", multiple=True, help="Gate KEY=MAX (repeatable), KEY a category "
-                  "(secret-leak, prompt-leak, goal-hijack, exfiltration), attack or converter: fails (exit 6) when "
-                  "the upper end of its ASR's 95% Wilson interval exceeds MAX.")
+                  "(secret-leak, prompt-leak, goal-hijack, exfiltration, tool-misuse), attack or converter: fails "
+                  "(exit 6) when the upper end of its ASR's 95% Wilson interval exceeds MAX.")
     @click.option("--defence", "defences", multiple=True, help="Defence configuration to measure (repeatable): "
                   "none, all (the application's defences: list together), each (none, each alone, all) or a "
                   "defence name (delimiting, datamarking, encoding, sandwich, canary, input-guard, output-filter). "

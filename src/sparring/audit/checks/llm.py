@@ -5,7 +5,8 @@ Planned for LLM systems (``system.llm``, see :mod:`sparring.audit.llm_system`). 
 family x defence configuration; the family's attempts by effort (quick: 3 payloads, standard: 8, thorough: every
 payload, each under ``none`` or, thorough, also base64 and leetspeak). Attacks, each citing its source: direct
 injection and prompt leaking (Perez & Ribeiro 2022), secret extraction (Toyer et al. 2023, Tensor Trust), indirect
-injection through documents with markdown exfiltration (Greshake et al. 2023), jailbreak templates (Wei et al. 2023;
+injection through documents with markdown exfiltration (Greshake et al. 2023), injection through tool results and
+calls of sensitive tools with attacker arguments (Zhan et al. 2024, InjecAgent), jailbreak templates (Wei et al. 2023;
 Kang et al. 2023; Anil et al. 2024). Threat model: black-box, one turn, non-adaptive (the payloads are fixed), the
 attacker writes only where ``untrusted_inputs`` lets text in.
 
@@ -74,6 +75,9 @@ RECOMMEND = {
                    "the model of its task after it (sandwich) and screen inputs (input-guard).",
     "exfiltration": "Do not render links or images from replies that carry untrusted text, or allow only your own "
                     "hosts; spotlight the documents (datamarking/encoding).",
+    "tool-misuse": "Treat tool results and documents as data: spotlight them (datamarking/encoding), ask the user to "
+                   "confirm every call of a sensitive tool, and allow its arguments (recipients, URLs) only from an "
+                   "allow-list the attacker cannot write to.",
     "compliance": "Screen requests with the input guard and keep a refusal policy in the system prompt; a 135M-"
                   "parameter model is not a safety layer.",
 }
@@ -115,7 +119,7 @@ class LlmRedteam:
     inputs = ("llm",)
 
     def plan(self, ctx: PlanContext) -> list[Step] | Skip:
-        from sparring.llm.attacks import ATTACKS
+        from sparring.llm.attacks import ATTACKS, payload_templates
 
         tm, app = ctx.threat_model, _app(ctx)
         s = tm.system.llm
@@ -133,12 +137,13 @@ class LlmRedteam:
         configs = _configs(tm, app)
         for defence, deployed in configs:
             for a in families:
-                idx = pick(len(ATTACKS[a].payloads), k)
+                n_payloads = len(payload_templates(app, a))
+                idx = pick(n_payloads, k)
                 steps.append(Step(
                     id=f"llm/{a}@{defence}", check=self.name, threat="llm",
                     params={"kind": ATTACK, "attack": a, "defence": defence, "payloads": idx,
                             "converters": converters, "deployed": deployed},
-                    reason=f"LLM application: {a} ({len(idx)} of {len(ATTACKS[a].payloads)} payloads x "
+                    reason=f"LLM application: {a} ({len(idx)} of {n_payloads} payloads x "
                            f"{len(converters)} converter(s)) "
                            f"{'undefended' if defence == 'none' else 'behind ' + defence}; {ATTACKS[a].source}"))
             if gcg:
@@ -169,10 +174,24 @@ class LlmRedteam:
         t0 = time.perf_counter()
         records = _run_attempts(app, ctx.target, planned, folder / f"{_slug(step.id)}.jsonl", ctx.resume)
         result = _result(step, records)
+        if any(x.attempt.category == "tool-misuse" for x in planned):
+            from sparring.llm.run import probe_tools
+
+            probes = folder / f"{_slug(step.id)}.tool_probes.json"
+            if not ctx.resume:
+                probes.unlink(missing_ok=True)  # replies of an earlier audit, maybe of another model
+            app_target: Any = ctx.target
+            result.examples["tool_capability"] = probe_tools(app, app_target.chat, probes)
+            if not result.examples["tool_capability"]["measurable"]:
+                from sparring.llm.run import CANNOT_CALL
+
+                result.notes.append("tool-misuse unmeasured: " + CANNOT_CALL.format(
+                    n=result.examples["tool_capability"]["probes"]))
         result.cost["seconds"] = round(time.perf_counter() - t0, 6)
         # the attacker's cost: every attempt the application sends to the model (a batch answered from the audit's
         # reply memory, or kept from a resumed run, still cost the attacker its queries), whichever worker ran it
-        result.cost["queries"] = sum(x.blocked is None for x in planned)
+        result.cost["queries"] = sum(x.blocked is None for x in planned) + int(
+            result.examples.get("tool_capability", {}).get("probes", 0))
         return result
 
     def findings(self, tm: Any, results: list[StepResult]) -> list[Finding]:
@@ -180,6 +199,19 @@ class LlmRedteam:
 
         deployed = deployed_defence(results)
         out = []
+        blind = [r for r in results if r.examples.get("tool_capability", {}).get("measurable") is False]
+        if blind:
+            from sparring.llm.run import CANNOT_CALL
+
+            cap = blind[0].examples["tool_capability"]
+            out.append(Finding(
+                id="llm:tool-misuse:unmeasured", threat="llm", severity="medium",
+                title=f"tool misuse unmeasured: the model called no tool on {cap['probes']} benign request(s) that "
+                      "ask for a call",
+                evidence={"tool_capability": cap},
+                recommendation=CANNOT_CALL.format(n=cap["probes"]).capitalize() + ". Audit the model the "
+                               "application really uses, with the tool-calling prompt it really sends.",
+                steps=[r.step_id for r in blind]))
         for (cat, defence), row in rows_by(results, "category", "defence").items():
             if defence != deployed or not row["successes"]:
                 continue
