@@ -2,7 +2,7 @@
 
 Two servers run as their own processes on 127.0.0.1: the bare model (``sparring.serving``, the same protocol) and
 ``sparring guard serve`` in front of the same zoo model (Mahalanobis detector over three layers with policy log,
-PRADA per client, the KS drift window, SQLite WAL + synchronous=FULL). A load generator (asyncio + httpx, one
+PRADA per client, the KS drift window, SQLite WAL + synchronous=FULL). A load generator (asyncio streams, one
 process) sends one 1×28×28 digit per request at a fixed rate from ``--clients`` clients, open-loop: request ``i``
 is due at ``t0 + i/rate`` whatever happened before, and its latency is measured from that due time (so a server
 that falls behind is charged for the queueing, Tene's "coordinated omission"). Reported per server: the rate held,
@@ -12,7 +12,9 @@ events lost: 200 answers whose event is not in the store (expected 0).
 ``--model spam`` serves the SMS spam text model (``spam-tfidf-logreg``) instead, one message per request, with the
 ``unicode`` detector (policy log); its bare server is a stdlib HTTP server around the same ``TextTarget`` (the
 protocol of ``HttpTextTarget``). Each row also gives the CPU time each server process spent per request (from
-``/proc/<pid>/stat``) and the load average before the run.
+``/proc/<pid>/stat``) and the load average before the run. Each measured run follows ``--warmup`` seconds of the
+same load (default 2, not counted; the worst latency of its first second is reported as the cold start), and each
+row gives the worst latency of every second (``max_ms_per_second``), which shows where a stall happened.
 
     python benchmarks/bench_guard.py --rate 300 --seconds 60 --out benchmarks/results/guard.json
     python benchmarks/bench_guard.py --model spam --rate 50 100 300 --seconds 15
@@ -85,34 +87,61 @@ def _start(cmd: list[str], log: Path, marker: str) -> tuple[subprocess.Popen[byt
     raise RuntimeError(f"server did not start: {log.read_text(errors='replace')[-2000:]}")
 
 
-async def _load(url: str, keys: list[str], bodies: list[bytes], rate: float, seconds: float) -> dict[str, Any]:
-    import httpx
+async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> int:
+    """One HTTP/1.1 keep-alive POST on an open connection; the status (the body is read and dropped)."""
+    writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+    header = await reader.readuntil(b"\r\n\r\n")
+    status = int(header.split(b" ", 2)[1])
+    length = 0
+    for line in header.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
 
+
+async def _load(url: str, keys: list[str], bodies: list[bytes], rate: float, seconds: float) -> dict[str, Any]:
+    """Open loop over ``len(keys) * 8`` keep-alive connections (raw asyncio streams: a pooled HTTP client spends
+    more CPU than the servers once a backlog forms, and then measures itself). Request ``i`` is due at
+    ``t0 + i / rate``; a connection takes the next request when it is free, sends it at once if it is late, and the
+    latency is counted from the due time."""
+    host, _, port = url.split("//", 1)[1].split("/", 1)[0].rpartition(":")
+    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
     n = int(rate * seconds)
     lat = np.full(n, np.nan)
     status = np.zeros(n, dtype=int)
-    limits = httpx.Limits(max_connections=len(keys) * 8, max_keepalive_connections=len(keys) * 8)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
-        t0 = time.perf_counter() + 0.5
+    heads = [(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+              + (f"Authorization: Bearer {k}\r\n" if k else "") + "Content-Length: ").encode() for k in keys]
+    nxt = iter(range(n))
+    t0 = time.perf_counter() + 0.5
+    c0 = time.process_time()
 
-        async def one(i: int) -> None:
+    async def worker() -> None:
+        conn = await asyncio.open_connection(host, int(port))
+        for i in nxt:
             due = t0 + i / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            key = keys[i % len(keys)]
             try:
-                r = await http.post(url, content=bodies[i % len(bodies)], headers={
-                    "Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
-                status[i] = r.status_code
-            except httpx.HTTPError:
+                status[i] = await _post(*conn, heads[i % len(keys)], bodies[i % len(bodies)])
+            except (OSError, asyncio.IncompleteReadError, ValueError):
                 status[i] = -1
+                conn[1].close()
+                conn = await asyncio.open_connection(host, int(port))
             lat[i] = time.perf_counter() - due
+        conn[1].close()
 
-        await asyncio.gather(*(one(i) for i in range(n)))
-        wall = time.perf_counter() - t0
+    await asyncio.gather(*(worker() for _ in range(len(keys) * 8)))
+    wall = time.perf_counter() - t0
     ok = status == 200
     q = np.percentile(lat[ok] * 1000, [50, 95, 99]) if ok.any() else [float("nan")] * 3
+    sec = (np.arange(n) / rate).astype(int)  # the second each request was due in: where a stall happened
+    timeline = [round(float(np.max(lat[(sec == s) & ok])) * 1000, 1) if ((sec == s) & ok).any() else None
+                for s in range(int(sec.max()) + 1)]
     return {"requests": n, "ok": int(ok.sum()), "errors": int((~ok).sum()), "held_rps": round(n / wall, 1),
-            "p50_ms": round(float(q[0]), 2), "p95_ms": round(float(q[1]), 2), "p99_ms": round(float(q[2]), 2)}
+            "p50_ms": round(float(q[0]), 2), "p95_ms": round(float(q[1]), 2), "p99_ms": round(float(q[2]), 2),
+            "max_ms_per_second": timeline, "load_generator_cpu_s": round(time.process_time() - c0, 2)}
 
 
 def main() -> None:
@@ -120,6 +149,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, nargs="+", default=[300.0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--warmup", type=float, default=2.0,
+                    help="seconds of the same load before each measured run, not counted (the first second of a "
+                         "fresh guard pays each client's key hash and thread start-up: reported as warmup.*_max_ms)")
     ap.add_argument("--model", choices=["digits-cnn", "spam"], default="digits-cnn",
                     help="digits-cnn: Mahalanobis + PRADA + drift; spam: spam-tfidf-logreg with the unicode detector")
     ap.add_argument("--out", type=Path)
@@ -153,15 +185,19 @@ def main() -> None:
     try:
         for rate in args.rate:
             load = [round(v, 2) for v in os.getloadavg()]
+            wb = asyncio.run(_load(bare_url + "/predict", [""] * args.clients, bodies, rate, args.warmup))
             c0 = _cpu_seconds(bare.pid)
             b = asyncio.run(_load(bare_url + "/predict", [""] * args.clients, bodies, rate, args.seconds))
             b["cpu_ms_per_request"] = round((_cpu_seconds(bare.pid) - c0) * 1000 / b["requests"], 2)
+            wg = asyncio.run(_load(guard_url + "/predict", keys, bodies, rate, args.warmup))
             before = _count(db)
             c0 = _cpu_seconds(guard.pid)
             g = asyncio.run(_load(guard_url + "/predict", keys, bodies, rate, args.seconds))
             g["cpu_ms_per_request"] = round((_cpu_seconds(guard.pid) - c0) * 1000 / g["requests"], 2)
             stored = _count(db) - before
             row = {"model": args.model, "rate": rate, "seconds": args.seconds, "load_avg_before": load,
+                   "warmup": {"seconds": args.warmup, "bare_max_ms": wb["max_ms_per_second"][:1],
+                              "guard_max_ms": wg["max_ms_per_second"][:1]},
                    "bare": b, "guard": g,
                    "added_ms": {k: round(g[k] - b[k], 2) for k in ("p50_ms", "p95_ms", "p99_ms")},
                    "events_lost": max(0, g["ok"] - stored), "events_stored": stored}

@@ -117,3 +117,36 @@ def test_token_bucket_refills_at_the_rate() -> None:
     assert tb.take("a", now=0.0) == pytest.approx(0.5)
     assert tb.take("b", now=0.0) == 0.0  # buckets are per client
     assert tb.take("a", now=0.6) == 0.0 and tb.take("a", now=0.6) > 0
+
+
+def test_key_cache_hashes_each_key_once_and_still_sees_revocation(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verified key costs one scrypt: concurrent first requests wait for it (no stampede when a client starts),
+    and after ``cache_seconds`` the row is re-read, not the key re-hashed; a revoked row ends it."""
+    import threading
+
+    import sparring.guard.auth as auth
+
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    with open_store(f"sqlite:///{tmp_path / 'g.db'}") as st:
+        key, rec = create_key(st, "carol")
+        ver = KeyVerifier(st, cache_seconds=5)
+        got: list[object] = []
+        threads = [threading.Thread(target=lambda: got.append(ver.verify(key))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert ver.hashes == 1 and len(got) == 8 and all(g is not None and g.client_id == "carol" for g in got)
+        assert ver.cached(key) is not None and ver.cached(key[:-1] + "x") is None and ver.cached("junk") is None
+        now[0] += 6
+        assert ver.cached(key) is None  # expired: the next verify re-reads the row ...
+        assert ver.verify(key) is not None and ver.hashes == 1  # ... and does not hash again
+        forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+        assert ver.verify(forged) is None and ver.hashes == 2  # another secret: hashed, refused, not cached
+        assert ver.verify(forged) is None and ver.hashes == 3
+        assert st.revoke_key(rec.key_id)  # revoked by another replica: this one sees it within cache_seconds
+        assert ver.verify(key) is not None  # still cached
+        now[0] += 6
+        assert ver.verify(key) is None and ver.cached(key) is None and ver.hashes == 3

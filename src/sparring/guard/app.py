@@ -127,7 +127,9 @@ def create_app(service: GuardService) -> Any:
             scheme, _, value = auth.partition(" ")
             key = value.strip() if scheme.lower() == "bearer" else None
         try:
-            who = await to_thread.run_sync(service.keys.verify, key) if key else None
+            who = service.keys.cached(key)  # the usual case: no thread hop
+            if who is None and key:
+                who = await to_thread.run_sync(service.keys.verify, key)
         except StoreError as exc:  # an uncached key and the store down: it cannot be checked; never a 500
             return None, await store_unavailable(request, started, "auth", "the API key cannot be checked: it is "
                                                  "not in this guard's key cache and the guard's store is "

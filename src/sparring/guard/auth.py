@@ -4,9 +4,12 @@ A key reads ``sg_<key id>_<secret>``. The key id (12 hex digits) is public: it f
 table and names the key in ``sparring guard keys`` listings. The secret (32 random bytes) is never stored: the row
 holds ``scrypt(secret, salt, n=2**14, r=8, p=1)`` (Percival 2009, RFC 7914) and a 16-byte random salt; a presented
 key is hashed the same way and compared with :func:`hmac.compare_digest`. Hashing costs tens of milliseconds, so a
-verified key is remembered in memory for ``cache_seconds`` (keyed by an HMAC of the key under a per-process
-secret, so even the cache holds no key); a revoked key stops working within that time on other replicas and at
-once on the replica that revoked it.
+verified key is remembered in memory (keyed by an HMAC of the key under a per-process secret, so even the cache
+holds no key) with the stored hash it matched. After ``cache_seconds`` the key's row is read again: while it is
+unrevoked and holds the same salt and hash, the key is still valid without hashing it again; a revoked, deleted or
+re-keyed row ends it. So a revoked key stops working within ``cache_seconds`` on other replicas and at once on the
+replica that revoked it, and a busy client pays the hash once, not every few seconds. Concurrent first requests
+with one key wait for a single hash (no stampede of scrypt calls when a client starts).
 """
 
 from __future__ import annotations
@@ -73,8 +76,21 @@ class KeyVerifier:
         self.cache_seconds = float(cache_seconds)
         self.max_cached = max_cached
         self._pepper = secrets.token_bytes(32)
-        self._cache: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        # tag -> (when the row was last checked, the principal, the row's salt + hash that the key matched)
+        self._cache: OrderedDict[bytes, tuple[float, Principal, bytes]] = OrderedDict()
         self._lock = threading.Lock()
+        self._inflight: dict[bytes, threading.Lock] = {}  # one check per key at a time; the others wait for it
+        self.hashes = 0  # scrypt computations so far
+
+    def cached(self, key: str | None) -> Principal | None:
+        """The principal of ``key`` when it was verified less than ``cache_seconds`` ago, else ``None`` (then call
+        :meth:`verify`). Never touches the store or hashes: cheap enough for an event loop."""
+        if not key or _KEY_RE.match(key) is None:
+            return None
+        tag = hmac.new(self._pepper, key.encode("ascii"), hashlib.sha256).digest()
+        with self._lock:
+            hit = self._cache.get(tag)
+            return hit[1] if hit is not None and time.monotonic() - hit[0] <= self.cache_seconds else None
 
     def verify(self, key: str | None) -> Principal | None:
         """The principal of a valid, unrevoked key; ``None`` for anything else (missing, malformed, forged)."""
@@ -84,28 +100,54 @@ class KeyVerifier:
         if m is None:
             return None
         tag = hmac.new(self._pepper, key.encode("ascii"), hashlib.sha256).digest()
-        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(tag)
-            if hit is not None and now - hit[0] <= self.cache_seconds:
+            if hit is not None and time.monotonic() - hit[0] <= self.cache_seconds:
                 return hit[1]
-        rec = self.store.get_key(m.group(1))
+            flight = self._inflight.setdefault(tag, threading.Lock())
+        with flight:  # a concurrent request with the same key checks first; then the cache answers this one
+            with self._lock:
+                hit = self._cache.get(tag)
+                if hit is not None and time.monotonic() - hit[0] <= self.cache_seconds:
+                    return hit[1]
+            try:
+                return self._check(tag, m.group(1), m.group(2), hit)
+            finally:
+                with self._lock:
+                    if self._inflight.get(tag) is flight:
+                        del self._inflight[tag]
+
+    def _check(self, tag: bytes, key_id: str, secret: str,
+               hit: tuple[float, Principal, bytes] | None) -> Principal | None:
+        rec = self.store.get_key(key_id)
         if rec is None or rec.revoked is not None:
+            self._drop(tag)
             return None
-        if not hmac.compare_digest(hash_secret(m.group(2), rec.salt), rec.hash):
-            return None
-        who = Principal(rec.client_id, rec.role, rec.key_id)
+        stored = rec.salt + rec.hash
+        if (hit is not None and hmac.compare_digest(hit[2], stored)
+                and (hit[1].client_id, hit[1].role) == (rec.client_id, rec.role)):
+            who = hit[1]  # this very key matched this very row before: still valid without hashing it again
+        else:
+            self.hashes += 1
+            if not hmac.compare_digest(hash_secret(secret, rec.salt), rec.hash):
+                self._drop(tag)
+                return None
+            who = Principal(rec.client_id, rec.role, rec.key_id)
         with self._lock:
-            self._cache[tag] = (now, who)
+            self._cache[tag] = (time.monotonic(), who, stored)
             self._cache.move_to_end(tag)
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
         return who
 
+    def _drop(self, tag: bytes) -> None:
+        with self._lock:
+            self._cache.pop(tag, None)
+
     def forget(self, key_id: str) -> None:
         """Drop cached entries of a key (after revoking it here)."""
         with self._lock:
-            for tag in [t for t, (_, p) in self._cache.items() if p.key_id == key_id]:
+            for tag in [t for t, (_, p, _h) in self._cache.items() if p.key_id == key_id]:
                 del self._cache[tag]
 
 
