@@ -133,6 +133,21 @@ def test_mahalanobis_rejects_pgd_digits_and_passes_clean_ones(tmp_path: Path, di
     assert len(svc.store.events(decision="reject", limit=1000)) == round((fpr * 100) + recall * adv.shape[0])
 
 
+def test_mahalanobis_scores_from_the_answering_forward_pass_equal_separate_passes(tmp_path: Path,
+                                                                                  digits: Dataset) -> None:
+    """The guard reads the detector's layers from the forward pass that answers (one pass, not two): the scores it
+    answers and the detector scores it stores are those of a separate query and a separate detector call."""
+    from sparring.guard.auth import Principal
+
+    svc = make_service(tmp_path, detectors=[{**_MAHA, "policy": "log"}], prada={"enabled": False})
+    assert svc._shared_forward is not None and svc._shared_forward.name == "mahalanobis"
+    x = digits.x_test[300:312]
+    o = svc.predict(Principal("alice", "client", "k"), x)
+    assert o.status == 200 and torch.equal(torch.tensor(o.body["scores"]), svc.target.query(x))
+    stored = svc.store.events(limit=1)[0]["detectors"]["mahalanobis"]["scores"]
+    assert stored == [round(float(v), 6) for v in svc.detectors[0].scores(x)]
+
+
 def test_flag_policy_adds_a_guard_field(tmp_path: Path, digits_cnn: TorchTarget, digits: Dataset) -> None:
     svc = make_service(tmp_path, detectors=[{"kind": "max-softmax", "policy": "flag", "threshold": -0.999999}])
     x = digits.x_test[:40]

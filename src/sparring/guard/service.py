@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sparring.defenses.detect.extraction import PradaDetector
+from sparring.defenses.detect.features import MahalanobisDetector
 from sparring.errors import EndpointError, QueryBudgetExceeded, SparringError, StoreError
 from sparring.guard.auth import KeyVerifier, Principal, TokenBucket
 from sparring.guard.build import GuardDetector, build_detectors, load_data_ref, load_model
@@ -33,6 +34,7 @@ from sparring.guard.metrics import GuardMetrics
 from sparring.guard.store import Alert, Event, Store, StoreBatch, open_store
 from sparring.guard.webhooks import WebhookDispatcher
 from sparring.targets.base import Target
+from sparring.targets.torch import TorchTarget
 
 __all__ = ["GuardService", "Outcome"]
 
@@ -118,11 +120,17 @@ class GuardService:
     """Everything one guard process holds: the target, detectors, PRADA, drift window, store, keys and metrics."""
 
     _store_reads = True  # False during one fail-open request while the store is down (memory state only)
+    _shared_forward: GuardDetector | None = None
 
     def __init__(self, config: GuardConfig, *, target: Target | None = None, store: Store | None = None) -> None:
         self.target = target if target is not None else load_model(config)
         self.spec = self.target.spec
         self.detectors: list[GuardDetector] = build_detectors(config, self.target)
+        # A Mahalanobis detector on the served in-process model reads the layers of the very forward pass that
+        # answers the request (its score_with_output); every other detector scores the input separately.
+        self._shared_forward = next((d for d in self.detectors if isinstance(self.target, TorchTarget)
+                                     and isinstance(d.detector, MahalanobisDetector) and d.detector.noise == 0
+                                     and d.detector.target is self.target), None)
         self._init_common(config, store)
         p = config.prada
         self.prada: PradaDetector | None = None
@@ -259,9 +267,16 @@ class GuardService:
         if self.prada is not None and self.config.prada.policy == "reject" and self.prada.flagged(cid):
             return self.refuse(403, "reject", f"client {cid!r} is flagged by PRADA as a model-extraction client; "
                                "ask the service's operator to review it.", path=path, client_id=cid, body_sha=sha)
+        pre: dict[str, torch.Tensor] = {}
         try:
             with torch.no_grad():
-                out = self.target.query(x) if self.output == "scores" else None
+                shared = self._shared_forward if self.output == "scores" else None
+                if shared is not None:  # the detector's forward pass is the model's answer: one pass, not two
+                    s, raw = shared.detector.score_with_output(x)
+                    pre[shared.name] = s.detach().double().cpu()
+                    out = self.target._view(raw)
+                else:
+                    out = self.target.query(x) if self.output == "scores" else None
                 labels = out.argmax(dim=1) if out is not None else self.target.query_labels(x)
         except EndpointError as exc:
             timeout = "timed out" in str(exc).lower() or "timeout" in type(exc.__cause__).__name__.lower()
@@ -276,7 +291,7 @@ class GuardService:
             return self.refuse(500, "error", "the model produced NaN or inf scores for this batch.", path=path,
                                client_id=cid, body_sha=sha)
         labels = labels.detach().cpu().long()
-        report, rejected, flagged = self._run_detectors(x)
+        report, rejected, flagged = self._run_detectors(x, pre)
         batch = StoreBatch(Event(cid, path, 200, "ok", input_sha256=sha, n_inputs=int(x.shape[0])))
         conf = None if out is None else self._probabilities(out).amax(dim=1)
         batch.event.prediction = {"labels": labels.tolist(),
@@ -329,12 +344,13 @@ class GuardService:
             self.apply_retention()
         return outcome
 
-    def _run_detectors(self, x: torch.Tensor) -> tuple[dict[str, Any], tuple[str, list[int]] | None, list[str]]:
+    def _run_detectors(self, x: torch.Tensor, pre: dict[str, torch.Tensor] | None = None
+                       ) -> tuple[dict[str, Any], tuple[str, list[int]] | None, list[str]]:
         report: dict[str, Any] = {}
         rejected: tuple[str, list[int]] | None = None
         flagged: list[str] = []
         for d in self.detectors:
-            s = d.scores(x)
+            s = pre[d.name] if pre and d.name in pre else d.scores(x)
             fired = (s > d.threshold).nonzero().reshape(-1).tolist()
             report[d.name] = {"scores": [round(float(v), 6) for v in s], "threshold": d.threshold,
                               "policy": d.policy, "fired": fired}

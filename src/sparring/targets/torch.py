@@ -19,15 +19,14 @@ __all__ = ["TorchTarget", "frozen_parameters"]
 @contextmanager
 def frozen_parameters(params: Iterable[nn.Parameter]) -> Iterator[None]:
     """``requires_grad`` off on ``params`` for the duration; each parameter's flag is restored after."""
-    ps = list(params)
-    flags = [p.requires_grad for p in ps]
+    ps = [p for p in params if p.requires_grad]  # the others need neither switching off nor restoring
     for p in ps:
         p.requires_grad_(False)
     try:
         yield
     finally:
-        for p, f in zip(ps, flags, strict=True):
-            p.requires_grad_(f)
+        for p in ps:
+            p.requires_grad_(True)
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -146,12 +145,15 @@ class TorchTarget(Target):
     def frozen(self) -> Iterator[TorchTarget]:
         """Eval mode and no weight gradients for the duration; the previous state is restored after."""
         was_training = self.model.training
-        self.model.eval()
+        switch = any(m.training for m in self.model.modules())  # already in eval mode (the usual case): leave it
+        if switch:
+            self.model.eval()
         try:
             with frozen_parameters(self.model.parameters()):
                 yield self
         finally:
-            self.model.train(was_training)
+            if switch:
+                self.model.train(was_training)
 
     def loss_gradient(
         self,

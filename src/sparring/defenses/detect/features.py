@@ -211,6 +211,27 @@ class MahalanobisDetector:
                 out.append(self._layer_scores(xt[s : s + t.batch_size], fwd))
         return torch.cat(out)
 
+    def score_with_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The detection score and the model's own output (what ``target.query`` computes before any output view)
+        from **one** forward pass, for a batch already valid in raw input space. A service that answers with the
+        model's scores and screens every request (the guard) pays one forward instead of two. Only without input
+        pre-processing (``noise == 0``; otherwise the scored input is not the one answered: use :meth:`score`)."""
+        self._require_fit()
+        if self.noise != 0:
+            raise ParameterError("score_with_output needs noise == 0 (with input pre-processing the score comes from "
+                                 "a perturbed input); call score() and query the target separately.")
+        t = self.target
+        xt = x.to(t.device, t.dtype)
+        fwd = t._raw_forward()
+        scores, outs = [], []
+        with t.frozen(), torch.no_grad():
+            for s in range(0, xt.shape[0], t.batch_size):
+                t.counter.charge(min(t.batch_size, xt.shape[0] - s))
+                with _capture(t.model, self.layers) as store:
+                    outs.append(fwd(xt[s : s + t.batch_size]))
+                scores.append(self._combine(self._distances([store[n].double() for n in self.layers])))
+        return torch.cat(scores), torch.cat(outs)
+
     # ------------------------------------------------------------------ fitting
     def fit(self, x: torch.Tensor | np.ndarray, y: Any) -> MahalanobisDetector:
         """Fit the class means and the tied covariance of every layer on training data ``(x, y)``."""
