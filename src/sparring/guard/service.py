@@ -268,6 +268,7 @@ class GuardService:
             return self.refuse(403, "reject", f"client {cid!r} is flagged by PRADA as a model-extraction client; "
                                "ask the service's operator to review it.", path=path, client_id=cid, body_sha=sha)
         pre: dict[str, torch.Tensor] = {}
+        out: torch.Tensor | None
         try:
             with torch.no_grad():
                 shared = self._shared_forward if self.output == "scores" else None
